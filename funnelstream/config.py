@@ -1,0 +1,181 @@
+"""Projects, keys and funnels from a TOML file; settings from the environment.
+
+One typed settings class per service (`IngestSettings`, `ProcessorSettings`,
+`QueryApiSettings`), all sharing `CommonSettings`, validated at startup. Keys are
+`SecretStr`. In local mode (`funnelstream serve` with no config) a demo project with fresh
+random keys is written to the data directory; outside local mode a config with a
+placeholder or short key is refused.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.funnels import FunnelDefinition, validate_funnel
+
+PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "secret", "password", "test", ""})
+MIN_KEY_LENGTH_OUTSIDE_LOCAL = 16
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNNELSTREAM_", extra="ignore")
+
+    mode: Literal["local", "production"] = "local"
+    data_dir: Path = Path("./funnelstream-data")
+    config_file: Path | None = None
+    log_backend: Literal["embedded", "kafka"] = "embedded"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic: str = "events"
+    partitions: int = 8
+    clickhouse_dsn: str = ""
+
+    def resolved_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+
+class IngestSettings(CommonSettings):
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    # Events waiting for the log at once; beyond this ingest answers 503 + Retry-After.
+    max_pending_events: int = 50_000
+    retry_after_seconds: int = 2
+    filter_bots: bool = True
+
+
+class ProcessorSettings(CommonSettings):
+    group: str = "funnelstream-processor"
+    session_gap_seconds: int = 30 * 60
+    lateness_seconds: int = 10 * 60
+    batch_max_messages: int = 5000
+    batch_max_seconds: float = 0.25
+
+
+class QueryApiSettings(CommonSettings):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    write_key: SecretStr
+    read_key: SecretStr
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    projects: tuple[Project, ...]
+    funnels: tuple[FunnelDefinition, ...]
+    path: Path | None = None
+
+    def by_write_key(self, key: str) -> Project | None:
+        for p in self.projects:
+            if secrets.compare_digest(p.write_key.get_secret_value(), key):
+                return p
+        return None
+
+    def by_read_key(self, key: str) -> Project | None:
+        for p in self.projects:
+            if secrets.compare_digest(p.read_key.get_secret_value(), key):
+                return p
+        return None
+
+
+def _check_key(project: str, name: str, key: str, mode: str) -> None:
+    if mode == "local":
+        if not key:
+            raise ConfigError(f"projects[{project}].{name}: must not be empty")
+        return
+    if key.lower() in PLACEHOLDER_KEYS or len(key) < MIN_KEY_LENGTH_OUTSIDE_LOCAL:
+        raise ConfigError(
+            f"projects[{project}].{name}: a placeholder or short key is refused outside "
+            f"local mode (need {MIN_KEY_LENGTH_OUTSIDE_LOCAL}+ random characters)"
+        )
+
+
+def parse_config(text: str, mode: str = "local", path: Path | None = None) -> ProjectConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config is not valid TOML: {exc}") from exc
+    projects = []
+    for i, raw in enumerate(doc.get("projects", [])):
+        try:
+            pid = str(raw["id"])
+            wk, rk = str(raw["write_key"]), str(raw["read_key"])
+        except KeyError as exc:
+            raise ConfigError(f"projects[{i}]: missing {exc.args[0]}") from exc
+        _check_key(pid, "write_key", wk, mode)
+        _check_key(pid, "read_key", rk, mode)
+        projects.append(Project(pid, SecretStr(wk), SecretStr(rk)))
+    if not projects:
+        raise ConfigError("config defines no [[projects]]")
+    known = {p.id for p in projects}
+    funnels = []
+    for i, raw in enumerate(doc.get("funnels", [])):
+        try:
+            funnel = FunnelDefinition.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"funnels[{i}]: {exc}") from exc
+        problems = validate_funnel(funnel)
+        if problems:
+            p = problems[0]
+            raise ConfigError(f"funnels[{i}].{p.field}: {p.message} ({p.code})")
+        if funnel.project not in known:
+            raise ConfigError(f"funnels[{i}].project: unknown project {funnel.project!r}")
+        funnels.append(funnel)
+    return ProjectConfig(tuple(projects), tuple(funnels), path)
+
+
+DEMO_FUNNEL = """
+[[funnels]]
+id = "checkout"
+project = "demo"
+name = "Storefront checkout"
+window_seconds = 86400
+steps = [
+  { event = "page_view" },
+  { event = "product_view" },
+  { event = "add_to_cart" },
+  { event = "checkout_started" },
+  { event = "purchase" },
+]
+"""
+
+
+def local_config(data_dir: Path) -> Path:
+    """The data directory's config, created with a demo project and fresh keys if absent."""
+    path = data_dir / "funnelstream.toml"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "# Written by `funnelstream serve` on first start. Keys are random; keep them.\n"
+            "[[projects]]\n"
+            'id = "demo"\n'
+            f'write_key = "wk_{secrets.token_urlsafe(18)}"\n'
+            f'read_key = "rk_{secrets.token_urlsafe(18)}"\n' + DEMO_FUNNEL
+        )
+    return path
+
+
+def load_config(settings: CommonSettings) -> ProjectConfig:
+    path = settings.config_file
+    if path is None:
+        if settings.mode != "local":
+            raise ConfigError("FUNNELSTREAM_CONFIG_FILE is required outside local mode")
+        path = local_config(settings.data_dir)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config_file {path}: {exc.strerror}") from exc
+    return parse_config(text, settings.mode, Path(path))

@@ -1,0 +1,83 @@
+"""Every metric name in one registry (Prometheus). Measured where the thing happens."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# ingest
+INGEST_EVENTS = Counter(
+    "funnelstream_ingest_events_total", "Events accepted and durably appended", ["project"],
+    registry=REGISTRY,
+)
+INGEST_REJECTED = Counter(
+    "funnelstream_ingest_rejected_total", "Events or requests refused, by reason", ["reason"],
+    registry=REGISTRY,
+)
+INGEST_DROPPED = Counter(
+    "funnelstream_ingest_dropped_total",
+    "Events answered 2xx but deliberately not stored (bots), by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+INGEST_APPEND_SECONDS = Histogram(
+    "funnelstream_ingest_append_seconds", "Time to durably append one request's events",
+    registry=REGISTRY,
+)
+INGEST_UNAVAILABLE = Counter(
+    "funnelstream_ingest_unavailable_total", "Requests answered 503 because the log was down",
+    registry=REGISTRY,
+)
+
+# processor
+PROCESSOR_MESSAGES = Counter(
+    "funnelstream_processor_messages_total", "Log messages consumed", registry=REGISTRY
+)
+PROCESSOR_DUPLICATES = Counter(
+    "funnelstream_processor_duplicate_events_total", "Events dropped as event_id repeats",
+    registry=REGISTRY,
+)
+PROCESSOR_TOO_LATE = Counter(
+    "funnelstream_processor_too_late_events_total",
+    "Events stored but older than the allowed lateness for live state",
+    registry=REGISTRY,
+)
+PROCESSOR_DEAD_LETTERS = Counter(
+    "funnelstream_processor_dead_letters_total", "Messages dead-lettered, by reason",
+    ["reason"], registry=REGISTRY,
+)
+PROCESSOR_BATCH_MESSAGES = Histogram(
+    "funnelstream_processor_batch_messages", "Messages per written batch",
+    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000), registry=REGISTRY,
+)
+PROCESSOR_WRITE_SECONDS = Histogram(
+    "funnelstream_processor_write_seconds", "Time to write one batch to ClickHouse",
+    registry=REGISTRY,
+)
+PROCESSOR_WRITE_RETRIES = Counter(
+    "funnelstream_processor_write_retries_total", "ClickHouse writes retried", registry=REGISTRY
+)
+PROCESSOR_FRESHNESS_SECONDS = Histogram(
+    "funnelstream_processor_freshness_seconds",
+    "From ingest receiving an event to its batch being committed",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+PROCESSOR_LAG = Gauge(
+    "funnelstream_processor_lag_messages", "Messages not yet committed, per partition",
+    ["partition"], registry=REGISTRY,
+)
+PROCESSOR_COMMITTED_OFFSET = Gauge(
+    "funnelstream_processor_committed_offset", "Last committed offset, per partition",
+    ["partition"], registry=REGISTRY,
+)
+PROCESSOR_VISITORS = Gauge(
+    "funnelstream_processor_visitors_in_memory", "Visitor states held", registry=REGISTRY
+)
+
+# query api
+QUERY_SECONDS = Histogram(
+    "funnelstream_query_seconds", "Time to answer a query API request", ["route"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,1 @@
+"""Ingest: HTTP events in, durable log records out. See `pipeline.py`."""

@@ -1,0 +1,203 @@
+"""The ingest stage, in the order a request moves:
+
+    read_body     size limit (before and after gzip), or 413
+    parse_json    one event object or {"batch": [...]}, or 400
+    authenticate  write key from `Authorization: Bearer` or the body, or 401
+    validate      per event: which index, which field, why
+    drop_bots     typed reason + metric; the client is told how many were dropped
+    enrich        received time, user agent → browser/os/device
+    append        durably to the log, keyed by (project, visitor); only then 202
+
+Every refusal is an `IngestError` with a status, a stable code and the offending field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from funnelstream import metrics
+from funnelstream.config import Project, ProjectConfig
+from funnelstream.log import LogProducer, LogRecord, LogUnavailable
+from ingest.useragent import bot_reason, parse_user_agent
+from schemas.events import Event, FieldError, encode, parse_event, parse_timestamp
+
+
+class IngestError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.errors = errors
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.errors is not None:
+            out["errors"] = self.errors
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    body: bytes
+    content_encoding: str
+    authorization: str
+    user_agent: str
+    received_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    accepted: int
+    dropped: int
+    errors: list[dict[str, Any]]
+
+    def status(self) -> int:
+        return 207 if self.errors else 202
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"accepted": self.accepted}
+        if self.dropped:
+            out["dropped"] = self.dropped
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def read_body(body: bytes, content_encoding: str, limit: int) -> bytes:
+    if len(body) > limit:
+        raise IngestError(413, "body_too_large", f"body exceeds {limit} bytes")
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise IngestError(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r}: only gzip is accepted"
+        )
+    # Decompress with a cap so a small gzip bomb cannot exhaust memory.
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise IngestError(400, "bad_gzip", f"body is not valid gzip: {exc}") from exc
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise IngestError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+    return out
+
+
+def parse_json(raw: bytes, max_events: int) -> tuple[list[Any], dict[str, Any]]:
+    """→ (events, envelope). The envelope carries `write_key` and `sent_at` if present."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    if isinstance(doc, dict) and "batch" in doc:
+        batch = doc["batch"]
+        if not isinstance(batch, list):
+            raise IngestError(400, "invalid_batch", "batch must be a list", field="batch")
+        if not batch:
+            raise IngestError(400, "empty_batch", "batch has no events", field="batch")
+        if len(batch) > max_events:
+            raise IngestError(
+                413, "batch_too_large", f"batch has more than {max_events} events", field="batch"
+            )
+        return batch, doc
+    if isinstance(doc, dict):
+        return [doc], doc
+    raise IngestError(
+        400, "invalid_shape", 'body must be an event object or {"batch": [...]}', field=""
+    )
+
+
+def authenticate(config: ProjectConfig, authorization: str, envelope: dict[str, Any]) -> Project:
+    key = ""
+    if authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    elif isinstance(envelope.get("write_key"), str):
+        key = envelope["write_key"]
+    if not key:
+        raise IngestError(401, "missing_write_key", "send the project write key", field="write_key")
+    project = config.by_write_key(key)
+    if project is None:
+        raise IngestError(401, "invalid_write_key", "unknown write key", field="write_key")
+    return project
+
+
+def validate(
+    raw_events: list[Any], envelope: dict[str, Any], project: Project, received_at_ms: int
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    batch_sent_at = None
+    if envelope.get("sent_at") is not None:
+        batch_sent_at = parse_timestamp(envelope["sent_at"])
+        if batch_sent_at is None:
+            raise IngestError(
+                400, "invalid_sent_at", "must be ISO-8601 or epoch milliseconds", field="sent_at"
+            )
+    events: list[Event] = []
+    errors: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_events):
+        parsed = parse_event(
+            raw,
+            project_id=project.id,
+            received_at_ms=received_at_ms,
+            batch_sent_at_ms=batch_sent_at,
+        )
+        if isinstance(parsed, Event):
+            events.append(parsed)
+        else:
+            errors.extend(_error(index, e) for e in parsed)
+    return events, errors
+
+
+def _error(index: int, error: FieldError) -> dict[str, Any]:
+    return {"index": index, "field": error.field, "message": error.message}
+
+
+def drop_bots(events: list[Event], user_agent: str, enabled: bool) -> tuple[list[Event], int]:
+    if not enabled or not events:
+        return events, 0
+    reason = bot_reason(user_agent)
+    if reason is None:
+        return events, 0
+    metrics.INGEST_DROPPED.labels(reason).inc(len(events))
+    return [], len(events)
+
+
+def enrich(events: list[Event], user_agent: str) -> list[Event]:
+    if not events:
+        return events
+    info = parse_user_agent(user_agent)
+    context = {"browser": info.browser, "os": info.os, "device": info.device_type}
+    return [replace(e, context={**context, **e.context}) for e in events]
+
+
+async def append(producer: LogProducer, events: list[Event], retry_after: int) -> None:
+    records = [LogRecord(e.partition_key(), encode(e), e.received_at_ms) for e in events]
+    started = time.monotonic()
+    try:
+        await producer.append(records)
+    except LogUnavailable as exc:
+        metrics.INGEST_UNAVAILABLE.inc()
+        raise IngestError(
+            503, "log_unavailable", f"events not stored, retry: {exc}", retry_after=retry_after
+        ) from exc
+    metrics.INGEST_APPEND_SECONDS.observe(time.monotonic() - started)

@@ -1,0 +1,95 @@
+"""HTTP routes of ingest: `POST /v1/events` and the tracking script."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from ingest import pipeline
+from ingest.pipeline import IngestError
+from ingest.service import IngestService
+
+router = APIRouter()
+
+SCRIPT_CACHE_SECONDS = 3600
+
+
+def get_ingest(request: Request) -> IngestService:
+    service: IngestService = request.app.state.ingest
+    return service
+
+
+Ingest = Annotated[IngestService, Depends(get_ingest)]
+
+
+def error_response(exc: IngestError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    summary="Send one event or a batch",
+    responses={
+        202: {"description": "All events durably stored (`accepted`, `dropped` bots)"},
+        207: {"description": "Some events stored; `errors` lists the others by index/field"},
+        400: {"description": "Nothing valid: `errors` or `field` says what and why"},
+        401: {"description": "Missing or unknown write key"},
+        413: {"description": "Body or batch too large"},
+        503: {"description": "The log is unavailable or overloaded; retry after Retry-After"},
+    },
+)
+async def post_events(request: Request, ingest: Ingest) -> Response:
+    body = await _read_capped(request, ingest.settings.max_body_bytes)
+    if body is None:
+        limit = ingest.settings.max_body_bytes
+        return error_response(IngestError(413, "body_too_large", f"body exceeds {limit} bytes"))
+    req = pipeline.Request(
+        body=body,
+        content_encoding=request.headers.get("content-encoding", ""),
+        authorization=request.headers.get("authorization", ""),
+        user_agent=request.headers.get("user-agent", ""),
+    )
+    try:
+        result = await ingest.handle(req)
+    except IngestError as exc:
+        return error_response(exc)
+    return JSONResponse(result.body(), status_code=result.status())
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` (never buffer a huge upload)."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _script() -> bytes | None:
+    try:
+        return (resources.files("ingest") / "static" / "funnelstream.js").read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+@router.get("/v1/funnelstream.js", summary="The storefront tracking script")
+async def tracking_script() -> Response:
+    script = _script()
+    if script is None:
+        return JSONResponse({"error": "not_built"}, status_code=404)
+    return Response(
+        script,
+        media_type="application/javascript; charset=utf-8",
+        headers={
+            "Cache-Control": f"public, max-age={SCRIPT_CACHE_SECONDS}",
+            "Access-Control-Allow-Origin": "*",
+        },
+    )

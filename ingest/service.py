@@ -1,0 +1,51 @@
+"""Runs the ingest pipeline for one request, with the in-flight bound that keeps memory flat."""
+
+from __future__ import annotations
+
+from funnelstream import metrics
+from funnelstream.config import IngestSettings, ProjectConfig
+from funnelstream.log import LogProducer
+from ingest import pipeline
+from ingest.pipeline import IngestError, Request, Result
+
+
+class IngestService:
+    def __init__(
+        self, settings: IngestSettings, config: ProjectConfig, producer: LogProducer
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.producer = producer
+        self._pending = 0
+
+    async def handle(self, request: Request) -> Result:
+        s = self.settings
+        try:
+            raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
+            raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
+            project = pipeline.authenticate(self.config, request.authorization, envelope)
+            events, errors = pipeline.validate(
+                raw_events, envelope, project, request.received_at_ms
+            )
+            if not events and errors:
+                raise IngestError(400, "invalid_events", "no event in the request is valid",
+                                  errors=errors)
+            events, dropped = pipeline.drop_bots(events, request.user_agent, s.filter_bots)
+            events = pipeline.enrich(events, request.user_agent)
+            if self._pending + len(events) > s.max_pending_events:
+                raise IngestError(
+                    503, "overloaded", "too many events waiting for the log",
+                    retry_after=s.retry_after_seconds,
+                )
+            self._pending += len(events)
+            try:
+                await pipeline.append(self.producer, events, s.retry_after_seconds)
+            finally:
+                self._pending -= len(events)
+        except IngestError as exc:
+            metrics.INGEST_REJECTED.labels(exc.code).inc()
+            raise
+        if errors:
+            metrics.INGEST_REJECTED.labels("invalid_event").inc(len({e["index"] for e in errors}))
+        metrics.INGEST_EVENTS.labels(project.id).inc(len(events))
+        return Result(accepted=len(events), dropped=dropped, errors=errors)

@@ -1,0 +1,1 @@
+"""The processor: log → sessions and funnel stages → ClickHouse. See `pipeline.py`."""

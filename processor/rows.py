@@ -1,0 +1,87 @@
+"""Rows the processor writes, as tuples in the column order of each ClickHouse table."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_COLUMNS = (
+    "project_id",
+    "event_id",
+    "event",
+    "visitor_id",
+    "user_id",
+    "client_session_id",
+    "timestamp",
+    "received_at",
+    "properties",
+    "context",
+    "log_partition",
+    "log_offset",
+)
+SESSION_COLUMNS = (
+    "project_id",
+    "visitor_id",
+    "session_id",
+    "started_at",
+    "ended_at",
+    "event_count",
+    "entry_url",
+    "referrer",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "device",
+    "browser",
+    "os",
+    "version",
+    "is_deleted",
+)
+FUNNEL_STATE_COLUMNS = (
+    "project_id",
+    "funnel_id",
+    "visitor_id",
+    "level",
+    "step_started_at",
+    "step_reached_at",
+    "updated_at",
+    "version",
+)
+TRANSITION_COLUMNS = (
+    "project_id",
+    "funnel_id",
+    "visitor_id",
+    "step",
+    "reached_at",
+    "chain_started_at",
+    "event_id",
+    "processed_at",
+)
+STATE_COLUMNS = ("consumer_group", "log_partition", "visitor_key", "state", "applied_offset")
+DEAD_LETTER_COLUMNS = (
+    "recorded_at",
+    "source",
+    "reason",
+    "detail",
+    "log_partition",
+    "log_offset",
+    "payload",
+)
+
+# The entry fields a session keeps from its first event.
+SESSION_ENTRY_FIELDS = ("url", "referrer", "utm_source", "utm_medium", "utm_campaign")
+SESSION_CONTEXT_FIELDS = ("device", "browser", "os")
+
+EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def as_uuid(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+Row = tuple[Any, ...]

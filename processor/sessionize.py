@@ -1,0 +1,108 @@
+"""Sessionization: a new session after `gap` of inactivity. Pure Python.
+
+The sessions of a visitor are the maximal runs of their events (in timestamp order)
+in which consecutive events are less than `gap` apart. Events may arrive out of order
+within `lateness`: a late event joins the session it falls in, extends one, or bridges
+two (which then merge: the later one is reported as deleted). Sessions that ended more
+than `gap + lateness` before the visitor's newest event can no longer change and are
+dropped from the state.
+
+A session's id is fixed when it is created: derived from the visitor and the event that
+opened it, so a replay produces the same id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+_SESSION_NAMESPACE = uuid.UUID("6f1d8a43-5a0e-4b8e-9a51-9d2f2f7c1e10")
+
+
+@dataclass(slots=True)
+class Session:
+    session_id: str
+    started_at_ms: int
+    ended_at_ms: int
+    event_count: int
+    # Attribution fields come from the earliest event of the session.
+    entry: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> list[object]:
+        return [self.session_id, self.started_at_ms, self.ended_at_ms, self.event_count, self.entry]
+
+    @classmethod
+    def from_json(cls, raw: list[object]) -> Session:
+        sid, start, end, count, entry = raw
+        assert isinstance(entry, dict)
+        return cls(str(sid), int(str(start)), int(str(end)), int(str(count)), dict(entry))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    session: Session
+    deleted: bool = False
+
+
+def new_session_id(project_id: str, visitor_id: str, event_id: str) -> str:
+    return str(uuid.uuid5(_SESSION_NAMESPACE, f"{project_id}\x1f{visitor_id}\x1f{event_id}"))
+
+
+def place(
+    sessions: list[Session],
+    *,
+    timestamp_ms: int,
+    entry: dict[str, str],
+    new_id: str,
+    gap_ms: int,
+) -> list[SessionChange]:
+    """Put one event into `sessions` (kept sorted by start); return what changed."""
+    touching = [
+        s
+        for s in sessions
+        if s.started_at_ms - gap_ms < timestamp_ms < s.ended_at_ms + gap_ms
+    ]
+    if not touching:
+        created = Session(new_id, timestamp_ms, timestamp_ms, 1, dict(entry))
+        sessions.append(created)
+        sessions.sort(key=lambda s: s.started_at_ms)
+        return [SessionChange(created)]
+    keep = touching[0]
+    changes: list[SessionChange] = []
+    for absorbed in touching[1:]:
+        keep.ended_at_ms = max(keep.ended_at_ms, absorbed.ended_at_ms)
+        keep.event_count += absorbed.event_count
+        sessions.remove(absorbed)
+        changes.append(SessionChange(absorbed, deleted=True))
+    keep.event_count += 1
+    if timestamp_ms < keep.started_at_ms:
+        keep.started_at_ms = timestamp_ms
+        keep.entry = dict(entry)
+    keep.ended_at_ms = max(keep.ended_at_ms, timestamp_ms)
+    changes.insert(0, SessionChange(keep))
+    return changes
+
+
+def session_of(sessions: list[Session], timestamp_ms: int) -> Session | None:
+    for s in sessions:
+        if s.started_at_ms <= timestamp_ms <= s.ended_at_ms:
+            return s
+    return None
+
+
+def forget_closed(sessions: list[Session], newest_ms: int, gap_ms: int, lateness_ms: int) -> None:
+    """Drop sessions no event within the allowed lateness can reach any more."""
+    earliest_placeable = newest_ms - lateness_ms
+    sessions[:] = [s for s in sessions if s.ended_at_ms + gap_ms > earliest_placeable]
+
+
+def reference_sessions(timestamps: list[int], gap_ms: int) -> list[tuple[int, int, int]]:
+    """(start, end, count) per session from all timestamps at once: the batch answer."""
+    out: list[tuple[int, int, int]] = []
+    for ts in sorted(timestamps):
+        if out and ts - out[-1][1] < gap_ms:
+            start, _, count = out[-1]
+            out[-1] = (start, ts, count + 1)
+        else:
+            out.append((ts, ts, 1))
+    return out

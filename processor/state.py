@@ -1,0 +1,75 @@
+"""What the processor remembers per visitor, and how it is saved and restored.
+
+The state is plain data (serialised as JSON into `processor_state`), written after the
+rows it produced and before the offset commit. `applied_offset` is the log offset of the
+last event this visitor absorbed: after a crash the processor re-reads from the last
+committed offset and skips, per visitor, every message at or below it, so nothing is
+applied twice and the re-written rows are identical (ReplacingMergeTree collapses them).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import orjson
+
+from processor.funnel_stage import FunnelProgress
+from processor.sessionize import Session
+
+# Event ids remembered per visitor for dedupe of client retries.
+SEEN_IDS = 512
+
+
+@dataclass(slots=True)
+class VisitorState:
+    project_id: str
+    visitor_id: str
+    newest_ms: int = 0
+    applied_offset: int = -1
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    sessions: list[Session] = field(default_factory=list)
+    funnels: dict[str, FunnelProgress] = field(default_factory=dict)
+
+    def remember(self, event_id: str) -> bool:
+        """Record an event id; False if it was seen already (a duplicate)."""
+        if event_id in self.seen:
+            return False
+        self.seen[event_id] = None
+        while len(self.seen) > SEEN_IDS:
+            self.seen.popitem(last=False)
+        return True
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {
+                "p": self.project_id,
+                "v": self.visitor_id,
+                "n": self.newest_ms,
+                "o": self.applied_offset,
+                "seen": list(self.seen),
+                "s": [s.to_json() for s in self.sessions],
+                "f": {fid: fp.to_json() for fid, fp in self.funnels.items()},
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes | str, funnel_steps: dict[str, int]) -> VisitorState:
+        doc = orjson.loads(raw)
+        state = cls(
+            project_id=doc["p"],
+            visitor_id=doc["v"],
+            newest_ms=int(doc["n"]),
+            applied_offset=int(doc["o"]),
+            seen=OrderedDict.fromkeys(doc["seen"]),
+            sessions=[Session.from_json(s) for s in doc["s"]],
+        )
+        for fid, fp in doc["f"].items():
+            # A funnel deleted or redefined with another step count starts over.
+            if funnel_steps.get(fid) == len(fp["c"]):
+                state.funnels[fid] = FunnelProgress.from_json(funnel_steps[fid], fp)
+        return state
+
+
+def visitor_key(project_id: str, visitor_id: str) -> str:
+    return f"{project_id}\x1f{visitor_id}"

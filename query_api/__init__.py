@@ -1,0 +1,1 @@
+"""Query API: funnel reports for analysts, live stage counts, metrics. Reads ClickHouse only."""

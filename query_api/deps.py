@@ -1,0 +1,40 @@
+"""Dependencies of the query API, declared once as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from funnelstream.clickhouse import ClickHouse
+from funnelstream.config import Project, ProjectConfig
+from processor.catalog import FunnelCatalog
+
+
+def get_clickhouse(request: Request) -> ClickHouse:
+    ch: ClickHouse = request.app.state.clickhouse
+    return ch
+
+
+def get_catalog(request: Request) -> FunnelCatalog:
+    catalog: FunnelCatalog = request.app.state.catalog
+    return catalog
+
+
+def read_project(request: Request) -> Project:
+    config: ProjectConfig = request.app.state.project_config
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not key:
+        raise HTTPException(
+            401, {"error": "missing_read_key", "message": "send Authorization: Bearer <read key>"}
+        )
+    project = config.by_read_key(key)
+    if project is None:
+        raise HTTPException(401, {"error": "invalid_read_key", "message": "unknown read key"})
+    return project
+
+
+ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
+CatalogDep = Annotated[FunnelCatalog, Depends(get_catalog)]
+ReadProject = Annotated[Project, Depends(read_project)]

@@ -1,0 +1,49 @@
+"""Step conditions as ClickHouse expressions; mirrors processor/step_match.py exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.funnels import FunnelStep, PropertyFilter
+from schemas.properties import flatten_value
+
+
+class Params:
+    """Collects bound parameters so values never enter SQL text."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def bind(self, value: Any, type_name: str) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{type_name}}}"
+
+
+def filter_sql(f: PropertyFilter, params: Params) -> str:
+    key = params.bind(f.property, "String")
+    actual = f"properties[{key}]"
+    if f.op == "is_set":
+        return f"mapContains(properties, {key})"
+    if f.op == "is_not_set":
+        return f"NOT mapContains(properties, {key})"
+    if f.op in ("gt", "lt"):
+        sign = ">" if f.op == "gt" else "<"
+        bound = params.bind(float(f.value), "Float64")
+        return f"ifNull(toFloat64OrNull({actual}) {sign} {bound}, 0)"
+    if f.op in ("in", "not_in"):
+        values = params.bind([flatten_value(v) for v in f.value], "Array(String)")
+        negate = "NOT " if f.op == "not_in" else ""
+        return f"{negate}has({values}, {actual})"
+    if f.op == "contains":
+        return f"position({actual}, {params.bind(flatten_value(f.value), 'String')}) > 0"
+    if f.op == "regex":
+        return f"match({actual}, {params.bind(str(f.value), 'String')})"
+    expected = params.bind(flatten_value(f.value), "String")
+    return f"{actual} {'=' if f.op == 'eq' else '!='} {expected}"
+
+
+def step_sql(step: FunnelStep, params: Params) -> str:
+    parts = [f"event = {params.bind(step.event, 'String')}"]
+    parts.extend(filter_sql(f, params) for f in step.filters)
+    return "(" + " AND ".join(parts) + ")"

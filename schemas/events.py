@@ -1,0 +1,256 @@
+"""The tracking event: how clients send it, how it travels on the log.
+
+Clients send loose JSON; `parse_event` turns one into an `Event` or says, per field, what
+is wrong. On the log an event is compact JSON with a schema version (`encode`/`decode`),
+so a processor can recognise a message it does not understand and dead-letter it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+MAX_NAME_LENGTH = 200
+MAX_ID_LENGTH = 200
+MAX_PROPERTIES_BYTES = 32 * 1024
+# Historical imports are welcome; timestamps before this are almost surely unit mistakes
+# (seconds sent as milliseconds, zeros).
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+# A little future is clock skew we could not correct; more is a broken client.
+MAX_FUTURE_MS = 24 * 3600 * 1000
+
+KNOWN_FIELDS = frozenset(
+    {
+        "event",
+        "visitor_id",
+        "timestamp",
+        "event_id",
+        "session_id",
+        "user_id",
+        "sent_at",
+        "properties",
+        "write_key",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    project_id: str
+    event_id: str
+    event: str
+    visitor_id: str
+    timestamp_ms: int
+    received_at_ms: int
+    session_id: str = ""
+    user_id: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    # Filled by ingest enrichment (user agent, device, country...): flat strings.
+    context: dict[str, str] = field(default_factory=dict)
+
+    def partition_key(self) -> bytes:
+        """Log key: one visitor of one project always lands in the same partition."""
+        return f"{self.project_id}\x1f{self.visitor_id}".encode()
+
+
+class InvalidMessage(ValueError):
+    """A log message the processor cannot use; it goes to the dead-letter table."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_timestamp(value: object) -> int | None:
+    """ISO-8601 string or epoch milliseconds → epoch ms; None when unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            # A timestamp without a zone is read as UTC, as ClickHouse would.
+            from datetime import UTC
+
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+def _required_string(raw: dict[str, Any], name: str, limit: int, errors: list[FieldError]) -> str:
+    value = raw.get(name)
+    if value is None:
+        errors.append(FieldError(name, "is required"))
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        errors.append(FieldError(name, "must be a string"))
+        return ""
+    if not value.strip():
+        errors.append(FieldError(name, "must not be empty"))
+        return ""
+    if len(value) > limit:
+        errors.append(FieldError(name, f"must be at most {limit} characters"))
+        return ""
+    return value
+
+
+def _optional_string(raw: dict[str, Any], name: str, errors: list[FieldError]) -> str:
+    value = raw.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        errors.append(FieldError(name, "must be a string"))
+        return ""
+    if len(value) > MAX_ID_LENGTH:
+        errors.append(FieldError(name, f"must be at most {MAX_ID_LENGTH} characters"))
+        return ""
+    return value
+
+
+def parse_event(
+    raw: object,
+    *,
+    project_id: str,
+    received_at_ms: int,
+    batch_sent_at_ms: int | None = None,
+) -> Event | list[FieldError]:
+    """Validate one client event; correct its timestamp for client clock skew.
+
+    Skew correction: a client stamps `timestamp` and `sent_at` with the same (possibly
+    wrong) clock, so `received_at - sent_at` is that clock's offset (plus network time)
+    and is added to `timestamp`.
+    """
+    if not isinstance(raw, dict):
+        return [FieldError("", "an event must be a JSON object")]
+    errors: list[FieldError] = []
+    name = _required_string(raw, "event", MAX_NAME_LENGTH, errors)
+    visitor_id = _required_string(raw, "visitor_id", MAX_ID_LENGTH, errors)
+    session_id = _optional_string(raw, "session_id", errors)
+    user_id = _optional_string(raw, "user_id", errors)
+
+    event_id = raw.get("event_id")
+    if event_id is None:
+        event_id = str(uuid.uuid4())
+    elif not isinstance(event_id, str):
+        errors.append(FieldError("event_id", "must be a UUID string"))
+    else:
+        try:
+            event_id = str(uuid.UUID(event_id))
+        except ValueError:
+            errors.append(FieldError("event_id", "must be a UUID string"))
+
+    sent_at_ms = batch_sent_at_ms
+    if raw.get("sent_at") is not None:
+        sent_at_ms = parse_timestamp(raw["sent_at"])
+        if sent_at_ms is None:
+            errors.append(FieldError("sent_at", "must be ISO-8601 or epoch milliseconds"))
+
+    timestamp_ms = received_at_ms
+    if raw.get("timestamp") is not None:
+        parsed = parse_timestamp(raw["timestamp"])
+        if parsed is None:
+            errors.append(FieldError("timestamp", "must be ISO-8601 or epoch milliseconds"))
+        else:
+            timestamp_ms = parsed
+            if sent_at_ms is not None:
+                timestamp_ms += received_at_ms - sent_at_ms
+            if timestamp_ms < MIN_TIMESTAMP_MS:
+                errors.append(FieldError("timestamp", "is before 2000-01-01 (seconds sent?)"))
+            elif timestamp_ms > received_at_ms + MAX_FUTURE_MS:
+                errors.append(FieldError("timestamp", "is more than a day in the future"))
+
+    properties = raw.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        errors.append(FieldError("properties", "must be an object"))
+        properties = {}
+    elif len(orjson.dumps(properties)) > MAX_PROPERTIES_BYTES:
+        errors.append(FieldError("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes"))
+
+    if errors:
+        return errors
+    assert isinstance(event_id, str)
+    return Event(
+        project_id=project_id,
+        event_id=event_id,
+        event=name,
+        visitor_id=visitor_id,
+        timestamp_ms=timestamp_ms,
+        received_at_ms=received_at_ms,
+        session_id=session_id,
+        user_id=user_id,
+        properties=properties,
+    )
+
+
+def encode(event: Event) -> bytes:
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "p": event.project_id,
+            "id": event.event_id,
+            "e": event.event,
+            "vid": event.visitor_id,
+            "ts": event.timestamp_ms,
+            "rt": event.received_at_ms,
+            "sid": event.session_id,
+            "uid": event.user_id,
+            "props": event.properties,
+            "ctx": event.context,
+        }
+    )
+
+
+def decode(payload: bytes) -> Event:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage("undecodable", str(exc)) from exc
+    if not isinstance(doc, dict):
+        raise InvalidMessage("undecodable", "not a JSON object")
+    version = doc.get("v")
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage("unknown_schema_version", repr(version))
+    try:
+        event = Event(
+            project_id=str(doc["p"]),
+            event_id=str(doc["id"]),
+            event=str(doc["e"]),
+            visitor_id=str(doc["vid"]),
+            timestamp_ms=int(doc["ts"]),
+            received_at_ms=int(doc["rt"]),
+            session_id=str(doc.get("sid", "")),
+            user_id=str(doc.get("uid", "")),
+            properties=dict(doc.get("props") or {}),
+            context=dict(doc.get("ctx") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidMessage("invalid_fields", str(exc)) from exc
+    return event
