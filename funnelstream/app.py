@@ -34,6 +34,7 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
 from query_api.routes.funnels import router as funnels_router
+from query_api.routes.stats import router as stats_router
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def build_app(
         app.include_router(ingest_router)
     if "query" in roles:
         app.include_router(funnels_router)
+        app.include_router(stats_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> dict[str, Any]:

@@ -89,8 +89,9 @@ def _demo(base: str, write_key: str, read_key: str) -> None:
         traffic = storefront(visitors=2000, start_ms=int(time.time() * 1000) - 3 * 3600_000)
         headers = {"Authorization": f"Bearer {write_key}"}
         for i in range(0, len(traffic.events), IMPORT_BATCH):
-            client.post("/v1/events", json={"batch": traffic.events[i : i + IMPORT_BATCH]},
-                        headers=headers).raise_for_status()
+            client.post(
+                "/v1/events", json={"batch": traffic.events[i : i + IMPORT_BATCH]}, headers=headers
+            ).raise_for_status()
         print(f"demo: sent {len(traffic.events)} events from 2000 visitors", flush=True)
         for _ in range(600):
             if client.get("/healthz").json().get("lag") == 0:
@@ -153,15 +154,18 @@ def _import(args: argparse.Namespace) -> int:
                     break
                 time.sleep(float(response.headers.get("Retry-After", "1")) * (1 + attempt / 10))
             if response.status_code >= 400 and response.status_code != 207:
-                print(f"import: batch at {i}: {response.status_code} {response.text}",
-                      file=sys.stderr)
+                print(
+                    f"import: batch at {i}: {response.status_code} {response.text}", file=sys.stderr
+                )
                 return 1
             body = response.json()
             sent += body.get("accepted", 0)
             for error in body.get("errors", []):
                 rejected += 1
-                print(f"import: event {i + error['index']}: {error['field']} {error['message']}",
-                      file=sys.stderr)
+                print(
+                    f"import: event {i + error['index']}: {error['field']} {error['message']}",
+                    file=sys.stderr,
+                )
     print(f"imported {sent} events ({rejected} rejected) from {path}")
     return 0 if rejected == 0 else 1
 

@@ -8,11 +8,15 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # ingest
 INGEST_EVENTS = Counter(
-    "funnelstream_ingest_events_total", "Events accepted and durably appended", ["project"],
+    "funnelstream_ingest_events_total",
+    "Events accepted and durably appended",
+    ["project"],
     registry=REGISTRY,
 )
 INGEST_REJECTED = Counter(
-    "funnelstream_ingest_rejected_total", "Events or requests refused, by reason", ["reason"],
+    "funnelstream_ingest_rejected_total",
+    "Events or requests refused, by reason",
+    ["reason"],
     registry=REGISTRY,
 )
 INGEST_DROPPED = Counter(
@@ -22,11 +26,13 @@ INGEST_DROPPED = Counter(
     registry=REGISTRY,
 )
 INGEST_APPEND_SECONDS = Histogram(
-    "funnelstream_ingest_append_seconds", "Time to durably append one request's events",
+    "funnelstream_ingest_append_seconds",
+    "Time to durably append one request's events",
     registry=REGISTRY,
 )
 INGEST_UNAVAILABLE = Counter(
-    "funnelstream_ingest_unavailable_total", "Requests answered 503 because the log was down",
+    "funnelstream_ingest_unavailable_total",
+    "Requests answered 503 because the log was down",
     registry=REGISTRY,
 )
 
@@ -35,7 +41,8 @@ PROCESSOR_MESSAGES = Counter(
     "funnelstream_processor_messages_total", "Log messages consumed", registry=REGISTRY
 )
 PROCESSOR_DUPLICATES = Counter(
-    "funnelstream_processor_duplicate_events_total", "Events dropped as event_id repeats",
+    "funnelstream_processor_duplicate_events_total",
+    "Events dropped as event_id repeats",
     registry=REGISTRY,
 )
 PROCESSOR_TOO_LATE = Counter(
@@ -44,15 +51,20 @@ PROCESSOR_TOO_LATE = Counter(
     registry=REGISTRY,
 )
 PROCESSOR_DEAD_LETTERS = Counter(
-    "funnelstream_processor_dead_letters_total", "Messages dead-lettered, by reason",
-    ["reason"], registry=REGISTRY,
+    "funnelstream_processor_dead_letters_total",
+    "Messages dead-lettered, by reason",
+    ["reason"],
+    registry=REGISTRY,
 )
 PROCESSOR_BATCH_MESSAGES = Histogram(
-    "funnelstream_processor_batch_messages", "Messages per written batch",
-    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000), registry=REGISTRY,
+    "funnelstream_processor_batch_messages",
+    "Messages per written batch",
+    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
+    registry=REGISTRY,
 )
 PROCESSOR_WRITE_SECONDS = Histogram(
-    "funnelstream_processor_write_seconds", "Time to write one batch to ClickHouse",
+    "funnelstream_processor_write_seconds",
+    "Time to write one batch to ClickHouse",
     registry=REGISTRY,
 )
 PROCESSOR_WRITE_RETRIES = Counter(
@@ -65,12 +77,16 @@ PROCESSOR_FRESHNESS_SECONDS = Histogram(
     registry=REGISTRY,
 )
 PROCESSOR_LAG = Gauge(
-    "funnelstream_processor_lag_messages", "Messages not yet committed, per partition",
-    ["partition"], registry=REGISTRY,
+    "funnelstream_processor_lag_messages",
+    "Messages not yet committed, per partition",
+    ["partition"],
+    registry=REGISTRY,
 )
 PROCESSOR_COMMITTED_OFFSET = Gauge(
-    "funnelstream_processor_committed_offset", "Last committed offset, per partition",
-    ["partition"], registry=REGISTRY,
+    "funnelstream_processor_committed_offset",
+    "Last committed offset, per partition",
+    ["partition"],
+    registry=REGISTRY,
 )
 PROCESSOR_VISITORS = Gauge(
     "funnelstream_processor_visitors_in_memory", "Visitor states held", registry=REGISTRY
@@ -78,6 +94,8 @@ PROCESSOR_VISITORS = Gauge(
 
 # query api
 QUERY_SECONDS = Histogram(
-    "funnelstream_query_seconds", "Time to answer a query API request", ["route"],
+    "funnelstream_query_seconds",
+    "Time to answer a query API request",
+    ["route"],
     registry=REGISTRY,
 )

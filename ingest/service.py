@@ -21,20 +21,29 @@ class IngestService:
     async def handle(self, request: Request) -> Result:
         s = self.settings
         try:
+            # A header key is checked before the body is even read; beacons, which cannot
+            # set headers, put the key in the body.
+            project = None
+            if request.authorization:
+                project = pipeline.authenticate(self.config, request.authorization, {})
             raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
             raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
-            project = pipeline.authenticate(self.config, request.authorization, envelope)
+            if project is None:
+                project = pipeline.authenticate(self.config, "", envelope)
             events, errors = pipeline.validate(
                 raw_events, envelope, project, request.received_at_ms
             )
             if not events and errors:
-                raise IngestError(400, "invalid_events", "no event in the request is valid",
-                                  errors=errors)
+                raise IngestError(
+                    400, "invalid_events", "no event in the request is valid", errors=errors
+                )
             events, dropped = pipeline.drop_bots(events, request.user_agent, s.filter_bots)
             events = pipeline.enrich(events, request.user_agent)
             if self._pending + len(events) > s.max_pending_events:
                 raise IngestError(
-                    503, "overloaded", "too many events waiting for the log",
+                    503,
+                    "overloaded",
+                    "too many events waiting for the log",
                     retry_after=s.retry_after_seconds,
                 )
             self._pending += len(events)

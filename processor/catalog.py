@@ -19,8 +19,9 @@ class FunnelCatalog:
         self._by_project = by_project
 
     def upsert(self, funnel: FunnelDefinition) -> None:
-        self.replace([f for f in self.all() if (f.project, f.id) != (funnel.project, funnel.id)]
-                     + [funnel])
+        self.replace(
+            [f for f in self.all() if (f.project, f.id) != (funnel.project, funnel.id)] + [funnel]
+        )
 
     def remove(self, project: str, funnel_id: str) -> None:
         self.replace([f for f in self.all() if (f.project, f.id) != (project, funnel_id)])

@@ -1,16 +1,22 @@
 """The funnel-stage machine: how far one visitor got in one funnel. Pure Python.
 
-Semantics are pinned to ClickHouse `windowFunnel(window, 'strict_once')` over the
-visitor's events, so the live state and a retroactive SQL report agree exactly (a
-differential test checks this against the real engine):
+The rule (the same one the SQL report folds in ClickHouse, query_api/sql/funnel_report.py):
 
-* Every event that matches step i yields an entry (timestamp, i). Entries are processed
-  in (timestamp, step) order, so events with the same timestamp count in funnel order.
+* Every event that matches step i yields an entry (timestamp, i). Events are taken in
+  timestamp order; events with the same timestamp in funnel order (by the first step each
+  matches), then by event id, so the result never depends on arrival order.
+* An event's own entries are applied from its deepest matching step down, so one event
+  advances a chain by at most one step (steps a, a, b: a single `a` reaches step 1 only;
+  a second `a` reaches step 2).
 * Step 1 (re)starts a chain at its timestamp. An entry for step i > 1 extends the chain
-  held at step i-1 if it lies within `window` of that chain's start (inclusive), and the
-  entry is not the very event that filled step i-1 (one event advances a chain by at most
-  one step: 'strict_once').
+  held at step i-1 if it lies within `window` of that chain's start (inclusive).
 * The level is the deepest step any chain reached; it never goes down.
+
+For funnels whose steps no single event can match twice this is exactly ClickHouse's
+`windowFunnel(window)` (default mode); the differential test checks it against the real
+engine. ClickHouse's 'strict_once' mode tracks every partial path instead of the latest
+chain per step, which can differ for overlapping steps; we keep one chain per step
+because it is what the live processor can hold in constant memory.
 
 Streaming with late events: entries newer than `horizon = newest timestamp - lateness`
 stay pending and are re-sorted with each arrival; older ones are folded into a checkpoint.
@@ -32,9 +38,17 @@ class Entry:
     timestamp_ms: int
     step: int
     event_id: str
+    # The lowest step the same event matches: orders same-timestamp events.
+    first_step: int
 
-    def sort_key(self) -> tuple[int, int, str]:
-        return (self.timestamp_ms, self.step, self.event_id)
+    def sort_key(self) -> tuple[int, int, str, int]:
+        return (self.timestamp_ms, self.first_step, self.event_id, -self.step)
+
+
+def entries_for(timestamp_ms: int, event_id: str, steps: list[int]) -> list[Entry]:
+    """One event's entries, in the order `fold` must see them (deepest step first)."""
+    first = min(steps)
+    return [Entry(timestamp_ms, s, event_id, first) for s in sorted(steps, reverse=True)]
 
 
 def fold(slots: list[Slot], entries: list[Entry], window_ms: int) -> list[Slot]:
@@ -45,7 +59,7 @@ def fold(slots: list[Slot], entries: list[Entry], window_ms: int) -> list[Slot]:
             out[0] = (entry.timestamp_ms, entry.timestamp_ms, entry.event_id)
             continue
         previous = out[entry.step - 1]
-        if previous is None or previous[2] == entry.event_id:
+        if previous is None:
             continue
         started = previous[0]
         if entry.timestamp_ms <= started + window_ms:
@@ -84,9 +98,7 @@ class FunnelProgress:
         if not self.slots:
             self.slots = list(self.checkpoint)
 
-    def add(
-        self, entries: list[Entry], window_ms: int, horizon_ms: int
-    ) -> list[Transition]:
+    def add(self, entries: list[Entry], window_ms: int, horizon_ms: int) -> list[Transition]:
         """Add one event's entries; return the steps newly reached (in order)."""
         appended_in_order = not self.pending or (
             entries and entries[0].sort_key() >= self.pending[-1].sort_key()
@@ -118,7 +130,7 @@ class FunnelProgress:
     def to_json(self) -> dict[str, object]:
         return {
             "c": self.checkpoint,
-            "p": [[e.timestamp_ms, e.step, e.event_id] for e in self.pending],
+            "p": [[e.timestamp_ms, e.step, e.event_id, e.first_step] for e in self.pending],
             "l": self.level,
             "s": self.slots,
         }
@@ -136,7 +148,7 @@ class FunnelProgress:
         return cls(
             steps=steps,
             checkpoint=slots(doc["c"]),
-            pending=[Entry(int(t), int(s), str(i)) for t, s, i in pending_raw],
+            pending=[Entry(int(t), int(s), str(i), int(f)) for t, s, i, f in pending_raw],
             level=level,
             slots=slots(doc["s"]),
         )

@@ -58,9 +58,7 @@ def place(
 ) -> list[SessionChange]:
     """Put one event into `sessions` (kept sorted by start); return what changed."""
     touching = [
-        s
-        for s in sessions
-        if s.started_at_ms - gap_ms < timestamp_ms < s.ended_at_ms + gap_ms
+        s for s in sessions if s.started_at_ms - gap_ms < timestamp_ms < s.ended_at_ms + gap_ms
     ]
     if not touching:
         created = Session(new_id, timestamp_ms, timestamp_ms, 1, dict(entry))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.funnel_stage import Entry, FunnelProgress
+from processor.funnel_stage import FunnelProgress, entries_for
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,
@@ -49,10 +49,7 @@ class Outputs:
 
     def row_count(self) -> int:
         return (
-            len(self.events)
-            + len(self.sessions)
-            + len(self.funnel_states)
-            + len(self.transitions)
+            len(self.events) + len(self.sessions) + len(self.funnel_states) + len(self.transitions)
         )
 
 
@@ -164,7 +161,7 @@ def _advance(
     progress = state.funnels.get(funnel.id)
     if progress is None:
         progress = state.funnels[funnel.id] = FunnelProgress(steps=len(funnel.steps))
-    entries = [Entry(event.timestamp_ms, step, event.event_id) for step in matched]
+    entries = entries_for(event.timestamp_ms, event.event_id, matched)
     transitions = progress.add(entries, funnel.window_seconds * 1000, horizon)
     for t in transitions:
         out.transitions.append(

@@ -16,6 +16,7 @@ processes sharing work is what the Kafka backend is for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -130,9 +131,7 @@ class _Store:
                 self._write.execute("ROLLBACK")
                 raise
 
-    def read(
-        self, topic: str, positions: Mapping[int, int], max_records: int
-    ) -> list[LogMessage]:
+    def read(self, topic: str, positions: Mapping[int, int], max_records: int) -> list[LogMessage]:
         out: list[LogMessage] = []
         with self._read_lock:
             for partition, offset in positions.items():
@@ -244,9 +243,7 @@ class EmbeddedLog(Log):
         known = await asyncio.to_thread(self._store.partitions, topic)
         if known is not None:
             return known
-        return await asyncio.to_thread(
-            self._store.ensure_topic, topic, self._default_partitions
-        )
+        return await asyncio.to_thread(self._store.ensure_topic, topic, self._default_partitions)
 
     async def _append(self, topic: str, records: Sequence[LogRecord]) -> None:
         appender = self._appenders.get(topic)
@@ -374,21 +371,15 @@ class EmbeddedConsumer(LogConsumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(
-                    signal.wait(), timeout=min(remaining, self._IDLE_RECHECK_S)
-                )
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), timeout=min(remaining, self._IDLE_RECHECK_S))
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         if offsets:
             await asyncio.to_thread(self._log.store.commit, self.topic, self.group, offsets)
 
     async def committed(self, partition: int) -> int | None:
-        return await asyncio.to_thread(
-            self._log.store.committed, self.topic, self.group, partition
-        )
+        return await asyncio.to_thread(self._log.store.committed, self.topic, self.group, partition)
 
     def seek(self, partition: int, offset: int) -> None:
         if partition not in self._assigned:

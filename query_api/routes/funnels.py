@@ -160,7 +160,12 @@ async def live_stages(
     return {
         "funnel_id": funnel.id,
         "stages": [
-            {"index": k, "event": s.event, "at_stage": at_level.get(k + 1, 0), "reached": reached[k]}
+            {
+                "index": k,
+                "event": s.event,
+                "at_stage": at_level.get(k + 1, 0),
+                "reached": reached[k],
+            }
             for k, s in enumerate(funnel.steps)
         ],
         "query_ms": round(elapsed * 1000, 2),

@@ -1,9 +1,9 @@
 """The funnel report over raw events, computed per visitor inside ClickHouse.
 
-Per visitor, the step entries (timestamp, step, event_id) are sorted and folded with
-`arrayFold` by exactly the rule of processor/funnel_stage.py (ClickHouse's
-`windowFunnel(window, 'strict_once')`), keeping per step the chain start and the time it
-was reached; so levels agree with windowFunnel and times to convert come from the same
+Per visitor, the step entries are sorted and folded with `arrayFold` by exactly the rule
+of processor/funnel_stage.py, keeping per step the chain start and the time it was
+reached; levels agree with the live processor (and with ClickHouse's `windowFunnel` for
+funnels whose steps no event matches twice), and times to convert come from the same
 chains. Only the project's events in the time range with the funnel's event names are
 read, before any per-visitor work.
 """
@@ -21,19 +21,18 @@ _EMPTY_SLOT = "(toInt64(-1), toInt64(-1), toUUID('00000000-0000-0000-0000-000000
 
 
 def slots_expression(steps: int, window_param: str) -> str:
-    """arrayFold over sorted entries `e` (tuples ts, step, id) → Array(slot)."""
-    set_first = f"arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.3), s), acc, range(1, {steps + 1}))"
-    extend = (
-        f"arrayMap((s, j) -> if(j = x.2 + 1, (acc[x.2].1, x.1, x.3), s), acc, "
-        f"range(1, {steps + 1}))"
-    )
-    can_extend = (
-        f"acc[x.2].1 >= 0 AND acc[x.2].3 != x.3 AND x.1 <= acc[x.2].1 + {window_param}"
-    )
+    """arrayFold over sorted entries x = (ts, first step, event id, -step) → Array(slot).
+
+    Sorting on -step applies one event's entries deepest first (see funnel_stage.py).
+    """
+    positions = f"range(1, {steps + 1})"
+    set_first = f"arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.3), s), acc, {positions})"
+    extend = f"arrayMap((s, j) -> if(j = 1 - x.4, (acc[-x.4].1, x.1, x.3), s), acc, {positions})"
+    can_extend = f"acc[-x.4].1 >= 0 AND x.1 <= acc[-x.4].1 + {window_param}"
     initial = f"arrayMap(i -> {_EMPTY_SLOT}, range({steps}))"
     return (
-        f"arrayFold((acc, x) -> if(x.2 = 0, {set_first}, if({can_extend}, {extend}, acc)), "
-        f"arraySort(groupArray((ts, step, eid))), {initial})"
+        f"arrayFold((acc, x) -> if(x.4 = 0, {set_first}, if({can_extend}, {extend}, acc)), "
+        f"arraySort(groupArray((ts, first_step, eid, -toInt64(step)))), {initial})"
     )
 
 
@@ -46,12 +45,14 @@ def per_visitor_sql(
 SELECT visitor_id, {slots_expression(len(funnel.steps), window)} AS slots
 FROM (
     SELECT visitor_id, toUnixTimestamp64Milli(timestamp) AS ts, event_id AS eid,
-           arrayJoin(arrayFilter(i -> [{conditions}][i + 1], range({len(funnel.steps)}))) AS step
+           arrayFilter(i -> [{conditions}][i + 1], range({len(funnel.steps)})) AS matched,
+           matched[1] AS first_step,
+           arrayJoin(matched) AS step
     FROM events
-    WHERE project_id = {params.bind(project, 'String')}
+    WHERE project_id = {params.bind(project, "String")}
       AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
       AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
-      AND event IN {params.bind(funnel.event_names(), 'Array(String)')}
+      AND event IN {params.bind(funnel.event_names(), "Array(String)")}
 )
 GROUP BY visitor_id""".strip()
 
@@ -75,18 +76,18 @@ ORDER BY step""".strip()
 def levels_sql(
     funnel: FunnelDefinition, project: str, start: datetime, end: datetime
 ) -> tuple[str, dict[str, Any]]:
-    """Per visitor: ClickHouse's own windowFunnel level (used to cross-check the fold)."""
+    """Per visitor: ClickHouse's own windowFunnel level (default mode), the cross-check of
+    the fold for funnels whose steps no single event can match twice."""
     params = Params()
     conditions = ", ".join(step_sql(s, params) for s in funnel.steps)
     window = params.bind(funnel.window_seconds * 1000, "UInt64")
     sql = f"""
 SELECT visitor_id,
-       windowFunnel({window}, 'strict_once')(toUInt64(toUnixTimestamp64Milli(timestamp)),
-                                             {conditions}) AS level
+       windowFunnel({window})(toUInt64(toUnixTimestamp64Milli(timestamp)), {conditions}) AS level
 FROM events
-WHERE project_id = {params.bind(project, 'String')}
+WHERE project_id = {params.bind(project, "String")}
   AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
   AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
-  AND event IN {params.bind(funnel.event_names(), 'Array(String)')}
+  AND event IN {params.bind(funnel.event_names(), "Array(String)")}
 GROUP BY visitor_id""".strip()
     return sql, params.values

@@ -1,0 +1,34 @@
+"""Project totals: what is stored, after deduplication (FINAL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from query_api.deps import ClickHouseDep, ReadProject
+
+router = APIRouter(prefix="/v1/stats", tags=["stats"])
+
+
+@router.get("", summary="Stored events, visitors, sessions and dead letters of the project")
+async def project_stats(project: ReadProject, ch: ClickHouseDep) -> dict[str, Any]:
+    params = {"p": project.id}
+    ((events, visitors),) = await ch.query_rows(
+        "SELECT count(), uniqExact(visitor_id) FROM events FINAL WHERE project_id = {p:String}",
+        params,
+    )
+    ((sessions,),) = await ch.query_rows(
+        "SELECT count() FROM sessions FINAL WHERE project_id = {p:String}", params
+    )
+    ((transitions,),) = await ch.query_rows(
+        "SELECT count() FROM funnel_transitions FINAL WHERE project_id = {p:String}", params
+    )
+    ((dead_letters,),) = await ch.query_rows("SELECT count() FROM dead_letters FINAL")
+    return {
+        "events": int(events),
+        "visitors": int(visitors),
+        "sessions": int(sessions),
+        "funnel_transitions": int(transitions),
+        "dead_letters": int(dead_letters),
+    }

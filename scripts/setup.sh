@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything Funnelstream needs on a fresh machine, idempotently:
+#   - a virtualenv in .venv with the package and its dev tools (pip, from PyPI)
+#   - with --all: Debian's Chromium (browser tests) and Apache Kafka's jars (Maven Central)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the dependency list changed since the last install.
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+if [ "${1:-}" = "--all" ]; then
+  bash deploy/browser/install.sh
+  bash deploy/kafka/broker.sh fetch
+fi

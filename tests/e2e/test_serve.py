@@ -1,0 +1,156 @@
+"""The whole path through a real `funnelstream serve` process: HTTP → log → processor →
+ClickHouse (chdb) → report."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from funnelstream.demo import storefront
+from tests.e2e.server import READ, Server
+
+pytestmark = pytest.mark.clickhouse
+
+FROM = "2020-01-01T00:00:00Z"
+TO = "2100-01-01T00:00:00Z"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path / "data").start()
+    yield s
+    s.stop()
+
+
+def test_events_in_exact_funnel_out(server: Server) -> None:
+    traffic = storefront(visitors=600, start_ms=int(time.time() * 1000) - 7200_000, seed=3)
+    for i in range(0, len(traffic.events), 250):
+        r = server.post({"batch": traffic.events[i : i + 250]})
+        assert r.status_code == 202, r.text
+        assert r.json() == {"accepted": len(traffic.events[i : i + 250])}
+    server.wait_processed()
+
+    report = server.report(**{"from": FROM, "to": TO})
+    assert [s["visitors"] for s in report["steps"]] == traffic.reached
+    first = traffic.reached[0]
+    assert [s["conversion_from_start"] for s in report["steps"]] == [
+        round(r / first, 6) for r in traffic.reached
+    ]
+    assert [s["dropped"] for s in report["steps"]] == [
+        a - b for a, b in zip(traffic.reached, traffic.reached[1:], strict=False)
+    ] + [0]
+    assert report["steps"][0]["median_seconds_from_start"] == 0
+    assert report["steps"][1]["median_seconds_from_start"] > 0
+
+    live = server.live()
+    assert [s["reached"] for s in live["stages"]] == traffic.reached
+
+
+def test_single_event_text_plain_gzip_and_body_key(server: Server) -> None:
+    now = int(time.time() * 1000)
+    single = {"event": "page_view", "visitor_id": "solo", "timestamp": now - 5000}
+    r = httpx.post(
+        f"{server.base}/v1/events",
+        content=orjson.dumps({**single, "write_key": "wk_test"}),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert r.status_code == 202, r.text
+    body = gzip.compress(
+        orjson.dumps(
+            {
+                "batch": [{"event": "product_view", "visitor_id": "solo", "timestamp": now}],
+                "write_key": "wk_test",
+            }
+        )
+    )
+    r = httpx.post(
+        f"{server.base}/v1/events",
+        content=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 202, r.text
+    server.wait_processed()
+    steps = server.report(**{"from": FROM, "to": TO})["steps"]
+    assert [s["visitors"] for s in steps] == [1, 1, 0, 0, 0]
+
+
+def test_bad_input_gets_clear_errors(server: Server) -> None:
+    now = int(time.time() * 1000)
+    r = server.post(
+        {
+            "batch": [
+                {"event": "page_view", "visitor_id": "ok", "timestamp": now},
+                {"event": "page_view", "timestamp": now},
+                {"event": "page_view", "visitor_id": "x", "timestamp": "yesterday"},
+            ]
+        }
+    )
+    assert r.status_code == 207
+    assert r.json() == {
+        "accepted": 1,
+        "errors": [
+            {"index": 1, "field": "visitor_id", "message": "is required"},
+            {"index": 2, "field": "timestamp", "message": "must be ISO-8601 or epoch milliseconds"},
+        ],
+    }
+    r = server.post([1, 2, 3])
+    assert r.status_code == 400 and r.json()["error"] == "invalid_shape"
+    r = httpx.post(f"{server.base}/v1/events", content=b"{nope", headers=READ)
+    assert r.status_code == 401
+    r = httpx.post(
+        f"{server.base}/v1/events", content=b"{nope", headers={"Authorization": "Bearer wk_test"}
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_json"
+    r = httpx.post(
+        f"{server.base}/v1/events",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"Authorization": "Bearer wk_test"},
+    )
+    assert r.status_code == 413
+    r = httpx.get(
+        f"{server.base}/v1/funnels/checkout/report", params={"from": "soon"}, headers=READ
+    )
+    assert r.status_code == 400 and r.json()["detail"]["field"] == "from"
+    r = httpx.get(f"{server.base}/v1/funnels/nope/report", headers=READ)
+    assert r.status_code == 404
+
+
+def test_import_history_through_the_same_path(server: Server, tmp_path: Path) -> None:
+    history = tmp_path / "history.csv"
+    history.write_text(
+        "event,visitor_id,timestamp,properties.url\n"
+        "page_view,h1,2024-03-01T10:00:00Z,/\n"
+        "product_view,h1,2024-03-01T10:01:00Z,/p/1\n"
+        "add_to_cart,h1,2024-03-01T10:02:00Z,/cart\n"
+        "page_view,h2,2024-03-02T09:00:00Z,/\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "funnelstream.cli",
+            "import",
+            str(history),
+            "--host",
+            server.base,
+            "--write-key",
+            "wk_test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "imported 4 events" in out.stdout
+    server.wait_processed()
+    steps = server.report(**{"from": "2024-03-01T00:00:00Z", "to": "2024-04-01T00:00:00Z"})
+    assert [s["visitors"] for s in steps["steps"]] == [2, 1, 1, 0, 0]

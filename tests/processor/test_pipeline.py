@@ -1,0 +1,179 @@
+"""The processor against the embedded log and the real ClickHouse engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
+from funnelstream.log import LogRecord
+from funnelstream.log.embedded import EmbeddedLog
+from processor.catalog import FunnelCatalog
+from processor.pipeline import Processor, ProcessorConfig
+from schemas.events import Event, encode
+from schemas.funnels import FunnelDefinition
+
+pytestmark = pytest.mark.clickhouse
+
+FUNNEL = FunnelDefinition(
+    id="f",
+    project="p",
+    window_seconds=3600,
+    steps=({"event": "view"}, {"event": "cart"}, {"event": "buy"}),  # type: ignore[arg-type]
+)
+T0 = 1_760_000_000_000
+
+
+def event(visitor: str, name: str, minute: int, n: int) -> Event:
+    return Event(
+        project_id="p",
+        event_id=f"00000000-0000-4000-8000-{n:012d}",
+        event=name,
+        visitor_id=visitor,
+        timestamp_ms=T0 + minute * 60_000,
+        received_at_ms=T0,
+    )
+
+
+def stream() -> list[Event]:
+    out = []
+    n = 0
+    for v in range(30):
+        for k, name in enumerate(["view", "cart", "buy"][: 1 + v % 3]):
+            n += 1
+            out.append(event(f"v{v}", name, k, n))
+    return out  # 10 visitors reach 1, 10 reach 2, 10 reach 3
+
+
+class FlakyClickHouse(ClickHouse):
+    """The real engine, with injected write failures (a ClickHouse outage)."""
+
+    def __init__(self, real: ClickHouse, fail_tables: dict[str, int]) -> None:
+        self.__dict__.update(real.__dict__)
+        self.fail_tables = fail_tables
+
+    async def insert(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+    ) -> None:
+        if rows and self.fail_tables.get(table, 0) > 0:
+            self.fail_tables[table] -= 1
+            raise ClickHouseUnavailable(f"injected failure writing {table}")
+        await super().insert(table, rows, columns)
+
+
+async def append(log: EmbeddedLog, payloads: list[tuple[bytes, bytes]]) -> None:
+    producer = log.producer("events")
+    await producer.start()
+    await producer.append([LogRecord(k, v, T0) for k, v in payloads])
+
+
+async def run_until_idle(processor: Processor, log: EmbeddedLog, messages: int) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    for _ in range(600):
+        if processor.processed_messages >= messages:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+
+def levels(ch: ClickHouse) -> dict[int, int]:
+    rows = ch.query_rows_sync("SELECT level, count() FROM funnel_state FINAL GROUP BY level")
+    return {int(level): int(c) for level, c in rows}
+
+
+async def test_poison_messages_are_dead_lettered_and_the_partition_flows(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    events = stream()
+    payloads = [(e.partition_key(), encode(e)) for e in events]
+    payloads.insert(5, (b"p\x1fv0", b"\xff not json"))
+    payloads.insert(9, (b"p\x1fv0", b'{"v": 99, "p": "p"}'))
+    await append(log, payloads)
+    processor = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))
+    await run_until_idle(processor, log, len(payloads))
+    await log.close()
+
+    assert levels(ch) == {1: 10, 2: 10, 3: 10}
+    reasons = ch.query_rows_sync("SELECT reason FROM dead_letters ORDER BY reason")
+    assert reasons == [("undecodable",), ("unknown_schema_version",)]
+    ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
+    assert stored == len(events)
+
+
+async def test_clickhouse_outage_retries_and_never_commits_an_unwritten_batch(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    events = stream()
+    await append(log, [(e.partition_key(), encode(e)) for e in events])
+    flaky = FlakyClickHouse(ch, {"funnel_state": 3})
+    processor = Processor(
+        log,
+        flaky,
+        FunnelCatalog([FUNNEL]),
+        ProcessorConfig(batch_max_seconds=0.05, retry_initial_seconds=0.05),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    # While the writes fail, nothing is committed.
+    for _ in range(200):
+        if flaky.fail_tables["funnel_state"] < 3:
+            break
+        await asyncio.sleep(0.01)
+    consumer = log.consumer("events", "observer")
+    await consumer.start()
+    group = processor.config.group
+    assert log.store.committed("events", group, 0) is None
+    assert log.store.committed("events", group, 1) is None
+    await consumer.stop()
+    for _ in range(400):
+        if processor.processed_messages >= len(events):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    heads = log.store.heads("events")
+    assert {p: log.store.committed("events", group, p) for p in heads} == heads
+    assert levels(ch) == {1: 10, 2: 10, 3: 10}
+    await log.close()
+
+
+async def test_crash_between_rows_and_state_replays_exactly(ch: ClickHouse, tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    events = stream()
+    await append(log, [(e.partition_key(), encode(e)) for e in events])
+    # First run: every row is written, then the visitor-state write fails for good and
+    # the process "dies" (is cancelled) without committing.
+    flaky = FlakyClickHouse(ch, {"processor_state": 10**9})
+    first = Processor(
+        log,
+        flaky,
+        FunnelCatalog([FUNNEL]),
+        ProcessorConfig(batch_max_seconds=0.05, retry_initial_seconds=0.01),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    for _ in range(200):
+        if flaky.fail_tables["processor_state"] < 10**9 - 2:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert levels(ch) == {1: 10, 2: 10, 3: 10}  # rows landed before the "crash"
+
+    second = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))
+    await run_until_idle(second, log, len(events))
+    await log.close()
+    assert levels(ch) == {1: 10, 2: 10, 3: 10}
+    ((transitions,),) = ch.query_rows_sync("SELECT count() FROM funnel_transitions FINAL")
+    assert transitions == 10 * 1 + 10 * 2 + 10 * 3
+    ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
+    assert stored == len(events)
