@@ -34,6 +34,7 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
 from query_api.routes.funnels import router as funnels_router
+from query_api.routes.reports import router as reports_router
 from query_api.routes.stats import router as stats_router
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,15 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        backend = open_log(settings)
+        # The query API alone reads ClickHouse only; it never touches the log.
+        backend = open_log(settings) if roles & {"ingest", "processor"} else None
         tasks: list[asyncio.Task[Any]] = []
         stop = asyncio.Event()
         ch: ClickHouse | None = None
         producer = None
         try:
-            await backend.ensure_topic(settings.topic, settings.partitions)
+            if backend is not None:
+                await backend.ensure_topic(settings.topic, settings.partitions)
             if roles & {"processor", "query"}:
                 ch = ClickHouse(settings.resolved_clickhouse_dsn())
                 await asyncio.to_thread(migrate, ch)
@@ -92,11 +95,12 @@ def build_app(
                 if roles != ROLES:
                     tasks.append(asyncio.create_task(_refresh_catalog(app, ch, stop)))
             if "ingest" in roles:
+                assert backend is not None
                 producer = backend.producer(settings.topic)
                 await producer.start()
                 app.state.ingest = IngestService(ingest_settings, project_config, producer)
             if "processor" in roles:
-                assert ch is not None
+                assert ch is not None and backend is not None
                 processor = Processor(
                     backend, ch, app.state.catalog, processor_config(processor_settings)
                 )
@@ -110,7 +114,8 @@ def build_app(
                     await task
             if producer is not None:
                 await producer.stop()
-            await backend.close()
+            if backend is not None:
+                await backend.close()
             if ch is not None:
                 ch.close()
 
@@ -146,6 +151,7 @@ def build_app(
         app.include_router(ingest_router)
     if "query" in roles:
         app.include_router(funnels_router)
+        app.include_router(reports_router)
         app.include_router(stats_router)
 
     @app.get("/healthz", tags=["ops"])

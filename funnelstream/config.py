@@ -50,7 +50,9 @@ class IngestSettings(CommonSettings):
     # Events waiting for the log at once; beyond this ingest answers 503 + Retry-After.
     max_pending_events: int = 50_000
     retry_after_seconds: int = 2
-    filter_bots: bool = True
+    # Bot reasons (ingest/useragent.py) whose requests are dropped, counted per reason.
+    # "http_client" and "empty_user_agent" are left out: server-side senders use them.
+    drop_bot_reasons: frozenset[str] = frozenset({"known_bot", "headless_browser"})
 
 
 class ProcessorSettings(CommonSettings):
@@ -120,6 +122,16 @@ def parse_config(text: str, mode: str = "local", path: Path | None = None) -> Pr
         projects.append(Project(pid, SecretStr(wk), SecretStr(rk)))
     if not projects:
         raise ConfigError("config defines no [[projects]]")
+    seen_ids: set[str] = set()
+    seen_keys: set[str] = set()
+    for p in projects:
+        if p.id in seen_ids:
+            raise ConfigError(f"projects[{p.id}]: duplicate project id")
+        seen_ids.add(p.id)
+        for name, key in (("write_key", p.write_key), ("read_key", p.read_key)):
+            if key.get_secret_value() in seen_keys:
+                raise ConfigError(f"projects[{p.id}].{name}: key is used twice")
+            seen_keys.add(key.get_secret_value())
     known = {p.id for p in projects}
     funnels = []
     for i, raw in enumerate(doc.get("funnels", [])):
@@ -129,8 +141,8 @@ def parse_config(text: str, mode: str = "local", path: Path | None = None) -> Pr
             raise ConfigError(f"funnels[{i}]: {exc}") from exc
         problems = validate_funnel(funnel)
         if problems:
-            p = problems[0]
-            raise ConfigError(f"funnels[{i}].{p.field}: {p.message} ({p.code})")
+            first = problems[0]
+            raise ConfigError(f"funnels[{i}].{first.field}: {first.message} ({first.code})")
         if funnel.project not in known:
             raise ConfigError(f"funnels[{i}].project: unknown project {funnel.project!r}")
         funnels.append(funnel)

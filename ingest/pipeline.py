@@ -101,6 +101,8 @@ def read_body(body: bytes, content_encoding: str, limit: int) -> bytes:
         raise IngestError(400, "bad_gzip", f"body is not valid gzip: {exc}") from exc
     if len(out) > limit or decompressor.unconsumed_tail:
         raise IngestError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+    if not decompressor.eof:
+        raise IngestError(400, "bad_gzip", "body is not valid gzip: truncated")
     return out
 
 
@@ -172,11 +174,18 @@ def _error(index: int, error: FieldError) -> dict[str, Any]:
     return {"index": index, "field": error.field, "message": error.message}
 
 
-def drop_bots(events: list[Event], user_agent: str, enabled: bool) -> tuple[list[Event], int]:
-    if not enabled or not events:
+def drop_bots(
+    events: list[Event], user_agent: str, drop_reasons: frozenset[str]
+) -> tuple[list[Event], int]:
+    """Drop a request's events when its user agent is a bot for one of `drop_reasons`.
+
+    By default only crawlers and headless browsers are dropped: HTTP libraries and empty
+    user agents are how server-side tracking and history imports arrive.
+    """
+    if not drop_reasons or not events:
         return events, 0
     reason = bot_reason(user_agent)
-    if reason is None:
+    if reason is None or reason not in drop_reasons:
         return events, 0
     metrics.INGEST_DROPPED.labels(reason).inc(len(events))
     return [], len(events)

@@ -24,7 +24,7 @@ class IngestService:
             # A header key is checked before the body is even read; beacons, which cannot
             # set headers, put the key in the body.
             project = None
-            if request.authorization:
+            if request.authorization.strip().lower() not in ("", "bearer"):
                 project = pipeline.authenticate(self.config, request.authorization, {})
             raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
             raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
@@ -37,7 +37,7 @@ class IngestService:
                 raise IngestError(
                     400, "invalid_events", "no event in the request is valid", errors=errors
                 )
-            events, dropped = pipeline.drop_bots(events, request.user_agent, s.filter_bots)
+            events, dropped = pipeline.drop_bots(events, request.user_agent, s.drop_bot_reasons)
             events = pipeline.enrich(events, request.user_agent)
             if self._pending + len(events) > s.max_pending_events:
                 raise IngestError(

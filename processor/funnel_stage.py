@@ -27,10 +27,23 @@ late (it is still stored in the events table, so SQL reports include it).
 from __future__ import annotations
 
 import bisect
+import uuid
 from dataclasses import dataclass, field
 
 # Per step: (chain start ms, reached at ms, id of the event that filled it), or None.
 Slot = tuple[int, int, str] | None
+
+
+_LOW64 = (1 << 64) - 1
+
+
+def uuid_order(event_id: str) -> int:
+    """The event id as ClickHouse orders UUIDs: low 64 bits first, then high 64 bits."""
+    try:
+        value = uuid.UUID(event_id).int
+    except ValueError:  # ids are UUIDs once ingested; keep tests with short ids working
+        value = int.from_bytes(event_id.encode()[:16].ljust(16, b"\0"), "big")
+    return ((value & _LOW64) << 64) | (value >> 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +53,18 @@ class Entry:
     event_id: str
     # The lowest step the same event matches: orders same-timestamp events.
     first_step: int
+    # Tie-break between events with equal timestamp and first step (uuid_order).
+    tie: int = field(default=0, compare=False, repr=False)
 
-    def sort_key(self) -> tuple[int, int, str, int]:
-        return (self.timestamp_ms, self.first_step, self.event_id, -self.step)
+    def sort_key(self) -> tuple[int, int, int, int]:
+        return (self.timestamp_ms, self.first_step, self.tie, -self.step)
 
 
 def entries_for(timestamp_ms: int, event_id: str, steps: list[int]) -> list[Entry]:
     """One event's entries, in the order `fold` must see them (deepest step first)."""
     first = min(steps)
-    return [Entry(timestamp_ms, s, event_id, first) for s in sorted(steps, reverse=True)]
+    tie = uuid_order(event_id)
+    return [Entry(timestamp_ms, s, event_id, first, tie) for s in sorted(steps, reverse=True)]
 
 
 def fold(slots: list[Slot], entries: list[Entry], window_ms: int) -> list[Slot]:
@@ -148,7 +164,10 @@ class FunnelProgress:
         return cls(
             steps=steps,
             checkpoint=slots(doc["c"]),
-            pending=[Entry(int(t), int(s), str(i), int(f)) for t, s, i, f in pending_raw],
+            pending=[
+                Entry(int(t), int(s), str(i), int(f), uuid_order(str(i)))
+                for t, s, i, f in pending_raw
+            ],
             level=level,
             slots=slots(doc["s"]),
         )

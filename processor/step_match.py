@@ -20,7 +20,9 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 
 def _as_float(text: str | None) -> float | None:
-    if text is None:
+    # Python's float() also takes ' 12', '1_000' and non-ASCII digits; toFloat64OrNull
+    # does not, and the SQL report must agree with the live state.
+    if text is None or not text.isascii() or "_" in text or text != text.strip():
         return None
     try:
         return float(text)
@@ -53,7 +55,10 @@ def filter_matches(f: PropertyFilter, properties: dict[str, str]) -> bool:
 
 
 def step_matches(step: FunnelStep, event: str, properties: dict[str, str]) -> bool:
-    return step.event == event and all(filter_matches(f, properties) for f in step.filters)
+    return any(
+        m.event == event and all(filter_matches(f, properties) for f in m.filters)
+        for m in step.matchers()
+    )
 
 
 def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, Any]) -> list[int]:

@@ -102,7 +102,9 @@ def apply_event(
 
     _sessionize(state, event, props, offset, timing, out)
     for funnel in funnels:
-        _advance(state, event, props, funnel, offset, horizon, processed_at_ms, out)
+        # Funnels the stage machine cannot hold yet are served from raw events only.
+        if funnel.live_unsupported() is None:
+            _advance(state, event, props, funnel, offset, horizon, processed_at_ms, out)
 
 
 def _sessionize(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,8 @@ class StepReport:
     conversion_from_previous: float
     dropped: int
     median_seconds_from_start: float | None
+    times: StepTimes | None = None
+    in_progress: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -26,6 +31,35 @@ class StepReport:
             "conversion_from_previous": self.conversion_from_previous,
             "dropped": self.dropped,
             "median_seconds_from_start": self.median_seconds_from_start,
+            "in_progress": self.in_progress,
+            "time_to_convert": None if self.times is None else self.times.as_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimes:
+    """Seconds to reach a step, over the attempts holding it: from the attempt's step 1
+    and from its previous step."""
+
+    median_from_start: float
+    p90_from_start: float
+    avg_from_start: float
+    median_from_previous: float
+    p90_from_previous: float
+    avg_from_previous: float
+
+    @classmethod
+    def from_ms(cls, values: list[float]) -> StepTimes:
+        return cls(*(round(v / 1000, 3) for v in values))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "median_from_start": self.median_from_start,
+            "p90_from_start": self.p90_from_start,
+            "avg_from_start": self.avg_from_start,
+            "median_from_previous": self.median_from_previous,
+            "p90_from_previous": self.p90_from_previous,
+            "avg_from_previous": self.avg_from_previous,
         }
 
 
@@ -47,12 +81,15 @@ def build_steps(
     names: list[str | None],
     reached: list[int],
     medians_ms: list[float | None],
+    times: list[StepTimes | None] | None = None,
+    in_progress: list[int] | None = None,
 ) -> list[StepReport]:
     out = []
     for k, count in enumerate(reached):
         previous = reached[k - 1] if k else count
         following = reached[k + 1] if k + 1 < len(reached) else count
         median = medians_ms[k]
+        waiting = in_progress[k] if in_progress else 0
         out.append(
             StepReport(
                 index=k,
@@ -61,9 +98,80 @@ def build_steps(
                 visitors=count,
                 conversion_from_start=_ratio(count, reached[0]),
                 conversion_from_previous=_ratio(count, previous),
-                # Dropped here = reached this step but not the next (0 at the last step).
-                dropped=count - following if k + 1 < len(reached) else 0,
+                # Dropped here = reached this step but not the next, and can no longer
+                # take it (its window expired); 0 at the last step.
+                dropped=count - following - waiting if k + 1 < len(reached) else 0,
                 median_seconds_from_start=None if median is None else median / 1000,
+                times=times[k] if times else None,
+                in_progress=waiting,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRows:
+    reached: list[int]
+    medians_ms: list[float | None]
+    times: list[StepTimes | None]
+    in_progress: list[int]
+
+
+def steps_from_rows(rows: list[tuple[Any, ...]], steps: int) -> ReportRows:
+    """Report rows (step 1-based, entities, 6 times in ms, in progress) → per-step lists;
+    steps no entity reached get 0 and None."""
+    reached = [0] * steps
+    medians: list[float | None] = [None] * steps
+    times: list[StepTimes | None] = [None] * steps
+    waiting = [0] * steps
+    for step, entities, *ms, in_progress in rows:
+        k = int(step) - 1
+        reached[k] = int(entities)
+        waiting[k] = int(in_progress)
+        values = [float(v) for v in ms]
+        if reached[k] and not any(math.isnan(v) for v in values):
+            medians[k] = values[0]
+            times[k] = StepTimes.from_ms(values)
+    return ReportRows(reached, medians, times, waiting)
+
+
+TREND_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPoint:
+    bucket: datetime
+    entered: int
+    converted: int
+    conversion: float
+    # The period is not over (or reaches past the report's end): its numbers will change.
+    incomplete: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "bucket": self.bucket,
+            "entered": self.entered,
+            "converted": self.converted,
+            "conversion": self.conversion,
+            "incomplete": self.incomplete,
+        }
+
+
+def trend_points(
+    rows: list[tuple[Any, ...]], interval: str, end: datetime, now: datetime
+) -> list[TrendPoint]:
+    length = timedelta(seconds=TREND_SECONDS[interval])
+    cutoff = min(end, now)
+    out = []
+    for bucket, entered, converted in rows:
+        start = bucket if bucket.tzinfo else bucket.replace(tzinfo=UTC)
+        out.append(
+            TrendPoint(
+                bucket=start,
+                entered=int(entered),
+                converted=int(converted),
+                conversion=_ratio(int(converted), int(entered)),
+                incomplete=start + length > cutoff,
             )
         )
     return out

@@ -7,6 +7,7 @@ so a processor can recognise a message it does not understand and dead-letter it
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,13 +80,19 @@ def parse_timestamp(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
         return int(value)
     if isinstance(value, str):
         text = value.strip()
         if not text:
             return None
         if text.lstrip("-").isdigit():
-            return int(text)
+            # isdigit() also accepts '²' and '--5'; int() refuses those (and > 4300 digits).
+            try:
+                return int(text)
+            except ValueError:
+                return None
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -236,7 +243,7 @@ def decode(payload: bytes) -> Event:
     if not isinstance(doc, dict):
         raise InvalidMessage("undecodable", "not a JSON object")
     version = doc.get("v")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidMessage("unknown_schema_version", repr(version))
     try:
         event = Event(

@@ -1,4 +1,5 @@
-"""Funnel definitions: ordered steps, each an event name with property filters.
+"""Funnel definitions: steps (an event with property filters, or any of several such
+events), a conversion window, per-step windows, exclusions and the counting unit.
 
 Validation lives in one small rule per class (`FunnelRule`), each with a stable error code
 that the API returns, so clients can branch on the code rather than on prose.
@@ -26,12 +27,48 @@ class PropertyFilter(BaseModel):
     value: Any = None
 
 
-class FunnelStep(BaseModel):
+class EventMatch(BaseModel):
+    """One event name with property filters (all must hold)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event: str = Field(min_length=1, max_length=200)
     filters: tuple[PropertyFilter, ...] = ()
+
+
+class FunnelStep(BaseModel):
+    """`event` + `filters`, or `any_of` alternatives (exactly one of the two forms)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(default="", max_length=200)
+    filters: tuple[PropertyFilter, ...] = ()
+    any_of: tuple[EventMatch, ...] = ()
     name: str | None = None
+    # Max time from the previous step of the same attempt (inclusive); not on step 0.
+    within_seconds: int | None = None
+    optional: bool = False
+
+    def matchers(self) -> tuple[EventMatch, ...]:
+        if self.any_of:
+            return self.any_of
+        # Not re-validated: a step with no event must reach StepShapeRule, not raise here.
+        return (EventMatch.model_construct(event=self.event, filters=self.filters),)
+
+    def label(self) -> str:
+        return self.event or " | ".join(m.event for m in self.any_of)
+
+
+class Exclusion(BaseModel):
+    """An event that, between reaching step `from_step` and reaching `to_step` (0-based;
+    default: the last step), discards that attempt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(min_length=1, max_length=200)
+    filters: tuple[PropertyFilter, ...] = ()
+    from_step: int = 0
+    to_step: int | None = None
 
 
 class FunnelDefinition(BaseModel):
@@ -42,10 +79,34 @@ class FunnelDefinition(BaseModel):
     name: str | None = None
     steps: tuple[FunnelStep, ...]
     window_seconds: int = 7 * 24 * 3600
-    order: Literal["ordered"] = "ordered"
+    order: Literal["ordered", "strict", "any"] = "ordered"
+    exclusions: tuple[Exclusion, ...] = ()
+    count_by: Literal["visitor", "user", "session"] = "visitor"
+    counting: Literal["unique", "total"] = "unique"
+    hold_property: str | None = Field(default=None, min_length=1, max_length=200)
+
+    def step_event_names(self) -> list[str]:
+        return sorted({m.event for s in self.steps for m in s.matchers()})
 
     def event_names(self) -> list[str]:
-        return sorted({s.event for s in self.steps})
+        """Every event name a report reads: steps' and exclusions'."""
+        return sorted(set(self.step_event_names()) | {x.event for x in self.exclusions})
+
+    def exclusion_range(self, x: Exclusion) -> tuple[int, int]:
+        return x.from_step, len(self.steps) - 1 if x.to_step is None else x.to_step
+
+    def live_unsupported(self) -> str | None:
+        """Why the processor cannot keep this funnel's live state yet (None: it can).
+
+        Such funnels are reported from raw events only; `/live` answers 409.
+        """
+        if self.exclusions:
+            return "exclusions"
+        if any(s.within_seconds is not None for s in self.steps):
+            return "per-step windows"
+        if self.count_by != "visitor":
+            return f"count_by={self.count_by}"
+        return None
 
 
 class FunnelValidationError(ValueError):
@@ -91,12 +152,102 @@ class FilterValueRule(FunnelRule):
     code = "filter_value_invalid"
 
     def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            problem = _filter_value_problem(f)
+            if problem:
+                return FunnelValidationError(self.code, problem, f"{where}.value")
+        return None
+
+
+def _all_filters(funnel: FunnelDefinition) -> list[tuple[str, PropertyFilter]]:
+    out = []
+    for i, step in enumerate(funnel.steps):
+        out += [(f"steps[{i}].filters[{j}]", f) for j, f in enumerate(step.filters)]
+        for a, alt in enumerate(step.any_of):
+            out += [(f"steps[{i}].any_of[{a}].filters[{j}]", f) for j, f in enumerate(alt.filters)]
+    for x, excl in enumerate(funnel.exclusions):
+        out += [(f"exclusions[{x}].filters[{j}]", f) for j, f in enumerate(excl.filters)]
+    return out
+
+
+class StepShapeRule(FunnelRule):
+    """A step is `event` (+ `filters`) or `any_of`, never both or neither."""
+
+    code = "step_shape"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
         for i, step in enumerate(funnel.steps):
-            for j, f in enumerate(step.filters):
-                where = f"steps[{i}].filters[{j}].value"
-                problem = _filter_value_problem(f)
-                if problem:
-                    return FunnelValidationError(self.code, problem, where)
+            if bool(step.event) == bool(step.any_of):
+                message = "a step needs either `event` or a non-empty `any_of`"
+                return FunnelValidationError(self.code, message, f"steps[{i}]")
+            if step.any_of and step.filters:
+                message = "with `any_of`, put filters on each alternative"
+                return FunnelValidationError(self.code, message, f"steps[{i}].filters")
+        return None
+
+
+class StepWindowRule(FunnelRule):
+    code = "step_window_invalid"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for i, step in enumerate(funnel.steps):
+            if step.within_seconds is None:
+                continue
+            where = f"steps[{i}].within_seconds"
+            if i == 0:
+                return FunnelValidationError(self.code, "step 0 has no previous step", where)
+            if not 1 <= step.within_seconds <= MAX_WINDOW_SECONDS:
+                message = f"within_seconds must be between 1 and {MAX_WINDOW_SECONDS}"
+                return FunnelValidationError(self.code, message, where)
+        return None
+
+
+class ExclusionRangeRule(FunnelRule):
+    code = "exclusion_range_invalid"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for x, excl in enumerate(funnel.exclusions):
+            start, end = funnel.exclusion_range(excl)
+            if not 0 <= start < end < len(funnel.steps):
+                message = "need 0 <= from_step < to_step <= last step index"
+                return FunnelValidationError(self.code, message, f"exclusions[{x}]")
+        return None
+
+
+class ExclusionIsStepRule(FunnelRule):
+    """An excluded event may not also be a step's event: which one wins would be a guess."""
+
+    code = "exclusion_is_step"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        steps = set(funnel.step_event_names())
+        for x, excl in enumerate(funnel.exclusions):
+            if excl.event in steps:
+                message = f"{excl.event!r} is a step event; it cannot also be excluded"
+                return FunnelValidationError(self.code, message, f"exclusions[{x}].event")
+        return None
+
+
+class NotSupportedRule(FunnelRule):
+    """Options the schema names but the report cannot compute yet: refused, never guessed."""
+
+    code = "option_not_supported"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        unsupported = [
+            (funnel.order != "ordered", "order", f"order={funnel.order!r}"),
+            (funnel.counting != "unique", "counting", "counting='total'"),
+            (funnel.count_by == "session", "count_by", "count_by='session'"),
+            (funnel.hold_property is not None, "hold_property", "hold_property"),
+        ]
+        unsupported += [
+            (s.optional, f"steps[{i}].optional", "optional steps")
+            for i, s in enumerate(funnel.steps)
+        ]
+        for flag, where, what in unsupported:
+            if flag:
+                message = f"{what} is not supported yet"
+                return FunnelValidationError(self.code, message, where)
         return None
 
 
@@ -124,7 +275,16 @@ def _filter_value_problem(f: PropertyFilter) -> str | None:
     return None
 
 
-RULES: tuple[FunnelRule, ...] = (StepCountRule(), WindowRule(), FilterValueRule())
+RULES: tuple[FunnelRule, ...] = (
+    StepCountRule(),
+    WindowRule(),
+    StepShapeRule(),
+    FilterValueRule(),
+    StepWindowRule(),
+    ExclusionRangeRule(),
+    ExclusionIsStepRule(),
+    NotSupportedRule(),
+)
 
 
 def validate_funnel(funnel: FunnelDefinition) -> list[FunnelValidationError]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.funnels import FunnelStep, PropertyFilter
+from schemas.funnels import EventMatch, Exclusion, FunnelStep, PropertyFilter
 from schemas.properties import flatten_value
 
 
@@ -43,7 +43,12 @@ def filter_sql(f: PropertyFilter, params: Params) -> str:
     return f"{actual} {'=' if f.op == 'eq' else '!='} {expected}"
 
 
-def step_sql(step: FunnelStep, params: Params) -> str:
-    parts = [f"event = {params.bind(step.event, 'String')}"]
-    parts.extend(filter_sql(f, params) for f in step.filters)
+def match_sql(m: EventMatch | Exclusion, params: Params) -> str:
+    parts = [f"event = {params.bind(m.event, 'String')}"]
+    parts.extend(filter_sql(f, params) for f in m.filters)
     return "(" + " AND ".join(parts) + ")"
+
+
+def step_sql(step: FunnelStep, params: Params) -> str:
+    alternatives = [match_sql(m, params) for m in step.matchers()]
+    return alternatives[0] if len(alternatives) == 1 else "(" + " OR ".join(alternatives) + ")"

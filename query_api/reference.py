@@ -1,0 +1,246 @@
+"""The funnel report in plain Python: the executable statement of our semantics.
+
+Independent of the SQL (query_api/sql/funnel_report.py) and of the live stage machine
+(processor/funnel_stage.py), and deliberately written differently: events one at a time
+instead of sorted (step, event) entries. The differential test (tests/query_api/
+test_report_differential.py) checks that ClickHouse computes exactly this on random
+streams. Slow and simple on purpose; never used to serve requests.
+
+The rule, per counted entity (visitor, or the user a visitor last identified as):
+
+1. Read the entity's events in [from, to) whose name is a step's or an exclusion's.
+   Order them by timestamp; at the same timestamp exclusion events first, then by the
+   first step each event matches, then by event id (ClickHouse's UUID order: low 64 bits,
+   then high 64 bits), so the answer never depends on arrival order.
+2. Keep one slot per step: the latest attempt that reached that step, as (started at,
+   reached at, event id, reached previous step at).
+3. An event matching steps S updates all of them at once from the slots as they were
+   before it, so one event advances an attempt by at most one step:
+   step 0 starts a new attempt; step k > 0 extends the attempt in slot k-1 if the event is
+   within `window_seconds` of that attempt's start and within step k's `within_seconds`
+   of its previous step (both inclusive).
+4. An exclusion event for steps [i, j) discards every attempt whose depth (the deepest
+   slot holding its start) is at least i and below j: all of that attempt's slots are
+   emptied. Attempts already past j keep going; a later clean attempt counts.
+5. The entity reached step k if its deepest held slot is >= k. Times to convert are taken
+   from the attempt held in slot k: reached - started, reached - reached previous step.
+   Quantiles are ClickHouse's quantileExact: sorted[floor(q * n)].
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from schemas.funnels import EventMatch, Exclusion, FunnelDefinition, PropertyFilter
+from schemas.properties import flatten_value
+
+_LOW64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RefEvent:
+    event_id: str
+    event: str
+    visitor_id: str
+    timestamp_ms: int
+    user_id: str = ""
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The attempt holding one step."""
+
+    started_ms: int
+    reached_ms: int
+    event_id: str
+    previous_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefStep:
+    entities: int
+    median_ms: int | None = None
+    p90_ms: int | None = None
+    avg_ms: float | None = None
+    median_from_previous_ms: int | None = None
+    p90_from_previous_ms: int | None = None
+    avg_from_previous_ms: float | None = None
+    in_progress: int = 0
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _holds(f: PropertyFilter, props: Mapping[str, str]) -> bool:
+    actual = props.get(f.property, "")
+    match f.op:
+        case "is_set":
+            return f.property in props
+        case "is_not_set":
+            return f.property not in props
+        case "gt" | "lt":
+            number = _number(actual)
+            if number is None:
+                return False
+            return number > float(f.value) if f.op == "gt" else number < float(f.value)
+        case "in":
+            return actual in [flatten_value(v) for v in f.value]
+        case "not_in":
+            return actual not in [flatten_value(v) for v in f.value]
+        case "contains":
+            return flatten_value(f.value) in actual
+        case "regex":
+            return re.search(str(f.value), actual) is not None
+        case "eq":
+            return actual == flatten_value(f.value)
+        case _:
+            return actual != flatten_value(f.value)
+
+
+def _is(m: EventMatch | Exclusion, e: RefEvent) -> bool:
+    return m.event == e.event and all(_holds(f, e.properties) for f in m.filters)
+
+
+def _uuid_order(event_id: str) -> tuple[int, int]:
+    value = uuid.UUID(event_id).int
+    return value & _LOW64, value >> 64
+
+
+def _entity_of(funnel: FunnelDefinition, events: list[RefEvent]) -> dict[str, str]:
+    """visitor → counted entity."""
+    if funnel.count_by != "user":
+        return {}
+    latest: dict[str, tuple[int, str]] = {}
+    for e in events:
+        if e.user_id and (e.visitor_id not in latest or e.timestamp_ms > latest[e.visitor_id][0]):
+            latest[e.visitor_id] = (e.timestamp_ms, e.user_id)
+    return {v: user for v, (_, user) in latest.items()}
+
+
+def held_steps(
+    funnel: FunnelDefinition, events: Iterable[RefEvent], start_ms: int, end_ms: int
+) -> dict[str, list[Held | None]]:
+    """Per entity with at least one funnel event: the slots after all its events."""
+    everything = list(events)
+    identified = _entity_of(funnel, everything)
+    names = set(funnel.event_names())
+    per_entity: dict[str, list[tuple[tuple[int, int, tuple[int, int]], RefEvent]]] = defaultdict(
+        list
+    )
+    for e in everything:
+        if e.event not in names or not start_ms <= e.timestamp_ms < end_ms:
+            continue
+        steps = [k for k, s in enumerate(funnel.steps) if any(_is(m, e) for m in s.matchers())]
+        excluded = any(_is(x, e) for x in funnel.exclusions)
+        if not steps and not excluded:
+            continue
+        rank = -1 if excluded else steps[0]
+        entity = identified.get(e.visitor_id, e.visitor_id)
+        per_entity[entity].append(((e.timestamp_ms, rank, _uuid_order(e.event_id)), e))
+    return {
+        entity: _fold(funnel, [e for _, e in sorted(keyed, key=lambda p: p[0])])
+        for entity, keyed in per_entity.items()
+    }
+
+
+def _fold(funnel: FunnelDefinition, events: list[RefEvent]) -> list[Held | None]:
+    window = funnel.window_seconds * 1000
+    slots: list[Held | None] = [None] * len(funnel.steps)
+    for e in events:
+        for x in funnel.exclusions:
+            if _is(x, e):
+                slots = _discard(slots, *funnel.exclusion_range(x))
+        before = list(slots)
+        for k, step in enumerate(funnel.steps):
+            if not any(_is(m, e) for m in step.matchers()):
+                continue
+            if k == 0:
+                slots[0] = Held(e.timestamp_ms, e.timestamp_ms, e.event_id, e.timestamp_ms)
+                continue
+            prev = before[k - 1]
+            if prev is None or e.timestamp_ms > prev.started_ms + window:
+                continue
+            if step.within_seconds is not None and (
+                e.timestamp_ms > prev.reached_ms + step.within_seconds * 1000
+            ):
+                continue
+            slots[k] = Held(prev.started_ms, e.timestamp_ms, e.event_id, prev.reached_ms)
+    return slots
+
+
+def _discard(slots: list[Held | None], lo: int, hi: int) -> list[Held | None]:
+    def depth(started: int) -> int:
+        return max(k for k, s in enumerate(slots) if s is not None and s.started_ms == started)
+
+    return [None if s is not None and lo <= depth(s.started_ms) < hi else s for s in slots]
+
+
+def _quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _still_open(funnel: FunnelDefinition, held: Held, level: int, now_ms: int) -> bool:
+    """6. An entity stopped at step k < last is in progress (not dropped) while its deepest
+    attempt could still take step k+1: now <= started + window and, with a per-step
+    window on step k+1, now <= reached + that window."""
+    if level >= len(funnel.steps):
+        return False
+    until = held.started_ms + funnel.window_seconds * 1000
+    within = funnel.steps[level].within_seconds
+    if within is not None:
+        until = min(until, held.reached_ms + within * 1000)
+    return now_ms <= until
+
+
+def report(
+    funnel: FunnelDefinition,
+    events: Iterable[RefEvent],
+    start_ms: int,
+    end_ms: int,
+    now_ms: int | None = None,
+) -> list[RefStep]:
+    """Per step: entities reaching it, times to convert (ms) and entities in progress."""
+    now = end_ms if now_ms is None else now_ms
+    held = held_steps(funnel, events, start_ms, end_ms)
+    open_at: dict[int, int] = defaultdict(int)
+    for slots in held.values():
+        level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
+        deepest = slots[level - 1] if level else None
+        if deepest is not None and _still_open(funnel, deepest, level, now):
+            open_at[level - 1] += 1
+    levels = [
+        max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
+        for slots in held.values()
+    ]
+    out = []
+    for k in range(len(funnel.steps)):
+        holding = [slots[k] for slots in held.values() if slots[k] is not None]
+        entities = sum(level > k for level in levels)
+        if not holding:
+            out.append(RefStep(entities, in_progress=open_at[k]))
+            continue
+        total = [h.reached_ms - h.started_ms for h in holding if h is not None]
+        step = [h.reached_ms - h.previous_ms for h in holding if h is not None]
+        out.append(
+            RefStep(
+                entities,
+                _quantile(total, 0.5),
+                _quantile(total, 0.9),
+                sum(total) / len(total),
+                _quantile(step, 0.5),
+                _quantile(step, 0.9),
+                sum(step) / len(step),
+                open_at[k],
+            )
+        )
+    return out

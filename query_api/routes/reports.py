@@ -1,0 +1,193 @@
+"""Funnel reports over raw events: for a saved funnel, or for a definition sent ad hoc."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from funnelstream import metrics
+from funnelstream.clickhouse import ClickHouseUnavailable
+from query_api import compute
+from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
+from query_api.routes.funnels import get_funnel, parse_definition
+from query_api.sql.funnel_report import report_sql, trend_sql
+from schemas.funnels import FunnelDefinition
+
+router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])
+
+
+class TimeToConvertOut(BaseModel):
+    median_from_start: float
+    p90_from_start: float
+    avg_from_start: float
+    median_from_previous: float
+    p90_from_previous: float
+    avg_from_previous: float
+
+
+class StepOut(BaseModel):
+    index: int
+    event: str
+    name: str | None
+    visitors: int = Field(description="Counted entities (visitors, or users) reaching the step")
+    conversion_from_start: float
+    conversion_from_previous: float
+    dropped: int = Field(description="Reached the step, not the next, and can no longer")
+    in_progress: int = Field(description="Stopped here but the window is still open")
+    median_seconds_from_start: float | None
+    time_to_convert: TimeToConvertOut | None
+
+
+class ReportOut(BaseModel):
+    funnel_id: str
+    from_: datetime
+    to: datetime
+    window_seconds: int
+    count_by: str
+    steps: list[StepOut]
+    query_ms: float
+
+
+class AdHocReportIn(BaseModel):
+    funnel: dict[str, Any] = Field(description="A funnel definition, as for POST /v1/funnels")
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+
+
+def parse_time(value: str | None, default: datetime, name: str) -> datetime:
+    if value is None:
+        return default
+    text = value.strip()
+    try:
+        if text.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise HTTPException(
+            400, {"error": "invalid_time", "field": name, "message": "ISO-8601 or epoch ms"}
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:
+    """[from, to); default: the last 30 days."""
+    end = parse_time(to, datetime.now(UTC) + timedelta(seconds=1), "to")
+    start = parse_time(from_, end - timedelta(days=30), "from")
+    if start >= end:
+        raise HTTPException(
+            400, {"error": "invalid_range", "field": "from", "message": "from must be before to"}
+        )
+    return start, end
+
+
+async def run_report(
+    ch: ClickHouseDep, funnel: FunnelDefinition, start: datetime, end: datetime
+) -> ReportOut:
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    sql, params = report_sql(funnel, funnel.project, start, end, min(now, end))
+    try:
+        rows = await ch.query_rows(sql, params)
+    except ClickHouseUnavailable as exc:
+        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    got = compute.steps_from_rows(rows, len(funnel.steps))
+    steps = compute.build_steps(
+        [s.label() for s in funnel.steps],
+        [s.name for s in funnel.steps],
+        got.reached,
+        got.medians_ms,
+        got.times,
+        got.in_progress,
+    )
+    elapsed = time.monotonic() - started
+    metrics.QUERY_SECONDS.labels("report").observe(elapsed)
+    return ReportOut(
+        funnel_id=funnel.id,
+        from_=start,
+        to=end,
+        window_seconds=funnel.window_seconds,
+        count_by=funnel.count_by,
+        steps=[StepOut.model_validate(s.as_dict()) for s in steps],
+        query_ms=round(elapsed * 1000, 2),
+    )
+
+
+@router.get("/{funnel_id}/report", response_model=ReportOut, summary="Funnel report")
+async def funnel_report(
+    funnel_id: str,
+    project: ReadProject,
+    catalog: CatalogDep,
+    ch: ClickHouseDep,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+) -> ReportOut:
+    """Entities whose funnel events fall in [from, to), counted once each (deepest step).
+
+    Default range: the last 30 days. Conversion is relative to step 1 and to the
+    previous step; `dropped` reached the step but not the next; times to convert (seconds)
+    are measured on the attempt holding each step, from its step 1 and its previous step.
+    """
+    funnel = get_funnel(catalog, project.id, funnel_id)
+    start, end = parse_range(from_, to)
+    return await run_report(ch, funnel, start, end)
+
+
+@router.post("/report", response_model=ReportOut, summary="Ad-hoc funnel report (not saved)")
+async def adhoc_report(body: AdHocReportIn, project: ReadProject, ch: ClickHouseDep) -> ReportOut:
+    """The same report for a definition sent in the body, over stored events (retroactive).
+    The definition is validated exactly as when saving; `id` may be omitted."""
+    funnel = parse_definition({"id": "adhoc", **body.funnel}, project.id)
+    start, end = parse_range(body.from_, body.to)
+    return await run_report(ch, funnel, start, end)
+
+
+class TrendPointOut(BaseModel):
+    bucket: datetime
+    entered: int
+    converted: int
+    conversion: float
+    incomplete: bool
+
+
+class TrendOut(BaseModel):
+    funnel_id: str
+    interval: str
+    points: list[TrendPointOut]
+    query_ms: float
+
+
+@router.get("/{funnel_id}/trend", response_model=TrendOut, summary="Conversion over time")
+async def funnel_trend(
+    funnel_id: str,
+    project: ReadProject,
+    catalog: CatalogDep,
+    ch: ClickHouseDep,
+    interval: Literal["hour", "day", "week"] = "day",
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+) -> TrendOut:
+    """Entities entered and converted (reached the last step) per UTC hour, day or week
+    (weeks start on Monday), by entry time: the start of the attempt holding each
+    entity's deepest step. The current period, and one reaching past `to`, is marked
+    `incomplete`; buckets nobody entered are omitted."""
+    started = time.monotonic()
+    funnel = get_funnel(catalog, project.id, funnel_id)
+    start, end = parse_range(from_, to)
+    sql, params = trend_sql(funnel, funnel.project, start, end, interval)
+    try:
+        rows = await ch.query_rows(sql, params)
+    except ClickHouseUnavailable as exc:
+        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    points = compute.trend_points(rows, interval, end, datetime.now(UTC))
+    elapsed = time.monotonic() - started
+    metrics.QUERY_SECONDS.labels("trend").observe(elapsed)
+    return TrendOut(
+        funnel_id=funnel.id,
+        interval=interval,
+        points=[TrendPointOut.model_validate(p.as_dict()) for p in points],
+        query_ms=round(elapsed * 1000, 2),
+    )

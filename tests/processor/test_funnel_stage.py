@@ -1,0 +1,241 @@
+"""The funnel-stage machine: ties, repeated steps, window edges, late arrivals, checkpoints."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.funnel_stage import (
+    Entry,
+    FunnelProgress,
+    Slot,
+    Transition,
+    entries_for,
+    fold,
+    level_of,
+    reference_level,
+)
+
+WINDOW = 1000
+LATENESS = 500
+FAR = 10**12  # a horizon nothing reaches: everything stays pending
+
+
+def run(
+    events: list[tuple[int, str, list[int]]], steps: int, window: int = WINDOW
+) -> tuple[FunnelProgress, list[Transition]]:
+    """Feed (timestamp, event id, matched steps) in the given order, like the processor."""
+    progress = FunnelProgress(steps=steps)
+    newest = 0
+    transitions: list[Transition] = []
+    for ts, event_id, matched in events:
+        newest = max(newest, ts)
+        transitions += progress.add(entries_for(ts, event_id, matched), window, newest - LATENESS)
+    return progress, transitions
+
+
+def test_entries_for_orders_deepest_step_first() -> None:
+    assert entries_for(5, "e", [0, 2, 1]) == [
+        Entry(5, 2, "e", 0),
+        Entry(5, 1, "e", 0),
+        Entry(5, 0, "e", 0),
+    ]
+
+
+def test_in_order_funnel_emits_one_transition_per_step_in_order() -> None:
+    progress, transitions = run([(100, "a", [0]), (200, "b", [1]), (300, "c", [2])], steps=3)
+    assert transitions == [
+        Transition(1, 100, 100, "a"),
+        Transition(2, 200, 100, "b"),
+        Transition(3, 300, 100, "c"),
+    ]
+    assert progress.level == 3
+    assert progress.slots == [(100, 100, "a"), (100, 200, "b"), (100, 300, "c")]
+
+
+def test_repeated_step_event_is_not_reported_again() -> None:
+    _, transitions = run([(100, "a", [0]), (150, "a2", [0]), (200, "b", [1])], steps=2)
+    assert [t.step for t in transitions] == [1, 2]
+    # The chain restarted at 150, so step 2 hangs off the newer start.
+    assert transitions[1] == Transition(2, 200, 150, "b")
+
+
+def test_one_event_that_skips_ahead_reports_every_level_it_crosses() -> None:
+    # An out-of-order step 1 arrival can lift the level by two at once.
+    progress, transitions = run([(200, "b", [1]), (100, "a", [0])], steps=2)
+    assert transitions == [Transition(1, 100, 100, "a"), Transition(2, 200, 100, "b")]
+    assert progress.level == 2
+
+
+def test_same_timestamp_events_count_in_step_order_whatever_the_arrival() -> None:
+    # The step 2 event has the smaller id: step order, not id order, must decide.
+    step1, step2 = (100, "z", [0]), (100, "a", [1])
+    for order in ([step2, step1], [step1, step2]):
+        progress, transitions = run(order, steps=2)
+        assert progress.level == 2
+        assert transitions[-1] == Transition(2, 100, 100, "a")
+
+
+def test_step_before_its_previous_step_does_not_count() -> None:
+    progress, transitions = run([(100, "b", [1]), (200, "a", [0])], steps=2)
+    assert progress.level == 1
+    assert transitions == [Transition(1, 200, 200, "a")]
+
+
+def test_one_event_matching_two_steps_advances_one_step_only() -> None:
+    # Steps a, a, b: a single `a` reaches step 1 only ('strict_once').
+    progress, _ = run([(100, "a1", [0, 1])], steps=3)
+    assert progress.level == 1
+    progress, _ = run([(100, "a1", [0, 1]), (200, "b", [2])], steps=3)
+    assert progress.level == 1
+    progress, transitions = run([(100, "a1", [0, 1]), (150, "a2", [0, 1]), (200, "b", [2])], 3)
+    assert progress.level == 3
+    assert transitions == [
+        Transition(1, 100, 100, "a1"),
+        Transition(2, 150, 100, "a2"),
+        Transition(3, 200, 100, "b"),
+    ]
+
+
+def test_two_matching_events_at_the_same_timestamp_reach_step_two() -> None:
+    progress, _ = run([(100, "a2", [0, 1]), (100, "a1", [0, 1])], steps=3)
+    assert progress.level == 2
+    assert progress.slots[1] == (100, 100, "a2")  # event ids break the tie: a1 then a2
+
+
+def test_window_is_inclusive() -> None:
+    progress, _ = run([(0, "a", [0]), (WINDOW, "b", [1])], steps=2)
+    assert progress.level == 2
+    progress, _ = run([(0, "a", [0]), (WINDOW + 1, "b", [1])], steps=2)
+    assert progress.level == 1
+
+
+def test_window_counts_from_the_chain_start_not_the_previous_step() -> None:
+    events = [(0, "a", [0]), (WINDOW, "b", [1]), (WINDOW + 1, "c", [2])]
+    progress, _ = run(events, steps=3)
+    assert progress.level == 2
+    assert (
+        reference_level([e for ts, i, m in events for e in entries_for(ts, i, m)], 3, WINDOW) == 2
+    )
+
+
+def test_a_late_restart_rescues_a_chain_the_window_had_closed() -> None:
+    events = [(0, "a1", [0]), (900, "a2", [0]), (1500, "b", [1])]
+    progress, transitions = run(events, steps=2)
+    assert progress.level == 2
+    assert transitions[-1] == Transition(2, 1500, 900, "b")
+
+
+def test_level_never_goes_down() -> None:
+    progress, _ = run([(0, "a", [0]), (10, "b", [1]), (20, "a2", [0])], steps=2)
+    assert level_of(progress.slots) == 2
+    assert progress.level == 2
+
+
+def test_old_pending_entries_fold_into_the_checkpoint() -> None:
+    progress, _ = run([(0, "a", [0]), (400, "b", [1]), (2000, "c", [2])], steps=3)
+    # Horizon is 2000 - 500: a and b are final, c stays pending.
+    assert progress.checkpoint == [(0, 0, "a"), (0, 400, "b"), None]
+    assert progress.pending == [Entry(2000, 2, "c", 2)]
+    assert progress.level == 2  # c is outside the window of the chain started at 0
+
+
+def test_fold_does_not_mutate_its_input() -> None:
+    slots: list[Slot] = [None, None]
+    fold(slots, [Entry(1, 0, "a", 0)], WINDOW)
+    assert slots == [None, None]
+
+
+def test_checkpoint_roundtrip_through_orjson_keeps_behaviour() -> None:
+    head = [(0, "a", [0]), (300, "b", [1]), (1200, "x", [0])]
+    tail = [(1000, "c", [2]), (1250, "d", [3])]
+    whole, whole_transitions = run(head + tail, steps=4)
+
+    progress, first = run(head, steps=4)
+    doc = orjson.loads(orjson.dumps(progress.to_json()))
+    restored = FunnelProgress.from_json(4, doc)
+    assert restored == progress
+    newest = 1200
+    rest: list[Transition] = []
+    for ts, event_id, matched in tail:
+        newest = max(newest, ts)
+        rest += restored.add(entries_for(ts, event_id, matched), WINDOW, newest - LATENESS)
+    assert first + rest == whole_transitions
+    assert restored == whole
+    assert whole.level == 3  # d (1250) is outside the window of the chain started at 0
+
+
+def test_from_json_reads_exact_fields() -> None:
+    doc = {"c": [[1, 2, "a"], None], "p": [[5, 1, "b", 1]], "l": 1, "s": [[1, 2, "a"], None]}
+    progress = FunnelProgress.from_json(2, doc)
+    assert progress.checkpoint == [(1, 2, "a"), None]
+    assert progress.pending == [Entry(5, 1, "b", 1)]
+    assert progress.level == 1
+    assert progress.slots == [(1, 2, "a"), None]
+    assert progress.to_json() == {
+        "c": [(1, 2, "a"), None],
+        "p": [[5, 1, "b", 1]],
+        "l": 1,
+        "s": [(1, 2, "a"), None],
+    }
+
+
+STEP_SETS = st.lists(st.integers(0, 3), min_size=1, max_size=2, unique=True)
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> tuple[list[tuple[int, str, list[int]]], list[int]]:
+    """Events, and an arrival order in which none is more than LATENESS behind the newest:
+    each event arrives at its timestamp plus a delay of at most LATENESS."""
+    n = draw(st.integers(1, 12))
+    events = [(draw(st.integers(0, 3000)), f"e{i:02d}", sorted(draw(STEP_SETS))) for i in range(n)]
+    delays = [draw(st.integers(0, LATENESS)) for _ in range(n)]
+    order = sorted(range(n), key=lambda i: (events[i][0] + delays[i], i))
+    return events, order
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals())
+def test_late_arrivals_within_lateness_give_the_batch_level(
+    case: tuple[list[tuple[int, str, list[int]]], list[int]],
+) -> None:
+    events, order = case
+    all_entries = [e for ts, i, m in events for e in entries_for(ts, i, m)]
+    expected = reference_level(all_entries, 4, WINDOW)
+
+    in_order, in_order_transitions = run(sorted(events), steps=4)
+    shuffled, transitions = run([events[i] for i in order], steps=4)
+
+    assert in_order.level == expected
+    assert shuffled.level == expected
+    assert shuffled.slots == in_order.slots
+    # Each level is reported exactly once, in order.
+    assert [t.step for t in transitions] == list(range(1, expected + 1))
+    assert [t.step for t in in_order_transitions] == list(range(1, expected + 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrivals(), st.integers(0, 11))
+def test_checkpoint_roundtrip_anywhere_in_a_stream(
+    case: tuple[list[tuple[int, str, list[int]]], list[int]], cut: int
+) -> None:
+    events, order = case
+    stream = [events[i] for i in order]
+    whole, _ = run(stream, steps=4)
+
+    progress = FunnelProgress(steps=4)
+    newest = 0
+    for k, (ts, event_id, matched) in enumerate(stream):
+        if k == cut:
+            progress = FunnelProgress.from_json(4, orjson.loads(orjson.dumps(progress.to_json())))
+        newest = max(newest, ts)
+        progress.add(entries_for(ts, event_id, matched), WINDOW, newest - LATENESS)
+    assert progress == whole
+
+
+def test_far_horizon_keeps_everything_pending() -> None:
+    progress = FunnelProgress(steps=2)
+    progress.add(entries_for(5, "a", [0]), WINDOW, -FAR)
+    assert progress.checkpoint == [None, None]
+    assert progress.pending == [Entry(5, 0, "a", 0)]

@@ -1,0 +1,299 @@
+"""One event in, rows out: dedupe, replay skip, lateness, and state that survives a restart."""
+
+from __future__ import annotations
+
+import uuid
+
+from processor.rows import ms_to_datetime
+from processor.sessionize import new_session_id
+from processor.state import SEEN_IDS, VisitorState, visitor_key
+from processor.transform import Outputs, Timing, apply_event
+from schemas.events import Event
+from schemas.funnels import FunnelDefinition
+
+T0 = 1_760_000_000_000
+MIN = 60_000
+TIMING = Timing(session_gap_ms=30 * MIN, lateness_ms=10 * MIN)
+PROCESSED_AT = T0 + 999
+FUNNEL = FunnelDefinition.model_validate(
+    {
+        "id": "f",
+        "project": "p",
+        "window_seconds": 3600,
+        "steps": [{"event": "view"}, {"event": "cart"}, {"event": "buy"}],
+    }
+)
+# Exclusions cannot be held live yet: such a funnel must not get live rows.
+EXCLUDING = FunnelDefinition.model_validate(
+    {
+        "id": "x",
+        "project": "p",
+        "steps": [{"event": "view"}, {"event": "buy"}],
+        "exclusions": [{"event": "refund"}],
+    }
+)
+
+
+def eid(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def ev(n: int, name: str, minute: float, **props: object) -> Event:
+    return Event(
+        project_id="p",
+        event_id=eid(n),
+        event=name,
+        visitor_id="v",
+        timestamp_ms=T0 + int(minute * MIN),
+        received_at_ms=T0,
+        properties=dict(props),
+        context={"browser": "Firefox", "os": "Linux", "device": "desktop"},
+    )
+
+
+def apply_all(
+    state: VisitorState,
+    events: list[Event],
+    first_offset: int = 0,
+    funnels: list[FunnelDefinition] | None = None,
+) -> Outputs:
+    out = Outputs()
+    for k, event in enumerate(events):
+        apply_event(
+            state,
+            event,
+            partition=3,
+            offset=first_offset + k,
+            funnels=[FUNNEL] if funnels is None else funnels,
+            timing=TIMING,
+            processed_at_ms=PROCESSED_AT,
+            out=out,
+        )
+    return out
+
+
+def fresh() -> VisitorState:
+    return VisitorState("p", "v")
+
+
+def test_event_row_columns() -> None:
+    out = apply_all(fresh(), [ev(1, "view", 0, url="/a", product={"id": 7})])
+    assert out.events == [
+        (
+            "p",
+            uuid.UUID(int=1),
+            "view",
+            "v",
+            "",
+            "",
+            ms_to_datetime(T0),
+            ms_to_datetime(T0),
+            {"url": "/a", "product.id": "7"},
+            {"browser": "Firefox", "os": "Linux", "device": "desktop"},
+            3,
+            0,
+        )
+    ]
+
+
+def test_session_row_takes_entry_from_properties_and_context() -> None:
+    out = apply_all(fresh(), [ev(1, "view", 0, url="/a", utm_source="mail")])
+    sid = new_session_id("p", "v", eid(1))
+    assert out.sessions == {
+        sid: (
+            "p",
+            "v",
+            sid,
+            ms_to_datetime(T0),
+            ms_to_datetime(T0),
+            1,
+            "/a",
+            "",
+            "mail",
+            "",
+            "",
+            "desktop",
+            "Firefox",
+            "Linux",
+            0,
+            0,
+        )
+    }
+
+
+def test_funnel_rows_for_each_step_reached() -> None:
+    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "cart", 1), ev(3, "other", 2)])
+    assert out.transitions == [
+        ("p", "f", "v", 1, ms_to_datetime(T0), ms_to_datetime(T0), uuid.UUID(int=1),
+         ms_to_datetime(PROCESSED_AT)),
+        ("p", "f", "v", 2, ms_to_datetime(T0 + MIN), ms_to_datetime(T0), uuid.UUID(int=2),
+         ms_to_datetime(PROCESSED_AT)),
+    ]  # fmt: skip
+    assert out.funnel_states == {
+        ("p", "f", "v"): (
+            "p",
+            "f",
+            "v",
+            2,
+            [ms_to_datetime(T0), ms_to_datetime(T0), ms_to_datetime(0)],
+            [ms_to_datetime(T0), ms_to_datetime(T0 + MIN), ms_to_datetime(0)],
+            ms_to_datetime(PROCESSED_AT),
+            1,  # the offset of the last event that moved this funnel
+        )
+    }
+
+
+def test_duplicate_event_id_is_counted_and_writes_nothing() -> None:
+    state = fresh()
+    out = apply_all(state, [ev(1, "view", 0), ev(1, "view", 0), ev(2, "cart", 1)])
+    assert out.duplicates == 1
+    assert [row[11] for row in out.events] == [0, 2]
+    assert [t[3] for t in out.transitions] == [1, 2]
+    assert state.applied_offset == 2
+
+
+def test_duplicate_is_recognised_even_with_a_different_payload() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 0)])
+    out = apply_all(state, [ev(1, "cart", 5)], first_offset=1)
+    assert out.duplicates == 1
+    assert out.row_count() == 0
+
+
+def test_seen_ids_are_bounded() -> None:
+    state = fresh()
+    for n in range(SEEN_IDS + 1):
+        assert state.remember(eid(n))
+    assert len(state.seen) == SEEN_IDS
+    assert eid(0) not in state.seen
+    assert not state.remember(eid(SEEN_IDS))
+
+
+def test_replaying_applied_offsets_yields_no_rows() -> None:
+    events = [ev(1, "view", 0), ev(2, "cart", 1), ev(3, "buy", 2)]
+    state = fresh()
+    first = apply_all(state, events)
+    assert first.row_count() == 3 + 1 + 1 + 3
+    before = state.dumps()
+
+    again = apply_all(state, events)
+
+    assert again.row_count() == 0
+    assert again.duplicates == 0  # skipped by offset, not by id
+    assert state.dumps() == before
+
+
+def test_replay_skips_up_to_the_applied_offset_only() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 0), ev(2, "cart", 1)], first_offset=10)
+    out = apply_all(state, [ev(2, "cart", 1), ev(3, "buy", 2)], first_offset=11)
+    assert [row[11] for row in out.events] == [12]
+    assert [t[3] for t in out.transitions] == [3]
+
+
+def test_too_late_event_is_stored_but_not_placed() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 60)])
+    out = apply_all(state, [ev(2, "cart", 49.99)], first_offset=1)  # 10m01s behind
+    assert out.too_late == 1
+    assert len(out.events) == 1
+    assert out.sessions == {}
+    assert out.funnel_states == {}
+    assert out.transitions == []
+    assert state.newest_ms == T0 + 60 * MIN
+
+
+def test_event_exactly_lateness_behind_is_still_placed() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 60)])
+    out = apply_all(state, [ev(2, "view", 50)], first_offset=1)
+    assert out.too_late == 0
+    assert len(out.sessions) == 1
+    session = next(iter(out.sessions.values()))
+    assert (session[3], session[4], session[5]) == (
+        ms_to_datetime(T0 + 50 * MIN),
+        ms_to_datetime(T0 + 60 * MIN),
+        2,
+    )
+
+
+def test_late_event_merging_sessions_writes_a_deleted_row() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 0), ev(2, "view", 35)])
+    # 28 is < 30 min after the first session and within the 10 min lateness of 35.
+    out = apply_all(state, [ev(3, "view", 28)], first_offset=2)
+    first, second = new_session_id("p", "v", eid(1)), new_session_id("p", "v", eid(2))
+    assert set(out.sessions) == {first, second}
+    assert out.sessions[first][3:6] == (ms_to_datetime(T0), ms_to_datetime(T0 + 35 * MIN), 3)
+    assert out.sessions[first][-1] == 0
+    assert out.sessions[second][-1] == 1
+    assert [s.session_id for s in state.sessions] == [first]
+
+
+def test_funnel_the_live_state_cannot_hold_gets_no_live_rows() -> None:
+    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[EXCLUDING, FUNNEL])
+    assert set(out.funnel_states) == {("p", "f", "v")}
+    assert {t[1] for t in out.transitions} == {"f"}
+
+
+def stream() -> list[Event]:
+    """Two sessions, late arrivals within lateness, a duplicate, a too-late event."""
+    return [
+        ev(1, "view", 0, url="/"),
+        ev(2, "cart", 5),
+        ev(3, "view", 3, url="/late"),
+        ev(2, "cart", 5),
+        ev(4, "view", 50),
+        ev(5, "view", 45),
+        ev(6, "cart", 20),  # too late: 30 min behind
+        ev(7, "buy", 55),
+        ev(8, "view", 120),
+        ev(9, "cart", 115),
+        ev(10, "buy", 121),
+    ]
+
+
+def test_state_dump_and_load_in_the_middle_changes_nothing() -> None:
+    events = stream()
+    for cut in range(len(events) + 1):
+        whole = fresh()
+        apply_all(whole, events[:cut])
+        expected = apply_all(whole, events[cut:], first_offset=cut)
+
+        head = fresh()
+        apply_all(head, events[:cut])
+        restored = VisitorState.loads(head.dumps(), {"f": 3})
+        assert restored == head
+        got = apply_all(restored, events[cut:], first_offset=cut)
+
+        assert got == expected, cut
+        assert restored.dumps() == whole.dumps()
+
+
+def test_stream_final_state() -> None:
+    state = fresh()
+    out = apply_all(state, stream())
+    assert out.duplicates == 1
+    assert out.too_late == 1
+    assert len(out.events) == 10
+    assert state.funnels["f"].level == 3
+    assert [t[3] for t in out.transitions] == [1, 2, 3]
+    # The chain that converted started at 3 (the late view restarted it), not at 0; buy at 55
+    # is within the hour of it.
+    assert out.transitions[-1][5] == ms_to_datetime(T0 + 3 * MIN)
+    assert [(s.started_at_ms, s.ended_at_ms, s.event_count) for s in state.sessions] == [
+        (T0 + 115 * MIN, T0 + 121 * MIN, 3)
+    ]
+
+
+def test_loads_drops_funnels_deleted_or_redefined() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 0)])
+    raw = state.dumps()
+    assert set(VisitorState.loads(raw, {"f": 3}).funnels) == {"f"}
+    assert VisitorState.loads(raw, {"f": 4}).funnels == {}
+    assert VisitorState.loads(raw, {}).funnels == {}
+
+
+def test_visitor_key() -> None:
+    assert visitor_key("p", "v") == "p\x1fv"

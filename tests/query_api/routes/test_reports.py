@@ -1,0 +1,132 @@
+"""The report routes over a real engine: saved and ad-hoc funnels, trend, validation codes,
+and funnels the live stage machine cannot hold."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from funnelstream.clickhouse import ClickHouse
+from funnelstream.config import Project, ProjectConfig
+from processor.catalog import FunnelCatalog
+from processor.rows import EVENT_COLUMNS, ms_to_datetime
+from query_api.routes.funnels import router as funnels_router
+from query_api.routes.reports import router as reports_router
+
+pytestmark = pytest.mark.clickhouse
+
+READ = {"Authorization": "Bearer rk"}
+T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+RANGE = {"from": "2025-01-01T00:00:00Z", "to": "2025-01-03T00:00:00Z"}
+CHECKOUT = {
+    "id": "checkout",
+    "window_seconds": 3600,
+    "steps": [{"event": "view"}, {"event": "cart"}, {"event": "buy"}],
+}
+
+
+@pytest.fixture
+def client(ch: ClickHouse) -> Iterator[TestClient]:
+    app = FastAPI()
+    app.state.clickhouse = ch
+    app.state.catalog = FunnelCatalog()
+    app.state.project_config = ProjectConfig(
+        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
+    )
+    app.include_router(funnels_router)
+    app.include_router(reports_router)
+    with TestClient(app) as c:
+        yield c
+
+
+def events(ch: ClickHouse, rows: list[tuple[str, str, int]]) -> None:
+    """(visitor, event, seconds after T0)."""
+    out: list[tuple[Any, ...]] = []
+    for i, (visitor, name, seconds) in enumerate(rows):
+        ts = ms_to_datetime(T0 + seconds * 1000)
+        out.append(("shop", uuid.uuid4(), name, visitor, "", "", ts, ts, {}, {}, 0, i))
+    ch.insert_sync("events", out, EVENT_COLUMNS)
+
+
+def test_adhoc_report_counts_times_and_exclusions(client: TestClient, ch: ClickHouse) -> None:
+    events(
+        ch,
+        [
+            ("v1", "view", 0), ("v1", "cart", 60), ("v1", "buy", 120),
+            ("v2", "view", 0), ("v2", "cart", 30), ("v2", "refund", 40), ("v2", "buy", 50),
+            ("v3", "view", 0),
+        ],
+    )  # fmt: skip
+    r = client.post("/v1/funnels/report", json={"funnel": CHECKOUT, **RANGE}, headers=READ)
+    assert r.status_code == 200, r.text
+    steps = r.json()["steps"]
+    assert [s["visitors"] for s in steps] == [3, 2, 2]
+    assert steps[2]["time_to_convert"]["median_from_start"] == 120.0  # quantileExact: upper
+    assert steps[1]["time_to_convert"]["p90_from_previous"] == 60.0
+    assert steps[2]["time_to_convert"]["avg_from_start"] == 85.0
+
+    excluded = {**CHECKOUT, "exclusions": [{"event": "refund", "from_step": 1, "to_step": 2}]}
+    r = client.post("/v1/funnels/report", json={"funnel": excluded, **RANGE}, headers=READ)
+    # v2's only attempt is discarded entirely by the refund between cart and buy.
+    assert [s["visitors"] for s in r.json()["steps"]] == [2, 1, 1]
+
+
+def test_in_progress_is_not_dropped(client: TestClient, ch: ClickHouse) -> None:
+    events(ch, [("v1", "view", 0), ("v2", "view", 0), ("v2", "cart", 10)])
+    body = {"funnel": CHECKOUT, "from": RANGE["from"], "to": "2025-01-01T00:30:00Z"}
+    steps = client.post("/v1/funnels/report", json=body, headers=READ).json()["steps"]
+    assert [(s["dropped"], s["in_progress"]) for s in steps] == [(0, 1), (0, 1), (0, 0)]
+    later = {**body, "to": "2025-01-01T02:00:00Z"}  # the 1 h window has expired by then
+    steps = client.post("/v1/funnels/report", json=later, headers=READ).json()["steps"]
+    assert [(s["dropped"], s["in_progress"]) for s in steps] == [(1, 0), (1, 0), (0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"steps": [{"event": "view"}]}, "steps_count"),
+        ({"steps": [{"event": "view", "any_of": [{"event": "a"}]}, {"event": "b"}]}, "step_shape"),
+        ({"steps": [{"event": "a", "within_seconds": 5}, {"event": "b"}]}, "step_window_invalid"),
+        ({"exclusions": [{"event": "cart"}]}, "exclusion_is_step"),
+        ({"exclusions": [{"event": "x", "from_step": 2, "to_step": 1}]}, "exclusion_range_invalid"),
+        ({"order": "strict"}, "option_not_supported"),
+        ({"counting": "total"}, "option_not_supported"),
+        ({"window_seconds": 0}, "window_out_of_range"),
+        ({"steps": "nope"}, "invalid_funnel"),
+    ],
+)
+def test_invalid_definitions_have_stable_codes(
+    client: TestClient, change: dict[str, Any], code: str
+) -> None:
+    r = client.post("/v1/funnels/report", json={"funnel": {**CHECKOUT, **change}}, headers=READ)
+    assert r.status_code == 400
+    assert r.json()["detail"]["error"] == code
+
+
+def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHouse) -> None:
+    events(ch, [("v1", "view", 0), ("v1", "cart", 5), ("v1", "buy", 9), ("v2", "view", 90000)])
+    saved = client.post("/v1/funnels", json=CHECKOUT, headers=READ).json()
+    assert saved["live"] is True
+    report = client.get("/v1/funnels/checkout/report", params=RANGE, headers=READ).json()
+    assert [s["visitors"] for s in report["steps"]] == [2, 1, 1]
+    trend = client.get(
+        "/v1/funnels/checkout/trend", params={**RANGE, "interval": "day"}, headers=READ
+    ).json()
+    assert [(p["entered"], p["converted"], p["incomplete"]) for p in trend["points"]] == [
+        (1, 1, False),
+        (1, 0, False),
+    ]
+
+    windowed = {**CHECKOUT, "id": "windowed"}
+    windowed["steps"] = [{"event": "view"}, {"event": "cart", "within_seconds": 3}]
+    assert client.post("/v1/funnels", json=windowed, headers=READ).json()["live"] is False
+    r = client.get("/v1/funnels/windowed/live", headers=READ)
+    assert r.status_code == 409 and r.json()["detail"]["error"] == "live_not_supported"
+    report = client.get("/v1/funnels/windowed/report", params=RANGE, headers=READ).json()
+    assert [s["visitors"] for s in report["steps"]] == [2, 0]  # cart came 5 s after view

@@ -1,0 +1,82 @@
+"""Snapshots of generated SQL, so a change to a query shows up in review.
+
+Each case renders a builder into tests/query_api/sql/snapshots/<case>.sql (the SQL, then
+its bound parameters as comments). Run with UPDATE_SQL_SNAPSHOTS=1 to rewrite them after
+an intended change, and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from query_api.sql.funnel_report import levels_sql, report_sql
+from schemas.funnels import FunnelDefinition
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+UPDATE = os.environ.get("UPDATE_SQL_SNAPSHOTS") == "1"
+START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2025, 2, 1, tzinfo=UTC)
+
+
+def funnel(**extra: Any) -> FunnelDefinition:
+    body: dict[str, Any] = {
+        "id": "checkout",
+        "project": "shop",
+        "window_seconds": 86400,
+        "steps": [
+            {"event": "page_view"},
+            {"event": "add_to_cart", "filters": [{"property": "price", "op": "gt", "value": 10}]},
+            {"event": "purchase"},
+        ],
+    }
+    body.update(extra)
+    return FunnelDefinition.model_validate(body)
+
+
+CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+    "report_basic": lambda: report_sql(funnel(), "shop", START, END),
+    "levels_windowfunnel": lambda: levels_sql(funnel(), "shop", START, END),
+    "report_any_of_step_windows": lambda: report_sql(
+        funnel(
+            steps=[
+                {"any_of": [{"event": "page_view"}, {"event": "landing"}]},
+                {"event": "add_to_cart", "within_seconds": 600},
+                {"event": "purchase", "within_seconds": 3600},
+            ]
+        ),
+        "shop",
+        START,
+        END,
+    ),
+    "report_exclusions_by_user": lambda: report_sql(
+        funnel(
+            exclusions=[{"event": "support_ticket", "from_step": 1, "to_step": 2}],
+            count_by="user",
+        ),
+        "shop",
+        START,
+        END,
+    ),
+}
+
+
+def render(sql: str, params: dict[str, Any]) -> str:
+    lines = [sql, "", *(f"-- {k} = {v!r}" for k, v in params.items())]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sql_snapshot(case: str) -> None:
+    got = render(*CASES[case]())
+    path = SNAPSHOTS / f"{case}.sql"
+    if UPDATE or not path.exists():
+        path.write_text(got)
+        if not UPDATE:
+            pytest.fail(f"wrote new snapshot {path.name}; review it and rerun")
+    assert got == path.read_text(), "SQL changed; rerun with UPDATE_SQL_SNAPSHOTS=1 if intended"

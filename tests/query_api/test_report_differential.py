@@ -1,0 +1,195 @@
+"""The SQL report equals the pure-Python reference (query_api/reference.py) exactly.
+
+Hypothesis draws funnels (filters, any_of alternatives, per-step windows, exclusions,
+counting by visitor or user) and event streams with few names, few visitors and a narrow
+time range, so ties, repeated steps and window edges are common. Each example writes its
+events under its own project id, so examples never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from funnelstream.clickhouse import ClickHouse
+from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
+from query_api import reference
+from query_api.sql.filters import Params
+from query_api.sql.funnel_report import per_visitor_sql, report_sql
+from schemas.funnels import FunnelDefinition, validate_funnel
+
+pytestmark = pytest.mark.clickhouse
+
+# FUNNEL_DIFF_EXAMPLES=2000 for a long run.
+BASE_MS = 1_760_000_000_000
+START, END = BASE_MS - 1000, BASE_MS + 40_000  # some events fall outside the range
+NAMES = "abcd"
+EXCLUDED = "xy"
+_projects = itertools.count()
+
+filters = st.one_of(
+    st.builds(lambda v: {"property": "n", "op": "gt", "value": v}, st.sampled_from([0, 1, 1.5])),
+    st.builds(lambda v: {"property": "n", "op": "lt", "value": v}, st.sampled_from([1, 2])),
+    st.builds(lambda v: {"property": "k", "op": "eq", "value": v}, st.sampled_from("xyz")),
+    st.builds(lambda v: {"property": "k", "op": "neq", "value": v}, st.sampled_from("xy")),
+    st.builds(
+        lambda v: {"property": "k", "op": "in", "value": v},
+        st.lists(st.sampled_from("xyz"), min_size=1, max_size=2),
+    ),
+    st.just({"property": "k", "op": "is_set"}),
+    st.just({"property": "n", "op": "is_not_set"}),
+    st.just({"property": "k", "op": "regex", "value": "^[xy]"}),
+    st.just({"property": "k", "op": "contains", "value": "z"}),
+)
+matches = st.fixed_dictionaries(
+    {"event": st.sampled_from(NAMES), "filters": st.lists(filters, max_size=2)}
+)
+steps = st.one_of(
+    matches,
+    st.builds(lambda alts: {"any_of": alts}, st.lists(matches, min_size=2, max_size=3)),
+)
+
+
+@st.composite
+def funnels(draw: st.DrawFn) -> FunnelDefinition:
+    chosen = draw(st.lists(steps, min_size=2, max_size=5))
+    for step in chosen[1:]:
+        if draw(st.booleans()):
+            step["within_seconds"] = draw(st.integers(1, 6))
+    exclusions = []
+    for _ in range(draw(st.integers(0, 2))):
+        lo = draw(st.integers(0, len(chosen) - 2))
+        hi = draw(st.integers(lo + 1, len(chosen) - 1))
+        exclusions.append(
+            {"event": draw(st.sampled_from(EXCLUDED)), "from_step": lo, "to_step": hi}
+        )
+    funnel = FunnelDefinition.model_validate(
+        {
+            "id": "f",
+            "project": "p",
+            "steps": chosen,
+            "window_seconds": draw(st.integers(1, 12)),
+            "exclusions": exclusions,
+            "count_by": draw(st.sampled_from(["visitor", "user"])),
+        }
+    )
+    assert validate_funnel(funnel) == []
+    return funnel
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[reference.RefEvent]:
+    events = []
+    for v in range(draw(st.integers(1, 6))):
+        ts = BASE_MS + draw(st.sampled_from([-2000, 0, 500]))
+        user = draw(st.sampled_from(["", "", "u1", "u2"]))
+        for _ in range(draw(st.integers(1, 10))):
+            ts += draw(st.sampled_from([0, 0, 1000, 1000, 2000, 3000, 500, 6000]))
+            props = {}
+            if draw(st.booleans()):
+                props["n"] = draw(st.sampled_from(["0", "1", "2", "1.5", "x"]))
+            if draw(st.booleans()):
+                props["k"] = draw(st.sampled_from(["x", "y", "z", "yz", ""]))
+            events.append(
+                reference.RefEvent(
+                    event_id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)), version=4)),
+                    event=draw(st.sampled_from(NAMES + NAMES + EXCLUDED + "q")),
+                    visitor_id=f"v{v}",
+                    timestamp_ms=ts,
+                    user_id=user if user and draw(st.booleans()) else "",
+                    properties=props,
+                )
+            )
+    # Event ids are unique, as the processor guarantees before it writes.
+    unique = {e.event_id: e for e in events}
+    return list(unique.values())
+
+
+def insert(ch: ClickHouse, project: str, events: list[reference.RefEvent]) -> None:
+    rows: list[tuple[Any, ...]] = [
+        (
+            project,
+            as_uuid(e.event_id),
+            e.event,
+            e.visitor_id,
+            e.user_id,
+            "",
+            ms_to_datetime(e.timestamp_ms),
+            ms_to_datetime(e.timestamp_ms),
+            dict(e.properties),
+            {},
+            0,
+            i,
+        )
+        for i, e in enumerate(events)
+    ]
+    ch.insert_sync("events", rows, EVENT_COLUMNS)
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= 1e-6 * max(1.0, abs(a))
+
+
+@settings(
+    max_examples=int(os.environ.get("FUNNEL_DIFF_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(funnel=funnels(), events=streams(), now_ms=st.integers(BASE_MS, BASE_MS + 30_000))
+def test_sql_report_equals_reference(
+    ch: ClickHouse, funnel: FunnelDefinition, events: list[reference.RefEvent], now_ms: int
+) -> None:
+    project = f"h{next(_projects)}"
+    funnel = funnel.model_copy(update={"project": project})
+    insert(ch, project, events)
+    start, end = ms_to_datetime(START), ms_to_datetime(END)
+
+    # Per entity, the held attempts (start, reached, previous) are the same.
+    params = Params()
+    rows = ch.query_rows_sync(per_visitor_sql(funnel, project, start, end, params), params.values)
+    sql_held = {
+        entity: [None if s[0] < 0 else (s[0], s[1], str(s[2]), s[3]) for s in slots]
+        for entity, slots in rows
+    }
+    expected_held = {
+        entity: [
+            None if h is None else (h.started_ms, h.reached_ms, h.event_id, h.previous_ms)
+            for h in slots
+        ]
+        for entity, slots in reference.held_steps(funnel, events, START, END).items()
+    }
+    assert sql_held == expected_held
+
+    # The report: counts exact, times exact (averages to float precision).
+    sql, params_ = report_sql(funnel, project, start, end, ms_to_datetime(now_ms))
+    by_step = {int(r[0]): r for r in ch.query_rows_sync(sql, params_)}
+    for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
+        row = by_step.get(k + 1)
+        got_entities = int(row[1]) if row else 0
+        assert got_entities == want.entities, k
+        assert (int(row[8]) if row else 0) == want.in_progress, k
+        if want.median_ms is None:
+            continue
+        assert row is not None
+        assert (row[2], row[3], row[5], row[6]) == (
+            want.median_ms,
+            want.p90_ms,
+            want.median_from_previous_ms,
+            want.p90_from_previous_ms,
+        ), k
+        assert _close(row[4], want.avg_ms) and _close(row[7], want.avg_from_previous_ms), k
+
+
+def test_far_range_reads_nothing_else(ch: ClickHouse) -> None:
+    """Guard for the generator: a bound outside [START, END) really excludes events."""
+    assert ms_to_datetime(START) < ms_to_datetime(BASE_MS) < ms_to_datetime(END)
+    assert datetime(2000, 1, 1, tzinfo=UTC) < ms_to_datetime(START)
