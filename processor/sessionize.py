@@ -14,6 +14,7 @@ opened it, so a replay produces the same id.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _SESSION_NAMESPACE = uuid.UUID("6f1d8a43-5a0e-4b8e-9a51-9d2f2f7c1e10")
@@ -53,7 +54,7 @@ def place(
     *,
     timestamp_ms: int,
     entry: dict[str, str],
-    new_id: str,
+    new_id: str | Callable[[], str],
     gap_ms: int,
 ) -> list[SessionChange]:
     """Put one event into `sessions` (kept sorted by start); return what changed."""
@@ -61,7 +62,9 @@ def place(
         s for s in sessions if s.started_at_ms - gap_ms < timestamp_ms < s.ended_at_ms + gap_ms
     ]
     if not touching:
-        created = Session(new_id, timestamp_ms, timestamp_ms, 1, dict(entry))
+        # The id is derived only when a session is really created (uuid5 is not free).
+        session_id = new_id() if callable(new_id) else new_id
+        created = Session(session_id, timestamp_ms, timestamp_ms, 1, dict(entry))
         sessions.append(created)
         sessions.sort(key=lambda s: s.started_at_ms)
         return [SessionChange(created)]

@@ -63,3 +63,38 @@ def step_matches(step: FunnelStep, event: str, properties: dict[str, str]) -> bo
 
 def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, Any]) -> list[int]:
     return [i for i, s in enumerate(steps) if step_matches(s, event, props)]
+
+
+class StepIndex:
+    """A funnel's steps indexed by event name, built once per definition: the per-event
+    cost is one dict lookup plus the filters of the steps naming that event."""
+
+    def __init__(self, steps: tuple[FunnelStep, ...]) -> None:
+        self._by_event: dict[str, list[tuple[int, tuple[PropertyFilter, ...]]]] = {}
+        for i, step in enumerate(steps):
+            for m in step.matchers():
+                self._by_event.setdefault(m.event, []).append((i, m.filters))
+
+    def match(self, event: str, properties: dict[str, str]) -> list[int]:
+        candidates = self._by_event.get(event)
+        if not candidates:
+            return []
+        matched = {
+            i for i, filters in candidates if all(filter_matches(f, properties) for f in filters)
+        }
+        return sorted(matched)
+
+
+_INDEXES: dict[int, tuple[object, StepIndex]] = {}
+
+
+def step_index(funnel: object, steps: tuple[FunnelStep, ...]) -> StepIndex:
+    """The StepIndex of a funnel definition (cached by identity; definitions are frozen)."""
+    cached = _INDEXES.get(id(funnel))
+    if cached is not None and cached[0] is funnel:
+        return cached[1]
+    if len(_INDEXES) > 10_000:  # definitions replaced many times: start over
+        _INDEXES.clear()
+    index = StepIndex(steps)
+    _INDEXES[id(funnel)] = (funnel, index)
+    return index

@@ -16,9 +16,9 @@ from processor.rows import (
     as_uuid,
     ms_to_datetime,
 )
-from processor.sessionize import forget_closed, new_session_id, place
+from processor.sessionize import Session, forget_closed, new_session_id, place
 from processor.state import VisitorState
-from processor.step_match import matching_steps
+from processor.step_match import step_index
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 from schemas.properties import flatten
@@ -32,25 +32,88 @@ class Timing:
 
 @dataclass(slots=True)
 class Outputs:
+    """Rows of one batch. Session and funnel-state rows are kept as references and built
+    at write time: only the last change of a batch is written, so building a row per
+    event would be wasted work."""
+
     events: list[Row] = field(default_factory=list)
-    sessions: dict[str, Row] = field(default_factory=dict)
-    funnel_states: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     transitions: list[Row] = field(default_factory=list)
     duplicates: int = 0
     too_late: int = 0
+    # session id → (project, visitor, session, offset of its last change, deleted)
+    pending_sessions: dict[str, tuple[str, str, Session, int, bool]] = field(default_factory=dict)
+    # (project, funnel, visitor) → (progress, offset of its last change, processed at)
+    pending_funnel_states: dict[tuple[str, str, str], tuple[FunnelProgress, int, int]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def sessions(self) -> dict[str, Row]:
+        return {sid: _session_row(*p) for sid, p in self.pending_sessions.items()}
+
+    @property
+    def funnel_states(self) -> dict[tuple[str, str, str], Row]:
+        return {k: _funnel_state_row(*k, *p) for k, p in self.pending_funnel_states.items()}
 
     def clear(self) -> None:
         self.events.clear()
-        self.sessions.clear()
-        self.funnel_states.clear()
+        self.pending_sessions.clear()
+        self.pending_funnel_states.clear()
         self.transitions.clear()
         self.duplicates = 0
         self.too_late = 0
 
     def row_count(self) -> int:
         return (
-            len(self.events) + len(self.sessions) + len(self.funnel_states) + len(self.transitions)
+            len(self.events)
+            + len(self.pending_sessions)
+            + len(self.pending_funnel_states)
+            + len(self.transitions)
         )
+
+
+def _session_row(project: str, visitor: str, s: Session, offset: int, deleted: bool) -> Row:
+    return (
+        project,
+        visitor,
+        s.session_id,
+        ms_to_datetime(s.started_at_ms),
+        ms_to_datetime(s.ended_at_ms),
+        s.event_count,
+        s.entry.get("url", ""),
+        s.entry.get("referrer", ""),
+        s.entry.get("utm_source", ""),
+        s.entry.get("utm_medium", ""),
+        s.entry.get("utm_campaign", ""),
+        s.entry.get("device", ""),
+        s.entry.get("browser", ""),
+        s.entry.get("os", ""),
+        offset,
+        1 if deleted else 0,
+    )
+
+
+_EPOCH = ms_to_datetime(0)
+
+
+def _funnel_state_row(
+    project: str,
+    funnel_id: str,
+    visitor: str,
+    progress: FunnelProgress,
+    offset: int,
+    processed_at_ms: int,
+) -> Row:
+    return (
+        project,
+        funnel_id,
+        visitor,
+        progress.level,
+        [ms_to_datetime(s[0]) if s else _EPOCH for s in progress.slots],
+        [ms_to_datetime(s[1]) if s else _EPOCH for s in progress.slots],
+        ms_to_datetime(processed_at_ms),
+        offset,
+    )
 
 
 def event_row(event: Event, props: dict[str, str], partition: int, offset: int) -> Row:
@@ -121,28 +184,16 @@ def _sessionize(
         state.sessions,
         timestamp_ms=event.timestamp_ms,
         entry=entry,
-        new_id=new_session_id(event.project_id, event.visitor_id, event.event_id),
+        new_id=lambda: new_session_id(event.project_id, event.visitor_id, event.event_id),
         gap_ms=timing.session_gap_ms,
     )
     for change in changes:
-        s = change.session
-        out.sessions[s.session_id] = (
+        out.pending_sessions[change.session.session_id] = (
             event.project_id,
             event.visitor_id,
-            s.session_id,
-            ms_to_datetime(s.started_at_ms),
-            ms_to_datetime(s.ended_at_ms),
-            s.event_count,
-            s.entry.get("url", ""),
-            s.entry.get("referrer", ""),
-            s.entry.get("utm_source", ""),
-            s.entry.get("utm_medium", ""),
-            s.entry.get("utm_campaign", ""),
-            s.entry.get("device", ""),
-            s.entry.get("browser", ""),
-            s.entry.get("os", ""),
+            change.session,
             offset,
-            1 if change.deleted else 0,
+            change.deleted,
         )
     forget_closed(state.sessions, state.newest_ms, timing.session_gap_ms, timing.lateness_ms)
 
@@ -157,7 +208,7 @@ def _advance(
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
-    matched = matching_steps(funnel.steps, event.event, props)
+    matched = step_index(funnel, funnel.steps).match(event.event, props)
     if not matched:
         return
     progress = state.funnels.get(funnel.id)
@@ -178,15 +229,8 @@ def _advance(
                 ms_to_datetime(processed_at_ms),
             )
         )
-    started = [ms_to_datetime(s[0]) if s else ms_to_datetime(0) for s in progress.slots]
-    reached = [ms_to_datetime(s[1]) if s else ms_to_datetime(0) for s in progress.slots]
-    out.funnel_states[(event.project_id, funnel.id, event.visitor_id)] = (
-        event.project_id,
-        funnel.id,
-        event.visitor_id,
-        progress.level,
-        started,
-        reached,
-        ms_to_datetime(processed_at_ms),
+    out.pending_funnel_states[(event.project_id, funnel.id, event.visitor_id)] = (
+        progress,
         offset,
+        processed_at_ms,
     )
