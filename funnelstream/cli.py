@@ -62,7 +62,9 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
             flush=True,
         )
     server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+        )
     )
     if getattr(args, "demo", False):
         project = config.projects[0]

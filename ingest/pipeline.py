@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -196,7 +196,12 @@ def enrich(events: list[Event], user_agent: str) -> list[Event]:
         return events
     info = parse_user_agent(user_agent)
     context = {"browser": info.browser, "os": info.os, "device": info.device_type}
-    return [replace(e, context={**context, **e.context}) for e in events]
+    for e in events:
+        # Each event owns its context dict (fresh from parse_event): fill it in place
+        # rather than copying the frozen event.
+        for key, value in context.items():
+            e.context.setdefault(key, value)
+    return events
 
 
 async def append(producer: LogProducer, events: list[Event], retry_after: int) -> None:
