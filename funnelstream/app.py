@@ -132,6 +132,8 @@ def build_app(
         allow_credentials=False,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Content-Type", "Authorization", "Content-Encoding"],
+        # The snippet reads Retry-After on 429/503 from cross-origin pages.
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
 
