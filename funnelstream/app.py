@@ -27,6 +27,7 @@ from funnelstream.config import (
     load_config,
 )
 from funnelstream.log import Log
+from funnelstream.log.embedded import EmbeddedLog
 from ingest.routes import router as ingest_router
 from ingest.service import IngestService
 from processor.catalog import FunnelCatalog
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 ROLES = frozenset({"ingest", "processor", "query"})
 # Split-mode processors and query APIs pick up funnels saved by another process.
 CATALOG_REFRESH_SECONDS = 5.0
+RETENTION_CHECK_SECONDS = 3600.0
 
 
 def open_log(settings: CommonSettings) -> Log:
@@ -99,6 +101,8 @@ def build_app(
                 producer = backend.producer(settings.topic)
                 await producer.start()
                 app.state.ingest = IngestService(ingest_settings, project_config, producer)
+            if isinstance(backend, EmbeddedLog):
+                tasks.append(asyncio.create_task(_enforce_retention(backend, stop)))
             if "processor" in roles:
                 assert ch is not None and backend is not None
                 processor = Processor(
@@ -175,6 +179,18 @@ def build_app(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _enforce_retention(backend: EmbeddedLog, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            deleted = await backend.enforce_retention()
+            if deleted:
+                log.info("log retention removed %d records", deleted)
+        except Exception as exc:  # retention is housekeeping: never take the service down
+            log.warning("log retention failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETENTION_CHECK_SECONDS)
 
 
 async def _refresh_catalog(app: FastAPI, ch: ClickHouse, stop: asyncio.Event) -> None:

@@ -183,8 +183,17 @@ class _Store:
         return None if row is None else int(row[0])
 
     def delete_older_than(self, cutoff_ms: int) -> int:
+        """Delete records older than the cutoff that every consumer group has committed
+        past. Unlike Kafka, a record no group has read yet is kept whatever its age: on
+        one machine a stopped processor must not lose accepted events."""
         with self._write_lock:
-            cur = self._write.execute("DELETE FROM records WHERE ts < ?", (cutoff_ms,))
+            cur = self._write.execute(
+                "DELETE FROM records WHERE ts < ? AND offset < COALESCE(("
+                "  SELECT MIN(c.offset) FROM commits c"
+                "  WHERE c.topic = records.topic AND c.partition = records.partition"
+                "), 0)",
+                (cutoff_ms,),
+            )
             return cur.rowcount
 
 
