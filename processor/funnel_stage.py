@@ -27,7 +27,6 @@ late (it is still stored in the events table, so SQL reports include it).
 from __future__ import annotations
 
 import bisect
-import uuid
 from dataclasses import dataclass, field
 
 # Per step: (chain start ms, reached at ms, id of the event that filled it), or None.
@@ -40,7 +39,10 @@ _LOW64 = (1 << 64) - 1
 def uuid_order(event_id: str) -> int:
     """The event id as ClickHouse orders UUIDs: low 64 bits first, then high 64 bits."""
     try:
-        value = uuid.UUID(event_id).int
+        # int(hex) is ~4x cheaper than uuid.UUID(...).int; ids are canonical once ingested.
+        value = int(event_id.replace("-", ""), 16) if len(event_id) == 36 else -1
+        if not 0 <= value < 1 << 128:
+            raise ValueError(event_id)
     except ValueError:  # ids are UUIDs once ingested; keep tests with short ids working
         value = int.from_bytes(event_id.encode()[:16].ljust(16, b"\0"), "big")
     return ((value & _LOW64) << 64) | (value >> 64)

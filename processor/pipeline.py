@@ -9,18 +9,33 @@
 
 A ClickHouse failure is infrastructure, not a bad message: the same batch is retried with
 backoff, consumption waits, and no offset moves past an unwritten batch.
+
+The log can fail too (Kafka down, a rebalance under way), and the processor goes on:
+
+* `poll` failing: back off and poll again; nothing was applied.
+* `commit` failing: the batch is already written, so its offsets stay pending and are
+  retried with the next commit (after a backoff). Committing late is always safe; a
+  replay after a crash is idempotent (processor/state.py).
+* Partitions taken away (`on_revoked`): flush and commit for them, then drop their
+  visitor states and pending offsets. If that commit fails because another member owns
+  them already (we were too slow to rejoin), retrying cannot succeed: drop anyway; the
+  new owner loads the states we wrote and replays from the last commit.
+
+Nothing here assumes one member: several processors (processes, or `Processor`s in one
+process) share a consumer group, each holding the state of its partitions only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
-from funnelstream.log import Log, LogConsumer, LogMessage, RebalanceListener
+from funnelstream.log import Log, LogConsumer, LogMessage, LogUnavailable, RebalanceListener
 from processor.catalog import FunnelCatalog
 from processor.rows import (
     DEAD_LETTER_COLUMNS,
@@ -46,8 +61,11 @@ class ProcessorConfig:
     timing: Timing = field(default_factory=Timing)
     batch_max_messages: int = 5000
     batch_max_seconds: float = 0.25
+    poll_max_messages: int = 500
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
+    # A commit or lag lookup that takes longer is treated as failed (broker down).
+    log_timeout_seconds: float = 10.0
 
 
 @dataclass(slots=True)
@@ -80,6 +98,10 @@ class Processor:
         self._batch = _Batch()
         self._consumer: LogConsumer | None = None
         self._flush_lock = asyncio.Lock()
+        # Written to ClickHouse, not committed yet: partition → next offset.
+        self._uncommitted: dict[int, int] = {}
+        self._commit_backoff = _Backoff(self.config)
+        self._poll_backoff = _Backoff(self.config)
         self.processed_messages = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -91,7 +113,7 @@ class Processor:
             RebalanceListener(on_assigned=self._on_assigned, on_revoked=self._on_revoked),
         )
         self._consumer = consumer
-        await consumer.start()
+        await self._start(consumer, stop)
         try:
             while not stop.is_set():
                 await self.step(consumer)
@@ -100,6 +122,16 @@ class Processor:
             await consumer.stop()
             self._consumer = None
 
+    async def _start(self, consumer: LogConsumer, stop: asyncio.Event) -> None:
+        backoff = _Backoff(self.config)
+        while not stop.is_set():
+            try:
+                await consumer.start()
+                return
+            except LogUnavailable as exc:
+                log.warning("log consumer did not start, retrying in %.1fs: %s", backoff.delay, exc)
+                await backoff.wait()
+
     async def step(self, consumer: LogConsumer) -> None:
         """One turn: poll, apply, and flush if the batch is full or old enough."""
         timeout = self.config.batch_max_seconds
@@ -107,13 +139,28 @@ class Processor:
             elapsed = time.monotonic() - self._batch.started
             timeout = max(0.0, self.config.batch_max_seconds - elapsed)
         room = self.config.batch_max_messages - self._batch.messages
-        messages = await consumer.poll(max(room, 1), timeout)
+        try:
+            # Small polls keep each synchronous apply short, so an ingest or query API
+            # sharing this event loop (embedded mode) is never stalled for long.
+            limit = min(max(room, 1), self.config.poll_max_messages)
+            messages = await consumer.poll(limit, timeout)
+        except LogUnavailable as exc:
+            # Nothing was applied; what is batched stays batched and is flushed below.
+            metrics.PROCESSOR_LOG_ERRORS.labels("poll").inc()
+            log.warning("poll failed, retrying in %.1fs: %s", self._poll_backoff.delay, exc)
+            await self._poll_backoff.wait()
+            messages = []
+        else:
+            self._poll_backoff.reset()
         if messages:
             self._apply(messages)
         if not self._batch.empty() and (
             self._batch.messages >= self.config.batch_max_messages
             or time.monotonic() - self._batch.started >= self.config.batch_max_seconds
         ):
+            await self.flush()
+        elif self._uncommitted and self._commit_backoff.due():
+            # An earlier commit failed and no new batch came to carry it: retry alone.
             await self.flush()
 
     # -- decode + apply (pure work, no awaits) --------------------------------------
@@ -165,20 +212,25 @@ class Processor:
 
     # -- write + commit ----------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, revoking: frozenset[int] = frozenset()) -> None:
+        """Write the batch, then commit every written offset of the partitions we hold.
+
+        `revoking` names partitions being taken away right now: the consumer no longer
+        lists them as held, but this is the last chance to commit for them.
+        """
         async with self._flush_lock:
             batch = self._batch
+            if not batch.empty():
+                self._batch = _Batch()
+                started = time.monotonic()
+                await self._write_with_retry(batch)
+                metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
+                metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
+                self._uncommitted.update(batch.next_offsets)
+            if self._uncommitted and (not batch.empty() or revoking or self._commit_backoff.due()):
+                await self._commit(revoking)
             if batch.empty():
                 return
-            self._batch = _Batch()
-            started = time.monotonic()
-            await self._write_with_retry(batch)
-            metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
-            metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
-            if self._consumer is not None:
-                await self._consumer.commit(batch.next_offsets)
-                for partition, offset in batch.next_offsets.items():
-                    metrics.PROCESSOR_COMMITTED_OFFSET.labels(str(partition)).set(offset)
             now_ms = time.time() * 1000
             for received in batch.received_ms:
                 metrics.PROCESSOR_FRESHNESS_SECONDS.observe(max(0.0, now_ms - received) / 1000)
@@ -186,6 +238,35 @@ class Processor:
             metrics.PROCESSOR_TOO_LATE.inc(batch.outputs.too_late)
             metrics.PROCESSOR_VISITORS.set(sum(len(s) for s in self._states.values()))
             self.processed_messages += batch.messages
+
+    async def _commit(self, revoking: frozenset[int]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        # Only partitions this member still owns: an offset of a partition that moved
+        # stays pending until `_on_revoked` decides about it.
+        owned = consumer.assignment() | revoking
+        offsets = {p: o for p, o in self._uncommitted.items() if p in owned}
+        if not offsets:
+            return
+        try:
+            async with asyncio.timeout(self.config.log_timeout_seconds):
+                await consumer.commit(offsets)
+        except (LogUnavailable, TimeoutError) as exc:
+            metrics.PROCESSOR_LOG_ERRORS.labels("commit").inc()
+            self._commit_backoff.failed()
+            log.warning(
+                "commit of %s failed; kept pending, retry in %.1fs: %s",
+                offsets,
+                self._commit_backoff.delay,
+                exc,
+            )
+            return
+        self._commit_backoff.reset()
+        for partition, offset in offsets.items():
+            if self._uncommitted.get(partition) == offset:
+                del self._uncommitted[partition]
+            metrics.PROCESSOR_COMMITTED_OFFSET.labels(str(partition)).set(offset)
 
     async def _write_with_retry(self, batch: _Batch) -> None:
         delay = self.config.retry_initial_seconds
@@ -244,20 +325,68 @@ class Processor:
                 delay = min(delay * 2, self.config.retry_max_seconds)
 
     async def _on_revoked(self, partitions: frozenset[int]) -> None:
-        await self.flush()
+        await self.flush(revoking=partitions)
+        lost = {p: o for p, o in self._uncommitted.items() if p in partitions}
+        if lost:
+            # The last commit for them failed. If another member owns them already, no
+            # retry can succeed; it resumes from the previous commit and skips, per
+            # visitor, what the states we wrote say was applied.
+            log.warning("giving up uncommitted offsets %s of revoked partitions", lost)
         for partition in partitions:
+            self._uncommitted.pop(partition, None)
             self._states.pop(partition, None)
+            with contextlib.suppress(KeyError):
+                metrics.PROCESSOR_LAG.remove(str(partition))
+        metrics.PROCESSOR_VISITORS.set(sum(len(s) for s in self._states.values()))
         log.info("revoked partitions %s", sorted(partitions))
 
     async def lag(self) -> dict[int, int]:
-        """Messages not yet committed per partition (also exported as a gauge)."""
+        """Messages not yet committed per partition held (also exported as a gauge).
+
+        Raises `LogUnavailable` when the log does not answer in time.
+        """
         consumer = self._consumer
         if consumer is None:
             return {}
-        ends = await consumer.end_offsets()
         lags = {}
-        for partition, end in ends.items():
-            committed = await consumer.committed(partition)
-            lags[partition] = end - (committed or 0)
-            metrics.PROCESSOR_LAG.labels(str(partition)).set(lags[partition])
+        try:
+            async with asyncio.timeout(self.config.log_timeout_seconds):
+                ends = await consumer.end_offsets()
+                for partition, end in ends.items():
+                    committed = await consumer.committed(partition)
+                    lags[partition] = max(0, end - (committed or 0))
+        except TimeoutError as exc:
+            raise LogUnavailable("lag lookup timed out") from exc
+        for partition, value in lags.items():
+            metrics.PROCESSOR_LAG.labels(str(partition)).set(value)
         return lags
+
+    def assignment(self) -> frozenset[int]:
+        """The partitions this processor holds now."""
+        return self._consumer.assignment() if self._consumer is not None else frozenset()
+
+
+class _Backoff:
+    """Exponential delay between retries of one kind of failing call."""
+
+    def __init__(self, config: ProcessorConfig) -> None:
+        self._initial = config.retry_initial_seconds
+        self._max = config.retry_max_seconds
+        self.delay = self._initial
+        self._next_at = 0.0
+
+    def failed(self) -> None:
+        self._next_at = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self._max)
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_at
+
+    async def wait(self) -> None:
+        delay = self.delay
+        self.failed()
+        await asyncio.sleep(delay)
+
+    def reset(self) -> None:
+        self.delay = self._initial
+        self._next_at = 0.0

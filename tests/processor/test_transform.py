@@ -81,7 +81,7 @@ def test_event_row_columns() -> None:
     assert out.events == [
         (
             "p",
-            uuid.UUID(int=1),
+            eid(1),
             "view",
             "v",
             "",
@@ -124,9 +124,9 @@ def test_session_row_takes_entry_from_properties_and_context() -> None:
 def test_funnel_rows_for_each_step_reached() -> None:
     out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "cart", 1), ev(3, "other", 2)])
     assert out.transitions == [
-        ("p", "f", "v", 1, ms_to_datetime(T0), ms_to_datetime(T0), uuid.UUID(int=1),
+        ("p", "f", "v", 1, ms_to_datetime(T0), ms_to_datetime(T0), eid(1),
          ms_to_datetime(PROCESSED_AT)),
-        ("p", "f", "v", 2, ms_to_datetime(T0 + MIN), ms_to_datetime(T0), uuid.UUID(int=2),
+        ("p", "f", "v", 2, ms_to_datetime(T0 + MIN), ms_to_datetime(T0), eid(2),
          ms_to_datetime(PROCESSED_AT)),
     ]  # fmt: skip
     assert out.funnel_states == {
