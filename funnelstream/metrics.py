@@ -70,6 +70,12 @@ PROCESSOR_WRITE_SECONDS = Histogram(
 PROCESSOR_WRITE_RETRIES = Counter(
     "funnelstream_processor_write_retries_total", "ClickHouse writes retried", registry=REGISTRY
 )
+PROCESSOR_LOG_ERRORS = Counter(
+    "funnelstream_processor_log_errors_total",
+    "Log calls that failed and were retried or given up (poll, commit), by call",
+    ["call"],
+    registry=REGISTRY,
+)
 PROCESSOR_FRESHNESS_SECONDS = Histogram(
     "funnelstream_processor_freshness_seconds",
     "From ingest receiving an event to its batch being committed",

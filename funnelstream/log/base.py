@@ -4,6 +4,27 @@ The shape follows Kafka because Kafka is the production backend: a topic has a f
 number of partitions, a record's key picks its partition (so one visitor stays in one
 partition and its events keep their order), every partition is an append-only sequence of
 offsets, and a consumer group commits, per partition, the *next* offset to read.
+
+Rules every backend keeps and every caller may rely on (both backends pass
+tests/funnelstream/log/test_contract.py):
+
+* `Log.ensure_topic` comes first. Producers and consumers of a topic start only after it
+  has returned: Kafka runs with topic auto-creation off, so appending to or subscribing
+  to a missing topic fails there (the embedded log would create it with its default
+  partition count, which may not be what was meant).
+* Per partition, `poll` returns messages in offset order, at most once per assignment.
+  A message can come again after a crash or a rebalance (from the last commit on), so
+  what a consumer does with it must be idempotent.
+* `RebalanceListener.on_revoked` runs before partitions are given up and
+  `on_assigned` before the first message of newly held partitions; neither runs for an
+  empty set of partitions. `assignment()` is already empty when `on_revoked` starts
+  (the partitions it names are the ones to flush and commit for).
+* A commit can fail because another member owns the partitions now (the group
+  rebalanced without us, e.g. `on_revoked` took longer than the rebalance timeout).
+  It raises `LogUnavailable` like an outage, and retrying cannot succeed: drop the state
+  of those partitions; their new owner resumes from the last successful commit.
+* An exception raised by a listener callback is not lost: the next `poll` raises it.
+* `seek` on a partition this consumer does not hold raises `ValueError`.
 """
 
 from __future__ import annotations
@@ -85,12 +106,19 @@ class LogConsumer(abc.ABC):
     async def poll(self, max_records: int, timeout_s: float) -> list[LogMessage]:
         """Return up to `max_records` messages (possibly none after `timeout_s`).
 
-        Within a partition, messages come in offset order.
+        Within a partition, messages come in offset order. Raises `LogUnavailable` when
+        the log cannot be read (back off and poll again), and re-raises the first
+        exception a rebalance callback raised.
         """
 
     @abc.abstractmethod
     async def commit(self, offsets: Mapping[int, int]) -> None:
-        """Commit, per partition, the next offset this group should read."""
+        """Commit, per partition, the next offset this group should read.
+
+        Raises `LogUnavailable` when the log is down or the partitions belong to another
+        member now (see the module docstring); the caller cannot tell which, so it keeps
+        the offsets pending while it still holds the partitions and drops them on revoke.
+        """
 
     @abc.abstractmethod
     async def committed(self, partition: int) -> int | None:
@@ -98,11 +126,15 @@ class LogConsumer(abc.ABC):
 
     @abc.abstractmethod
     def seek(self, partition: int, offset: int) -> None:
-        """Make the next poll of `partition` start at `offset`."""
+        """Make the next poll of `partition` start at `offset`.
+
+        Raises `ValueError` if this consumer does not hold `partition` (it may call this
+        from `on_assigned` for the partitions being assigned).
+        """
 
     @abc.abstractmethod
     def assignment(self) -> frozenset[int]:
-        """The partitions this member holds now."""
+        """The partitions this member holds now; empty from the start of `on_revoked`."""
 
     @abc.abstractmethod
     async def end_offsets(self) -> dict[int, int]:
@@ -113,7 +145,9 @@ class Log(abc.ABC):
     """A backend: creates producers and consumers for named topics."""
 
     @abc.abstractmethod
-    async def ensure_topic(self, topic: str, partitions: int) -> None: ...
+    async def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create `topic` with `partitions` if missing; call before any producer or
+        consumer of it starts. An existing topic keeps its partition count."""
 
     @abc.abstractmethod
     def producer(self, topic: str) -> LogProducer: ...
