@@ -26,7 +26,7 @@ from funnelstream.config import (
     ProcessorSettings,
     load_config,
 )
-from funnelstream.log import Log
+from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from ingest.routes import router as ingest_router
 from ingest.service import IngestService
@@ -34,7 +34,9 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
+from query_api.routes.analysis import router as analysis_router
 from query_api.routes.funnels import router as funnels_router
+from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
 from query_api.routes.stats import router as stats_router
 
@@ -158,6 +160,8 @@ def build_app(
     if "query" in roles:
         app.include_router(funnels_router)
         app.include_router(reports_router)
+        app.include_router(live_router)
+        app.include_router(analysis_router)
         app.include_router(stats_router)
 
     @app.get("/healthz", tags=["ops"])
@@ -165,8 +169,13 @@ def build_app(
         out: dict[str, Any] = {"status": "ok", "roles": sorted(roles)}
         processor: Processor | None = getattr(request.app.state, "processor", None)
         if processor is not None:
-            lags = await processor.lag()
-            out["lag"] = sum(lags.values())
+            # `lag` covers the partitions this processor holds ("partitions"); none are
+            # held while a consumer group rebalances. null: the log did not answer.
+            try:
+                out["lag"] = sum((await processor.lag()).values())
+            except LogUnavailable:
+                out["lag"] = None
+            out["partitions"] = sorted(processor.assignment())
             out["processed"] = processor.processed_messages
         return out
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,20 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, config: str = CONFIG, **env: str) -> None:
+    """`funnelstream serve` by default; `command` and `args` run another part (split mode:
+    `ingest`, `process`, `query-api`) or add flags such as `--log-backend kafka`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: str = CONFIG,
+        *,
+        command: str = "serve",
+        args: Sequence[str] = (),
+        **env: str,
+    ) -> None:
+        self.command = command
+        self.args = list(args)
         self.data_dir = data_dir
         self.config_path = data_dir / "test.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +65,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "server.log"
+        self.log_path = data_dir / ("server.log" if command == "serve" else f"{command}.log")
 
     def start(self, timeout: float = 60) -> Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
@@ -60,13 +74,14 @@ class Server:
                 sys.executable,
                 "-m",
                 "funnelstream.cli",
-                "serve",
+                self.command,
                 "--data-dir",
                 str(self.data_dir),
                 "--config",
                 str(self.config_path),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
