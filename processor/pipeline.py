@@ -4,7 +4,8 @@
     decode    bytes → Event; undecodable or unknown schema → dead letter with a reason
     apply     dedupe → sessionize → advance every funnel (processor/transform.py, pure)
     batch     collect rows until `batch_max_messages` or `batch_max_seconds`, whichever first
-    write     events, sessions, funnel state, transitions, dead letters, then visitor state
+    write     events, sessions, funnel state, transitions, dead letters (table and
+              dead-letter topic), then visitor state
     commit    the next offset per partition, only after the write succeeded
 
 A ClickHouse failure is infrastructure, not a bad message: the same batch is retried with
@@ -33,9 +34,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
-from funnelstream.log import Log, LogConsumer, LogMessage, LogUnavailable, RebalanceListener
+from funnelstream.log import (
+    Log,
+    LogConsumer,
+    LogMessage,
+    LogProducer,
+    LogRecord,
+    LogUnavailable,
+    RebalanceListener,
+)
 from processor.catalog import FunnelCatalog
 from processor.rows import (
     DEAD_LETTER_COLUMNS,
@@ -66,12 +77,18 @@ class ProcessorConfig:
     retry_max_seconds: float = 10.0
     # A commit or lag lookup that takes longer is treated as failed (broker down).
     log_timeout_seconds: float = 10.0
+    # Where undecodable messages go besides the dead_letters table ("" = "<topic>.dead-letters").
+    dead_letter_topic: str = ""
+
+    def dead_letter_topic_name(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}.dead-letters"
 
 
 @dataclass(slots=True)
 class _Batch:
     outputs: Outputs = field(default_factory=Outputs)
     dead_letters: list[Row] = field(default_factory=list)
+    dead_letter_records: list[LogRecord] = field(default_factory=list)
     dirty: dict[str, tuple[int, VisitorState]] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
     received_ms: list[int] = field(default_factory=list)
@@ -97,6 +114,7 @@ class Processor:
         self._states: dict[int, dict[str, VisitorState]] = {}
         self._batch = _Batch()
         self._consumer: LogConsumer | None = None
+        self._dead_letter_producer: LogProducer | None = None
         self._flush_lock = asyncio.Lock()
         # Written to ClickHouse, not committed yet: partition → next offset.
         self._uncommitted: dict[int, int] = {}
@@ -121,11 +139,20 @@ class Processor:
         finally:
             await consumer.stop()
             self._consumer = None
+            if self._dead_letter_producer is not None:
+                await self._dead_letter_producer.stop()
+                self._dead_letter_producer = None
 
     async def _start(self, consumer: LogConsumer, stop: asyncio.Event) -> None:
         backoff = _Backoff(self.config)
         while not stop.is_set():
             try:
+                if self._dead_letter_producer is None:
+                    topic = self.config.dead_letter_topic_name()
+                    await self._log.ensure_topic(topic, 1)
+                    producer = self._log.producer(topic)
+                    await producer.start()
+                    self._dead_letter_producer = producer
                 await consumer.start()
                 return
             except LogUnavailable as exc:
@@ -186,6 +213,22 @@ class Processor:
                         message.partition,
                         message.offset,
                         message.value.decode("utf-8", "replace")[:10000],
+                    )
+                )
+                batch.dead_letter_records.append(
+                    LogRecord(
+                        message.key,
+                        orjson.dumps(
+                            {
+                                "reason": exc.reason,
+                                "detail": exc.detail[:1000],
+                                "topic": self.config.topic,
+                                "partition": message.partition,
+                                "offset": message.offset,
+                                "payload": message.value.decode("utf-8", "replace"),
+                            }
+                        ),
+                        now_ms,
                     )
                 )
                 continue
@@ -274,9 +317,9 @@ class Processor:
             try:
                 await self._write(batch)
                 return
-            except ClickHouseUnavailable as exc:
+            except (ClickHouseUnavailable, LogUnavailable) as exc:
                 metrics.PROCESSOR_WRITE_RETRIES.inc()
-                log.warning("ClickHouse write failed, retrying in %.1fs: %s", delay, exc)
+                log.warning("batch write failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_seconds)
 
@@ -291,6 +334,9 @@ class Processor:
         )
         await self._ch.insert("funnel_transitions", out.transitions, TRANSITION_COLUMNS)
         await self._ch.insert("dead_letters", batch.dead_letters, DEAD_LETTER_COLUMNS)
+        if batch.dead_letter_records and self._dead_letter_producer is not None:
+            # At least once, like the table: a replay after a crash may repeat a record.
+            await self._dead_letter_producer.append(batch.dead_letter_records)
         state_rows = [
             (self.config.group, partition, key, state.dumps().decode(), state.applied_offset)
             for key, (partition, state) in batch.dirty.items()

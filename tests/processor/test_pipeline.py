@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
@@ -98,11 +99,17 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_flows(
     await append(log, payloads)
     processor = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))
     await run_until_idle(processor, log, len(payloads))
-    await log.close()
 
     assert levels(ch) == {1: 10, 2: 10, 3: 10}
     reasons = ch.query_rows_sync("SELECT reason FROM dead_letters ORDER BY reason")
     assert reasons == [("undecodable",), ("unknown_schema_version",)]
+    # ...and on the dead-letter topic, with the reason and where the message was.
+    reader = log.consumer("events.dead-letters", "inspector")
+    await reader.start()
+    records = [orjson.loads(m.value) for m in await reader.poll(10, 1.0)]
+    await reader.stop()
+    assert sorted(r["reason"] for r in records) == ["undecodable", "unknown_schema_version"]
+    assert all(r["topic"] == "events" and r["offset"] >= 0 for r in records)
     ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
     assert stored == len(events)
 
