@@ -10,12 +10,16 @@ from schemas.funnels import FunnelDefinition
 class FunnelCatalog:
     def __init__(self, funnels: Iterable[FunnelDefinition] = ()) -> None:
         self._by_project: dict[str, list[FunnelDefinition]] = {}
+        # Bumped on every change, so the processor notices funnels to backfill.
+        self.version = 0
         self.replace(funnels)
 
     def replace(self, funnels: Iterable[FunnelDefinition]) -> None:
         by_project: dict[str, list[FunnelDefinition]] = {}
         for f in funnels:
             by_project.setdefault(f.project, []).append(f)
+        if by_project != self._by_project:
+            self.version += 1
         self._by_project = by_project
 
     def upsert(self, funnel: FunnelDefinition) -> None:

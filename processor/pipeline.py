@@ -32,7 +32,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 
@@ -47,7 +49,15 @@ from funnelstream.log import (
     LogUnavailable,
     RebalanceListener,
 )
+from processor.backfill import (
+    EVENTS_SQL,
+    apply_rebuilt,
+    definition_hash,
+    group_rows,
+    rebuild_progress,
+)
 from processor.catalog import FunnelCatalog
+from processor.funnel_stage import FunnelProgress
 from processor.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
@@ -59,10 +69,20 @@ from processor.rows import (
     ms_to_datetime,
 )
 from processor.state import VisitorState, visitor_key
-from processor.transform import Outputs, Timing, apply_event
+from processor.transform import Outputs, Timing, apply_event, transition_row
 from schemas.events import InvalidMessage, decode
+from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+BACKFILL_COLUMNS = (
+    "consumer_group",
+    "log_partition",
+    "project_id",
+    "funnel_id",
+    "definition_hash",
+    "done_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +141,10 @@ class Processor:
         self._commit_backoff = _Backoff(self.config)
         self._poll_backoff = _Backoff(self.config)
         self.processed_messages = 0
+        # Per partition: (project, funnel) → definition hash whose live state is built.
+        self._backfilled: dict[int, dict[tuple[str, str], str]] = {}
+        self._backfill_due = True
+        self._catalog_version = -1
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -181,6 +205,8 @@ class Processor:
             self._poll_backoff.reset()
         if messages:
             self._apply(messages)
+        if self._backfill_due or self._catalog.version != self._catalog_version:
+            await self._backfill(consumer)
         if not self._batch.empty() and (
             self._batch.messages >= self.config.batch_max_messages
             or time.monotonic() - self._batch.started >= self.config.batch_max_seconds
@@ -348,12 +374,123 @@ class Processor:
     async def _on_assigned(self, partitions: frozenset[int]) -> None:
         if not partitions:
             return
+        markers = await self._retry(
+            "loading backfill markers",
+            lambda: self._ch.query_rows(
+                "SELECT log_partition, project_id, funnel_id, definition_hash "
+                "FROM funnel_backfills FINAL WHERE consumer_group = {g:String} "
+                "AND log_partition IN {p:Array(UInt32)}",
+                {"g": self.config.group, "p": sorted(partitions)},
+            ),
+        )
+        for partition in partitions:
+            self._backfilled[partition] = {}
+        for partition, project, funnel_id, digest in markers:
+            self._backfilled[int(partition)][(str(project), str(funnel_id))] = str(digest)
+        self._backfill_due = True
         rows = await self._load_states(partitions)
         for partition, key, raw in rows:
             project = key.split("\x1f", 1)[0]
             state = VisitorState.loads(raw, self._catalog.step_counts(project))
             self._states.setdefault(partition, {})[key] = state
         log.info("assigned partitions %s, restored %d visitors", sorted(partitions), len(rows))
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a ClickHouse call with backoff until it succeeds (infrastructure errors)."""
+        delay = self.config.retry_initial_seconds
+        while True:
+            try:
+                return await call()
+            except ClickHouseUnavailable as exc:
+                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_seconds)
+
+    async def _backfill(self, consumer: LogConsumer) -> None:
+        """Build live state for funnels defined after their events were stored."""
+        self._catalog_version = self._catalog.version
+        self._backfill_due = False
+        held = consumer.assignment()
+        todo = []
+        for funnel in self._catalog.all():
+            if funnel.live_unsupported() is not None:
+                continue
+            digest = definition_hash(funnel)
+            key = (funnel.project, funnel.id)
+            parts = [p for p in sorted(held) if self._backfilled.get(p, {}).get(key) != digest]
+            if parts:
+                todo.append((funnel, digest, parts))
+        if not todo:
+            return
+        # Every absorbed event must be in the events table before it is read back.
+        await self.flush()
+        for funnel, digest, parts in todo:
+            await self._backfill_one(funnel, digest, parts)
+
+    async def _backfill_one(self, funnel: FunnelDefinition, digest: str, parts: list[int]) -> None:
+        started = time.monotonic()
+        rows = await self._retry(
+            "backfill read",
+            lambda: self._ch.query_rows(
+                EVENTS_SQL,
+                {"project": funnel.project, "events": funnel.event_names(), "partitions": parts},
+            ),
+        )
+        grouped = group_rows(rows)
+        now_ms = int(time.time() * 1000)
+        out = Outputs()
+        dirty: list[tuple[int, str, VisitorState]] = []
+        for partition in parts:
+            for key, state in self._states.get(partition, {}).items():
+                if state.project_id != funnel.project:
+                    continue
+                events = grouped.get((partition, state.visitor_id))
+                if events is None and funnel.id not in state.funnels:
+                    continue
+                progress, transitions = rebuild_progress(
+                    funnel, events or [], state.newest_ms, self.config.timing.lateness_ms
+                )
+                apply_rebuilt(state, funnel, progress)
+                shown = progress or FunnelProgress(steps=len(funnel.steps))
+                out.pending_funnel_states[(funnel.project, funnel.id, state.visitor_id)] = (
+                    shown,
+                    state.applied_offset,
+                    now_ms,
+                )
+                out.transitions.extend(
+                    transition_row(funnel.project, funnel.id, state.visitor_id, t, now_ms)
+                    for t in transitions
+                )
+                dirty.append((partition, key, state))
+        state_rows = [
+            (self.config.group, p, key, state.dumps().decode(), state.applied_offset)
+            for p, key, state in dirty
+        ]
+        markers = [
+            (self.config.group, p, funnel.project, funnel.id, digest, ms_to_datetime(now_ms))
+            for p in parts
+        ]
+
+        async def write() -> None:
+            await self._ch.insert(
+                "funnel_state", list(out.funnel_states.values()), FUNNEL_STATE_COLUMNS
+            )
+            await self._ch.insert("funnel_transitions", out.transitions, TRANSITION_COLUMNS)
+            await self._ch.insert("processor_state", state_rows, STATE_COLUMNS)
+            # The marker goes last: a crash before it redoes this (identical) backfill.
+            await self._ch.insert("funnel_backfills", markers, BACKFILL_COLUMNS)
+
+        await self._retry("backfill write", write)
+        for p in parts:
+            self._backfilled.setdefault(p, {})[(funnel.project, funnel.id)] = digest
+        log.info(
+            "backfilled funnel %s/%s over partitions %s: %d visitors in %.2fs",
+            funnel.project,
+            funnel.id,
+            parts,
+            len(dirty),
+            time.monotonic() - started,
+        )
 
     async def _load_states(self, partitions: frozenset[int]) -> list[tuple[int, str, str]]:
         delay = self.config.retry_initial_seconds

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.funnel_stage import FunnelProgress, entries_for
+from processor.funnel_stage import FunnelProgress, Transition, entries_for
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,
@@ -70,6 +70,21 @@ class Outputs:
             + len(self.pending_funnel_states)
             + len(self.transitions)
         )
+
+
+def transition_row(
+    project: str, funnel_id: str, visitor: str, t: Transition, processed_at_ms: int
+) -> Row:
+    return (
+        project,
+        funnel_id,
+        visitor,
+        t.step,
+        ms_to_datetime(t.reached_at_ms),
+        ms_to_datetime(t.chain_started_at_ms),
+        as_uuid(t.event_id),
+        ms_to_datetime(processed_at_ms),
+    )
 
 
 def _session_row(project: str, visitor: str, s: Session, offset: int, deleted: bool) -> Row:
@@ -218,16 +233,7 @@ def _advance(
     transitions = progress.add(entries, funnel.window_seconds * 1000, horizon)
     for t in transitions:
         out.transitions.append(
-            (
-                event.project_id,
-                funnel.id,
-                event.visitor_id,
-                t.step,
-                ms_to_datetime(t.reached_at_ms),
-                ms_to_datetime(t.chain_started_at_ms),
-                as_uuid(t.event_id),
-                ms_to_datetime(processed_at_ms),
-            )
+            transition_row(event.project_id, funnel.id, event.visitor_id, t, processed_at_ms)
         )
     out.pending_funnel_states[(event.project_id, funnel.id, event.visitor_id)] = (
         progress,

@@ -155,3 +155,43 @@ def test_import_history_through_the_same_path(server: Server, tmp_path: Path) ->
     server.wait_processed()
     steps = server.report(**{"from": "2024-03-01T00:00:00Z", "to": "2024-04-01T00:00:00Z"})
     assert [s["visitors"] for s in steps["steps"]] == [2, 1, 1, 0, 0]
+
+
+def test_saving_a_funnel_backfills_its_live_state(server: Server) -> None:
+    traffic = storefront(visitors=300, start_ms=int(time.time() * 1000) - 7200_000, seed=5)
+    assert server.post({"batch": traffic.events}).status_code == 202
+    server.wait_processed()
+    # A funnel defined after the fact: add_to_cart → purchase.
+    definition = {
+        "id": "cart_to_purchase",
+        "window_seconds": 86400,
+        "steps": [{"event": "add_to_cart"}, {"event": "purchase"}],
+    }
+    r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
+    assert r.status_code == 201, r.text
+    expected = traffic.reached[2:5:2]  # reached add_to_cart, reached purchase
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = server.live("cart_to_purchase")
+        if [s["reached"] for s in live["stages"]] == expected:
+            break
+        time.sleep(0.2)
+    assert [s["reached"] for s in live["stages"]] == expected
+    report = server.report("cart_to_purchase", **{"from": FROM, "to": TO})
+    assert [s["visitors"] for s in report["steps"]] == expected
+    # New events keep advancing the backfilled state.
+    now = int(time.time() * 1000)
+    assert (
+        server.post(
+            {
+                "batch": [
+                    {"event": "add_to_cart", "visitor_id": "late-1", "timestamp": now - 1000},
+                    {"event": "purchase", "visitor_id": "late-1", "timestamp": now},
+                ]
+            }
+        ).status_code
+        == 202
+    )
+    server.wait_processed()
+    live = server.live("cart_to_purchase")
+    assert [s["reached"] for s in live["stages"]] == [expected[0] + 1, expected[1] + 1]

@@ -1,0 +1,81 @@
+"""Live state for a funnel defined after its events were stored. Pure part + SQL.
+
+When a funnel is saved (or its definition changes), each processor rebuilds, for the
+partitions it holds, every visitor's progress in that funnel from the events table: the
+same entries the live path would have made, folded in timestamp order. Events written to
+the table are exactly the events the visitor states have absorbed (the batch is flushed
+first), so afterwards the live machine continues as if the funnel had always existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from processor.funnel_stage import Entry, FunnelProgress, Transition, entries_for
+from processor.state import VisitorState
+from processor.step_match import step_index
+from schemas.funnels import FunnelDefinition
+
+
+def definition_hash(funnel: FunnelDefinition) -> str:
+    return hashlib.sha256(funnel.model_dump_json().encode()).hexdigest()[:16]
+
+
+EVENTS_SQL = """
+SELECT log_partition, visitor_id, toString(event_id), event,
+       toUnixTimestamp64Milli(timestamp), properties
+FROM events FINAL
+WHERE project_id = {project:String}
+  AND event IN {events:Array(String)}
+  AND log_partition IN {partitions:Array(UInt32)}
+"""
+
+
+def rebuild_progress(
+    funnel: FunnelDefinition,
+    events: Iterable[tuple[str, str, int, dict[str, str]]],
+    newest_ms: int,
+    lateness_ms: int,
+) -> tuple[FunnelProgress | None, list[Transition]]:
+    """One visitor's progress from (event_id, event, timestamp ms, properties) rows."""
+    index = step_index(funnel, funnel.steps)
+    entries: list[list[Entry]] = []
+    for event_id, name, ts, props in events:
+        matched = index.match(name, props)
+        if matched:
+            entries.append(entries_for(ts, event_id, matched))
+    if not entries:
+        return None, []
+    entries.sort(key=lambda es: es[0].sort_key())
+    progress = FunnelProgress(steps=len(funnel.steps))
+    transitions: list[Transition] = []
+    horizon = newest_ms - lateness_ms
+    for event_entries in entries:
+        transitions.extend(progress.add(event_entries, funnel.window_seconds * 1000, horizon))
+    return progress, transitions
+
+
+def group_rows(
+    rows: Iterable[tuple[Any, ...]],
+) -> dict[tuple[int, str], list[tuple[str, str, int, dict[str, str]]]]:
+    """Rows of EVENTS_SQL by (partition, visitor)."""
+    out: dict[tuple[int, str], list[tuple[str, str, int, dict[str, str]]]] = {}
+    for partition, visitor, event_id, name, ts, props in rows:
+        out.setdefault((int(partition), str(visitor)), []).append(
+            (str(event_id), str(name), int(ts), dict(props))
+        )
+    return out
+
+
+def apply_rebuilt(
+    state: VisitorState, funnel: FunnelDefinition, progress: FunnelProgress | None
+) -> bool:
+    """Replace the visitor's progress; True if the visitor has a stage row to write."""
+    had = funnel.id in state.funnels
+    if progress is None:
+        state.funnels.pop(funnel.id, None)
+        return had
+    state.funnels[funnel.id] = progress
+    return True
