@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from funnelstream.clickhouse import ClickHouse, migrate
 from query_api.sql.funnel_report import levels_sql, report_sql
-from schemas.funnels import FunnelDefinition
+from schemas.funnels import Exclusion, FunnelDefinition
 
 PROJECT = "bench"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -37,6 +38,18 @@ FUNNEL = FunnelDefinition.model_validate(
         "steps": [{"event": e} for e in STEPS],
     }
 )
+
+REPORT = "report (level passes: counts, times, in progress)"
+BARE = "bare windowFunnel (levels only)"
+# Funnel shapes that take the slower evaluations (query_api/sql/funnel_report.py).
+VARIANTS = {
+    "report, a step event repeated (passes, entries sorted with event ids)": FUNNEL.model_copy(
+        update={"steps": (*FUNNEL.steps[:4], FUNNEL.steps[0])}
+    ),
+    "report, with an exclusion (arrayFold)": FUNNEL.model_copy(
+        update={"exclusions": (Exclusion(event="scroll", from_step=1, to_step=2),)}
+    ),
+}
 
 # Each visitor's events are spread over ~2 days from a random start within January;
 # event names are drawn with decreasing weight toward the end of the funnel, plus noise.
@@ -63,13 +76,28 @@ FROM numbers({events:UInt64})
 """
 
 
-def timed(ch: ClickHouse, sql: str, params: dict[str, object], runs: int) -> list[float]:
-    ch.query_rows_sync(sql, params)  # warm-up: page cache, compiled expressions
-    out = []
+Query = tuple[str, dict[str, object]]
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(
+    ch: ClickHouse, queries: dict[str, Query], runs: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """(wall s, CPU s) per run of each query. Runs are interleaved (report, baseline,
+    report, ...) so that load from other processes hits every query alike."""
+    for sql, params in queries.values():
+        ch.query_rows_sync(sql, params)  # warm-up: page cache, compiled expressions
+    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in queries}
     for _ in range(runs):
-        started = time.perf_counter()
-        ch.query_rows_sync(sql, params)
-        out.append(time.perf_counter() - started)
+        for name, (sql, params) in queries.items():
+            started, cpu = time.perf_counter(), _cpu_seconds()
+            ch.query_rows_sync(sql, params)
+            out[name][0].append(time.perf_counter() - started)
+            out[name][1].append(_cpu_seconds() - cpu)
     return out
 
 
@@ -79,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--visitors", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--path", default="/tmp/funnelstream-bench")
+    ap.add_argument(
+        "--variants", action="store_true", help="also time the slower funnel shapes (VARIANTS)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "funnel_report.md"))
     args = ap.parse_args(argv)
 
@@ -96,21 +127,28 @@ def main(argv: list[str] | None = None) -> int:
 
     report, report_params = report_sql(FUNNEL, PROJECT, START, END)
     levels, levels_params = levels_sql(FUNNEL, PROJECT, START, END)
-    bare = f"SELECT level, count() FROM ({levels}) GROUP BY level ORDER BY level"
-    results = {
-        "report (arrayFold per visitor, counts + times)": timed(
-            ch, report, report_params, args.runs
+    queries: dict[str, Query] = {
+        REPORT: (report, report_params),
+        BARE: (
+            f"SELECT level, count() FROM ({levels}) GROUP BY level ORDER BY level",
+            levels_params,
         ),
-        "bare windowFunnel (levels only)": timed(ch, bare, levels_params, args.runs),
     }
+    if args.variants:
+        for name, funnel in VARIANTS.items():
+            queries[name] = report_sql(funnel, PROJECT, START, END)
+    results = timed(ch, queries, args.runs)
     rows = ch.query_rows_sync(report, report_params)
+    bare_levels = ch.query_rows_sync(*queries[BARE])
     ch.close()
 
-    medians = {name: statistics.median(t) for name, t in results.items()}
-    report_median, bare_median = medians.values()
+    wall = {name: statistics.median(w) for name, (w, _) in results.items()}
+    cpu = {name: statistics.median(c) for name, (_, c) in results.items()}
     command = "python bench/funnel_report.py " + " ".join(
         f"--{k} {getattr(args, k)}" for k in ("events", "visitors", "runs")
     )
+    if args.variants:
+        command += " --variants"
     lines = [
         "# Funnel report benchmark",
         "",
@@ -121,20 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {args.events:,} events, {args.visitors:,} visitors, 5-step funnel, 1-day window.",
         "",
         f"Recorded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; median of {args.runs} runs after "
-        "one warm-up.",
+        "one warm-up, runs of the queries interleaved. CPU = user + system seconds of the "
+        "process during the query (less sensitive to other load than wall time).",
         "",
-        "| query | median s | runs (s) |",
-        "|---|---|---|",
+        "| query | median wall s | median CPU s | wall runs (s) |",
+        "|---|---|---|---|",
     ]
-    for name, times in results.items():
-        runs = ", ".join(f"{t:.3f}" for t in times)
-        lines.append(f"| {name} | {medians[name]:.3f} | {runs} |")
+    for name, (walls, _) in results.items():
+        runs = ", ".join(f"{t:.3f}" for t in walls)
+        lines.append(f"| {name} | {wall[name]:.3f} | {cpu[name]:.3f} | {runs} |")
     lines += [
         "",
-        f"Ratio report / windowFunnel: {report_median / bare_median:.2f}x",
+        f"Ratio report / windowFunnel: {wall[REPORT] / wall[BARE]:.2f}x wall, "
+        f"{cpu[REPORT] / cpu[BARE]:.2f}x CPU",
         "",
         "Report rows (step, entities, median/p90/avg ms from start, median/p90/avg ms from "
         "previous step, in progress): " + "; ".join(str(tuple(r)) for r in rows),
+        "",
+        "windowFunnel levels (level, visitors): " + ", ".join(str(tuple(r)) for r in bare_levels),
     ]
     load = os.getloadavg()[0]
     lines += ["", f"Load average (1 min) when finished: {load:.2f} on {_cpus()} cores."]

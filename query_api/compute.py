@@ -175,3 +175,68 @@ def trend_points(
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownGroup:
+    """Entities of one attributed value (or of all values past the top N: `other`)."""
+
+    value: str
+    other: bool
+    reached: list[int]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "value": self.value,
+            "other": self.other,
+            "steps": [
+                {
+                    "index": k,
+                    "visitors": count,
+                    "conversion_from_start": _ratio(count, self.reached[0]),
+                    "conversion_from_previous": _ratio(count, self.reached[k - 1] if k else count),
+                }
+                for k, count in enumerate(self.reached)
+            ],
+        }
+
+
+def breakdown_groups(rows: list[tuple[Any, ...]], steps: int) -> list[BreakdownGroup]:
+    """Rows (top, value, level, entities) → groups, biggest first (ties: by value), the
+    `other` group (all values past the top N) last."""
+    at_level: dict[tuple[bool, str], dict[int, int]] = {}
+    for top, value, level, entities in rows:
+        key = (not bool(top), str(value) if top else "")
+        at_level.setdefault(key, {})[int(level)] = int(entities)
+    groups = [
+        BreakdownGroup(value, other, reached_per_step(levels, steps))
+        for (other, value), levels in at_level.items()
+    ]
+    return sorted(groups, key=lambda g: (g.other, -g.reached[0], g.value))
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramBin:
+    start_seconds: float
+    end_seconds: float
+    attempts: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "from_seconds": self.start_seconds,
+            "to_seconds": self.end_seconds,
+            "attempts": self.attempts,
+        }
+
+
+def histogram_bins(rows: list[tuple[Any, ...]], bins: int) -> list[HistogramBin]:
+    """Rows (bin, attempts, bin start ms, bin width ms) → all `bins` bins, empty ones
+    included, as [from, to) seconds."""
+    if not rows:
+        return []
+    width = int(rows[0][3])
+    counts = {int(b): int(n) for b, n, _, _ in rows}
+    return [
+        HistogramBin(b * width / 1000, (b + 1) * width / 1000, counts.get(b, 0))
+        for b in range(bins)
+    ]

@@ -59,6 +59,8 @@ class Held:
     reached_ms: int
     event_id: str
     previous_ms: int
+    # The attempt's step-1 event (breakdowns attribute "first touch" to it).
+    start_event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,9 @@ def _fold(funnel: FunnelDefinition, events: list[RefEvent]) -> list[Held | None]
             if not any(_is(m, e) for m in step.matchers()):
                 continue
             if k == 0:
-                slots[0] = Held(e.timestamp_ms, e.timestamp_ms, e.event_id, e.timestamp_ms)
+                slots[0] = Held(
+                    e.timestamp_ms, e.timestamp_ms, e.event_id, e.timestamp_ms, e.event_id
+                )
                 continue
             prev = before[k - 1]
             if prev is None or e.timestamp_ms > prev.started_ms + window:
@@ -173,7 +177,9 @@ def _fold(funnel: FunnelDefinition, events: list[RefEvent]) -> list[Held | None]
                 e.timestamp_ms > prev.reached_ms + step.within_seconds * 1000
             ):
                 continue
-            slots[k] = Held(prev.started_ms, e.timestamp_ms, e.event_id, prev.reached_ms)
+            slots[k] = Held(
+                prev.started_ms, e.timestamp_ms, e.event_id, prev.reached_ms, prev.start_event_id
+            )
     return slots
 
 
@@ -244,3 +250,54 @@ def report(
             )
         )
     return out
+
+
+def breakdown(
+    funnel: FunnelDefinition,
+    events: Iterable[RefEvent],
+    start_ms: int,
+    end_ms: int,
+    prop: str,
+    attribution: str = "first_touch",
+    step: int = 0,
+    limit: int = 10,
+) -> dict[tuple[bool, str], list[int]]:
+    """Entities reaching each step per attributed value of event property `prop`:
+    {(is other, value): reached per step}. Attribution: the held attempt's step-1 event
+    for the entity's deepest step ("first_touch"), the event that reached that step
+    ("last_touch"), or the event holding step `step` ("step"; '' if none). Values ranked
+    by entities (then by value); those past `limit` are summed under (True, "")."""
+    everything = list(events)
+    by_id = {e.event_id: e for e in everything}
+    levels: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for slots in held_steps(funnel, everything, start_ms, end_ms).values():
+        level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
+        if not level:
+            continue
+        deepest = slots[level - 1]
+        assert deepest is not None
+        if attribution == "first_touch":
+            picked: str | None = deepest.start_event_id
+        elif attribution == "last_touch":
+            picked = deepest.event_id
+        else:
+            held = slots[step]
+            picked = held.event_id if held is not None else None
+        value = by_id[picked].properties.get(prop, "") if picked else ""
+        levels[value][level] += 1
+    ranked = sorted(levels, key=lambda v: (-sum(levels[v].values()), v))
+    out: dict[tuple[bool, str], list[int]] = {}
+    other: dict[int, int] = defaultdict(int)
+    for rank, value in enumerate(ranked):
+        if rank < limit:
+            out[(False, value)] = _reached(levels[value], len(funnel.steps))
+        else:
+            for level, count in levels[value].items():
+                other[level] += count
+    if other:
+        out[(True, "")] = _reached(other, len(funnel.steps))
+    return out
+
+
+def _reached(at_level: Mapping[int, int], steps: int) -> list[int]:
+    return [sum(c for level, c in at_level.items() if level > k) for k in range(steps)]

@@ -1,15 +1,13 @@
-"""Funnel definitions and their live stages (reports: query_api/routes/reports.py)."""
+"""Funnel definitions (reports: query_api/routes/reports.py, live: query_api/routes/live.py)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from pydantic import ValidationError
 
-from funnelstream import metrics
-from query_api import compute, funnel_store
+from query_api import funnel_store
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from schemas.funnels import FunnelDefinition, validate_funnel
 
@@ -60,31 +58,3 @@ async def save_funnel(
     await funnel_store.save(ch, funnel)
     catalog.upsert(funnel)
     return {**funnel.model_dump(), "live": funnel.live_unsupported() is None}
-
-
-@router.get("/{funnel_id}/live", summary="Visitors at each stage now (processor state)")
-async def live_stages(
-    funnel_id: str, project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
-) -> dict[str, Any]:
-    started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
-    reason = funnel.live_unsupported()
-    if reason is not None:
-        raise HTTPException(
-            409,
-            {"error": "live_not_supported", "message": f"no live state for funnels with {reason}"},
-        )
-    rows = await ch.query_rows(
-        "SELECT level, count() FROM funnel_state FINAL "
-        "WHERE project_id = {p:String} AND funnel_id = {f:String} GROUP BY level",
-        {"p": project.id, "f": funnel.id},
-    )
-    at_level = {int(level): int(count) for level, count in rows}
-    reached = compute.reached_per_step(at_level, len(funnel.steps))
-    elapsed = time.monotonic() - started
-    metrics.QUERY_SECONDS.labels("live").observe(elapsed)
-    stages = [
-        {"index": k, "event": s.label(), "at_stage": at_level.get(k + 1, 0), "reached": reached[k]}
-        for k, s in enumerate(funnel.steps)
-    ]
-    return {"funnel_id": funnel.id, "stages": stages, "query_ms": round(elapsed * 1000, 2)}

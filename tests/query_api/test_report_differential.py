@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from funnelstream.clickhouse import ClickHouse
 from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
-from query_api import reference
+from query_api import compute, reference
+from query_api.sql.analysis import Breakdown, breakdown_sql
 from query_api.sql.filters import Params
 from query_api.sql.funnel_report import per_visitor_sql, report_sql
 from schemas.funnels import FunnelDefinition, validate_funnel
@@ -139,14 +140,32 @@ def _close(a: float | None, b: float | None) -> bool:
     return abs(a - b) <= 1e-6 * max(1.0, abs(a))
 
 
+breakdowns = st.builds(
+    Breakdown,
+    property=st.sampled_from(["k", "n"]),
+    attribution=st.sampled_from(["first_touch", "last_touch", "step"]),
+    step=st.integers(0, 4),
+    limit=st.integers(1, 3),
+)
+
+
 @settings(
     max_examples=int(os.environ.get("FUNNEL_DIFF_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(funnel=funnels(), events=streams(), now_ms=st.integers(BASE_MS, BASE_MS + 30_000))
+@given(
+    funnel=funnels(),
+    events=streams(),
+    now_ms=st.integers(BASE_MS, BASE_MS + 30_000),
+    by=breakdowns,
+)
 def test_sql_report_equals_reference(
-    ch: ClickHouse, funnel: FunnelDefinition, events: list[reference.RefEvent], now_ms: int
+    ch: ClickHouse,
+    funnel: FunnelDefinition,
+    events: list[reference.RefEvent],
+    now_ms: int,
+    by: Breakdown,
 ) -> None:
     project = f"h{next(_projects)}"
     funnel = funnel.model_copy(update={"project": project})
@@ -157,14 +176,10 @@ def test_sql_report_equals_reference(
     params = Params()
     rows = ch.query_rows_sync(per_visitor_sql(funnel, project, start, end, params), params.values)
     sql_held = {
-        entity: [None if s[0] < 0 else (s[0], s[1], str(s[2]), s[3]) for s in slots]
-        for entity, slots in rows
+        entity: [None if s[0] < 0 else (s[0], s[1], s[2]) for s in slots] for entity, slots in rows
     }
     expected_held = {
-        entity: [
-            None if h is None else (h.started_ms, h.reached_ms, h.event_id, h.previous_ms)
-            for h in slots
-        ]
+        entity: [None if h is None else (h.started_ms, h.reached_ms, h.previous_ms) for h in slots]
         for entity, slots in reference.held_steps(funnel, events, START, END).items()
     }
     assert sql_held == expected_held
@@ -187,6 +202,15 @@ def test_sql_report_equals_reference(
             want.p90_from_previous_ms,
         ), k
         assert _close(row[4], want.avg_ms) and _close(row[7], want.avg_from_previous_ms), k
+
+    # Breakdown by an event property, with each attribution, top N + other.
+    by = Breakdown(by.property, "event", by.attribution, by.step % len(funnel.steps), by.limit)
+    rows = ch.query_rows_sync(*breakdown_sql(funnel, project, start, end, by))
+    got = {(g.other, g.value): g.reached for g in compute.breakdown_groups(rows, len(funnel.steps))}
+    want_groups = reference.breakdown(
+        funnel, events, START, END, by.property, by.attribution, by.step, by.limit
+    )
+    assert got == want_groups
 
 
 def test_far_range_reads_nothing_else(ch: ClickHouse) -> None:

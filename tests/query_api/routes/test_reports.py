@@ -17,6 +17,7 @@ from funnelstream.config import Project, ProjectConfig
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, ms_to_datetime
 from query_api.routes.funnels import router as funnels_router
+from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
 
 pytestmark = pytest.mark.clickhouse
@@ -41,6 +42,7 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
     )
     app.include_router(funnels_router)
     app.include_router(reports_router)
+    app.include_router(live_router)
     with TestClient(app) as c:
         yield c
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from query_api.sql.analysis import Breakdown, breakdown_sql, dropped_sql, open_funnel_sql
 from query_api.sql.funnel_report import levels_sql, report_sql
+from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -63,6 +65,26 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
         START,
         END,
     ),
+    "report_repeated_step_event": lambda: report_sql(
+        funnel(steps=[{"event": "page_view"}, {"event": "page_view"}, {"event": "purchase"}]),
+        "shop",
+        START,
+        END,
+    ),
+    "breakdown_session_first_touch": lambda: breakdown_sql(
+        funnel(), "shop", START, END, Breakdown("utm_source", "session", "first_touch")
+    ),
+    "breakdown_event_step_with_exclusion": lambda: breakdown_sql(
+        funnel(exclusions=[{"event": "support_ticket", "from_step": 0, "to_step": 1}]),
+        "shop",
+        START,
+        END,
+        Breakdown("plan", "event", "step", 1, 5),
+    ),
+    "dropped": lambda: dropped_sql(funnel(), "shop", START, END, END, 1, 100, ""),
+    "open_funnel": lambda: open_funnel_sql(funnel(), "shop", START, END),
+    "live_stages": lambda: stage_counts_sql("shop", "checkout"),
+    "live_recent_transitions": lambda: recent_transitions_sql("shop", "checkout", START),
 }
 
 

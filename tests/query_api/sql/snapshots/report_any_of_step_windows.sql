@@ -1,45 +1,74 @@
 SELECT step,
-       countIf(level >= step) AS entities,
-       quantileExactIf(0.5)(s.2 - s.1, s.1 >= 0) AS median_ms,
-       quantileExactIf(0.9)(s.2 - s.1, s.1 >= 0) AS p90_ms,
-       avgIf(s.2 - s.1, s.1 >= 0) AS avg_ms,
-       quantileExactIf(0.5)(s.2 - s.4, s.1 >= 0) AS median_from_previous_ms,
-       quantileExactIf(0.9)(s.2 - s.4, s.1 >= 0) AS p90_from_previous_ms,
-       avgIf(s.2 - s.4, s.1 >= 0) AS avg_from_previous_ms,
-       countIf(level = step AND step < 3 AND {p12:Int64} <= open_until)
-           AS in_progress
+       reach[step] AS entities,
+       q_start[step][1] AS median_ms,
+       q_start[step][2] AS p90_ms,
+       avg_start[step] AS avg_ms,
+       q_previous[step][1] AS median_from_previous_ms,
+       q_previous[step][2] AS p90_from_previous_ms,
+       avg_previous[step] AS avg_from_previous_ms,
+       waiting[step] AS in_progress
 FROM (
-    SELECT slots, arrayLastIndex(s -> s.1 >= 0, slots) AS level, least(slots[level].1 + {p10:Int64}, slots[level].2 + {p11:Array(Int64)}[level]) AS open_until
-    FROM (SELECT visitor_id, arrayFold((acc, x) -> if(x.4 = 0, arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.3, x.1), s), acc, range(1, 4)), if(acc[-x.4].1 >= 0 AND x.1 <= acc[-x.4].1 + {p4:Int64} AND x.1 <= acc[-x.4].2 + {p6:Array(Int64)}[1 - x.4], arrayMap((s, j) -> if(j = 1 - x.4, (acc[-x.4].1, x.1, x.3, acc[-x.4].2), s), acc, range(1, 4)), acc)), arraySort(groupArray((ts, rank, eid, kind))), arrayMap(i -> (toInt64(-1), toInt64(-1), toUUID('00000000-0000-0000-0000-000000000000'), toInt64(-1)), range(3))) AS slots
+    SELECT [countIf(level >= 1),
+        countIf(level >= 2),
+        countIf(level >= 3)] AS reach,
+       [[0, 0],
+        quantilesExactIf(0.5, 0.9)(re[2] - st[2], st[2] >= 0),
+        quantilesExactIf(0.5, 0.9)(re[3] - st[3], st[3] >= 0)] AS q_start,
+       [avgIf(0, st[1] >= 0),
+        avgIf(re[2] - st[2], st[2] >= 0),
+        avgIf(re[3] - st[3], st[3] >= 0)] AS avg_start,
+       [[0, 0],
+        quantilesExactIf(0.5, 0.9)(re[2] - pr[2], st[2] >= 0),
+        quantilesExactIf(0.5, 0.9)(re[3] - pr[3], st[3] >= 0)] AS q_previous,
+       [avgIf(0, st[1] >= 0),
+        avgIf(re[2] - pr[2], st[2] >= 0),
+        avgIf(re[3] - pr[3], st[3] >= 0)] AS avg_previous,
+       [countIf(level = 1 AND {p11:Int64} <= open_until),
+        countIf(level = 2 AND {p11:Int64} <= open_until),
+        0] AS waiting
+    FROM (
+    SELECT visitor_id, st, re, pr, arrayLastIndex(x -> x >= 0, st) AS level, least(st[level] + {p0:Int64}, re[level] + {p1:Array(Int64)}[level]) AS open_until
+    FROM (SELECT visitor_id,
+       arrayMap(x -> if(bitAnd(x, 63) = 0, x, -1), e) AS s0,
+       arrayFill(x -> x >= 0, s0) AS f0, f0 AS g0,
+       arrayMap((x, a, b) -> if(bitAnd(x, 63) = 1 AND a >= 0 AND x <= a + 5529600001 AND x <= b + 38400001, a, -1), e, f0, g0) AS s1,
+       arrayFill(x -> x >= 0, s1) AS f1,
+       arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s1)) AS g1,
+       arrayMap((x, a, b) -> if(bitAnd(x, 63) = 2 AND a >= 0 AND x <= a + 5529600002 AND x <= b + 230400001, a, -1), e, f1, g1) AS s2,
+       arrayLastIndex(x -> x >= 0, s0) AS i0,
+       arrayLastIndex(x -> x >= 0, s1) AS i1,
+       arrayLastIndex(x -> x >= 0, s2) AS i2,
+       [if(i0 > 0, bitShiftRight(s0[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1)] AS st,
+       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1)] AS re,
+       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(g0[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(g1[i2], 6) + {p6:Int64}, -1)] AS pr
 FROM (
-    SELECT visitor_id AS visitor_id, toUnixTimestamp64Milli(timestamp) AS ts, event_id AS eid,
-           arrayFilter(i -> [((event = {p0:String}) OR (event = {p1:String})), (event = {p2:String}), (event = {p3:String})][i + 1], range(3)) AS matched,
-           matched[1] AS rank,
-           arrayJoin(matched) AS idx,
-           -toInt64(idx) AS kind
+    SELECT visitor_id, arraySort(groupArray(packed)) AS e
+    FROM (
+    SELECT visitor_id AS visitor_id, multiIf(((event = {p2:String}) OR (event = {p3:String})), 0, (event = {p4:String}), 1, (event = {p5:String}), 2, -1) AS step, (toUnixTimestamp64Milli(timestamp) - {p6:Int64}) * 64 + step AS packed
     FROM events
-    WHERE project_id = {p5:String}
-      AND timestamp >= {p7:DateTime64(3, 'UTC')}
-      AND timestamp < {p8:DateTime64(3, 'UTC')}
-      AND event IN {p9:Array(String)}
-)
-GROUP BY visitor_id)
+    WHERE project_id = {p7:String}
+      AND timestamp >= {p8:DateTime64(3, 'UTC')}
+      AND timestamp < {p9:DateTime64(3, 'UTC')}
+      AND event IN {p10:Array(String)}
+    )
+    WHERE step >= 0
+    GROUP BY visitor_id
+))
     WHERE level > 0
+    )
 )
-ARRAY JOIN slots AS s, arrayEnumerate(slots) AS step
-GROUP BY step
+ARRAY JOIN arrayEnumerate(reach) AS step
 ORDER BY step
 
--- p0 = 'page_view'
--- p1 = 'landing'
--- p2 = 'add_to_cart'
--- p3 = 'purchase'
--- p4 = 86400000
--- p5 = 'shop'
--- p6 = [4611686018427387904, 600000, 3600000]
--- p7 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p8 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p9 = ['add_to_cart', 'landing', 'page_view', 'purchase']
--- p10 = 86400000
--- p11 = [600000, 3600000, 4611686018427387904]
--- p12 = 1738368000000
+-- p0 = 86400000
+-- p1 = [600000, 3600000, 4611686018427387904]
+-- p2 = 'page_view'
+-- p3 = 'landing'
+-- p4 = 'add_to_cart'
+-- p5 = 'purchase'
+-- p6 = 1735689600000
+-- p7 = 'shop'
+-- p8 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p9 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p10 = ['add_to_cart', 'landing', 'page_view', 'purchase']
+-- p11 = 1738368000000

@@ -1,19 +1,42 @@
 SELECT step,
-       countIf(level >= step) AS entities,
-       quantileExactIf(0.5)(s.2 - s.1, s.1 >= 0) AS median_ms,
-       quantileExactIf(0.9)(s.2 - s.1, s.1 >= 0) AS p90_ms,
-       avgIf(s.2 - s.1, s.1 >= 0) AS avg_ms,
-       quantileExactIf(0.5)(s.2 - s.4, s.1 >= 0) AS median_from_previous_ms,
-       quantileExactIf(0.9)(s.2 - s.4, s.1 >= 0) AS p90_from_previous_ms,
-       avgIf(s.2 - s.4, s.1 >= 0) AS avg_from_previous_ms,
-       countIf(level = step AND step < 3 AND {p14:Int64} <= open_until)
-           AS in_progress
+       reach[step] AS entities,
+       q_start[step][1] AS median_ms,
+       q_start[step][2] AS p90_ms,
+       avg_start[step] AS avg_ms,
+       q_previous[step][1] AS median_from_previous_ms,
+       q_previous[step][2] AS p90_from_previous_ms,
+       avg_previous[step] AS avg_from_previous_ms,
+       waiting[step] AS in_progress
 FROM (
-    SELECT slots, arrayLastIndex(s -> s.1 >= 0, slots) AS level, slots[level].1 + {p13:Int64} AS open_until
-    FROM (SELECT visitor_id, arrayFold((acc, x) -> if(x.4 > 0, arrayMap(s -> if(s.1 >= 0 AND (arrayLastIndex(t -> t.1 = s.1, acc) - 1) >= {p8:Array(Int64)}[x.4] AND (arrayLastIndex(t -> t.1 = s.1, acc) - 1) < {p9:Array(Int64)}[x.4], (toInt64(-1), toInt64(-1), toUUID('00000000-0000-0000-0000-000000000000'), toInt64(-1)), s), acc), if(x.4 = 0, arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.3, x.1), s), acc, range(1, 4)), if(acc[-x.4].1 >= 0 AND x.1 <= acc[-x.4].1 + {p6:Int64}, arrayMap((s, j) -> if(j = 1 - x.4, (acc[-x.4].1, x.1, x.3, acc[-x.4].2), s), acc, range(1, 4)), acc))), arraySort(groupArray((ts, rank, eid, kind))), arrayMap(i -> (toInt64(-1), toInt64(-1), toUUID('00000000-0000-0000-0000-000000000000'), toInt64(-1)), range(3))) AS slots
+    SELECT [countIf(level >= 1),
+        countIf(level >= 2),
+        countIf(level >= 3)] AS reach,
+       [[0, 0],
+        quantilesExactIf(0.5, 0.9)(re[2] - st[2], st[2] >= 0),
+        quantilesExactIf(0.5, 0.9)(re[3] - st[3], st[3] >= 0)] AS q_start,
+       [avgIf(0, st[1] >= 0),
+        avgIf(re[2] - st[2], st[2] >= 0),
+        avgIf(re[3] - st[3], st[3] >= 0)] AS avg_start,
+       [[0, 0],
+        quantilesExactIf(0.5, 0.9)(re[2] - pr[2], st[2] >= 0),
+        quantilesExactIf(0.5, 0.9)(re[3] - pr[3], st[3] >= 0)] AS q_previous,
+       [avgIf(0, st[1] >= 0),
+        avgIf(re[2] - pr[2], st[2] >= 0),
+        avgIf(re[3] - pr[3], st[3] >= 0)] AS avg_previous,
+       [countIf(level = 1 AND {p15:Int64} <= open_until),
+        countIf(level = 2 AND {p15:Int64} <= open_until),
+        0] AS waiting
+    FROM (
+    SELECT visitor_id, st, re, pr, arrayLastIndex(x -> x >= 0, st) AS level, st[level] + {p0:Int64} AS open_until
+    FROM (SELECT visitor_id,
+       arrayMap(s -> s.1, slots) AS st,
+       arrayMap(s -> s.2, slots) AS re,
+       arrayMap(s -> s.3, slots) AS pr
 FROM (
+    SELECT visitor_id, arrayFold((acc, x) -> if(x.2 > 0, arrayMap(s -> if(s.1 >= 0 AND (arrayLastIndex(t -> t.1 = s.1, acc) - 1) >= {p8:Array(Int64)}[x.2] AND (arrayLastIndex(t -> t.1 = s.1, acc) - 1) < {p9:Array(Int64)}[x.2], (toInt64(-1), toInt64(-1), toInt64(-1)), s), acc), if(x.2 = 0, arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.1), s), acc, range(1, 4)), if(acc[-x.2].1 >= 0 AND x.1 <= acc[-x.2].1 + {p7:Int64}, arrayMap((s, j) -> if(j = 1 - x.2, (acc[-x.2].1, x.1, acc[-x.2].2), s), acc, range(1, 4)), acc))), arrayMap(k -> (toInt64(bitShiftRight(k, 198)) + {p10:Int64}, toInt64(bitAnd(k, 18446744073709551615)) - 4294967296), arraySort(groupArray(bitOr(bitOr(bitShiftLeft(toUInt256((ts - {p10:Int64}) * 64 + rank + 1), 192), bitShiftLeft(toUInt256(reinterpretAsUInt128(eid)), 64)), toUInt256(kind + 4294967296))))), arrayMap(i -> (toInt64(-1), toInt64(-1), toInt64(-1)), range(3))) AS slots
+    FROM (
     SELECT if(ids.identified != '', ids.identified, events.visitor_id) AS visitor_id, toUnixTimestamp64Milli(timestamp) AS ts, event_id AS eid,
-           arrayFilter(i -> [(event = {p0:String}), (event = {p1:String} AND ifNull(toFloat64OrNull(properties[{p2:String}]) > {p3:Float64}, 0)), (event = {p4:String}), (event = {p5:String})][i + 1], range(4)) AS matched,
+           arrayFilter(i -> [(event = {p1:String}), (event = {p2:String} AND ifNull(toFloat64OrNull(properties[{p3:String}]) > {p4:Float64}, 0)), (event = {p5:String}), (event = {p6:String})][i + 1], range(4)) AS matched,
            if(matched[1] >= 3, -1, matched[1]) AS rank,
            arrayJoin(matched) AS idx,
            if(idx >= 3, toInt64(idx) - 3 + 1, -toInt64(idx)) AS kind
@@ -21,33 +44,35 @@ FROM (
     LEFT JOIN (
         SELECT visitor_id, argMax(user_id, timestamp) AS identified
         FROM events
-        WHERE project_id = {p7:String} AND user_id != ''
+        WHERE project_id = {p11:String} AND user_id != ''
         GROUP BY visitor_id
     ) AS ids ON ids.visitor_id = events.visitor_id
-    WHERE project_id = {p7:String}
-      AND timestamp >= {p10:DateTime64(3, 'UTC')}
-      AND timestamp < {p11:DateTime64(3, 'UTC')}
-      AND event IN {p12:Array(String)}
-)
-GROUP BY visitor_id)
+    WHERE project_id = {p11:String}
+      AND timestamp >= {p12:DateTime64(3, 'UTC')}
+      AND timestamp < {p13:DateTime64(3, 'UTC')}
+      AND event IN {p14:Array(String)}
+    )
+    GROUP BY visitor_id
+))
     WHERE level > 0
+    )
 )
-ARRAY JOIN slots AS s, arrayEnumerate(slots) AS step
-GROUP BY step
+ARRAY JOIN arrayEnumerate(reach) AS step
 ORDER BY step
 
--- p0 = 'page_view'
--- p1 = 'add_to_cart'
--- p2 = 'price'
--- p3 = 10.0
--- p4 = 'purchase'
--- p5 = 'support_ticket'
--- p6 = 86400000
--- p7 = 'shop'
+-- p0 = 86400000
+-- p1 = 'page_view'
+-- p2 = 'add_to_cart'
+-- p3 = 'price'
+-- p4 = 10.0
+-- p5 = 'purchase'
+-- p6 = 'support_ticket'
+-- p7 = 86400000
 -- p8 = [1]
 -- p9 = [2]
--- p10 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p11 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p12 = ['add_to_cart', 'page_view', 'purchase', 'support_ticket']
--- p13 = 86400000
--- p14 = 1738368000000
+-- p10 = 1735689600000
+-- p11 = 'shop'
+-- p12 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p13 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p14 = ['add_to_cart', 'page_view', 'purchase', 'support_ticket']
+-- p15 = 1738368000000

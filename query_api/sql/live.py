@@ -1,0 +1,53 @@
+"""Live funnel queries over the processor's state tables (never over raw events).
+
+`funnel_state` and `funnel_transitions` are ReplacingMergeTrees that a replay after a
+processor crash writes again, so reads deduplicate with FINAL. Stage counts read
+`funnel_state` (ordered by project, funnel, visitor: one funnel's rows only); recent
+transitions read `funnel_transitions_by_time`, the copy ordered by the time each step was
+reached (migration 0002), so a time range reads only its own granules.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def stage_counts_sql(project: str, funnel_id: str) -> tuple[str, dict[str, Any]]:
+    """Rows (level, visitors): how many visitors stand at each level now (0 never
+    appears: a visitor gets a state row with its first step-1 event)."""
+    sql = """
+SELECT level, count() AS visitors
+FROM funnel_state FINAL
+WHERE project_id = {project:String} AND funnel_id = {funnel:String}
+GROUP BY level""".strip()
+    return sql, {"project": project, "funnel": funnel_id}
+
+
+def recent_transitions_sql(
+    project: str, funnel_id: str, since: datetime
+) -> tuple[str, dict[str, Any]]:
+    """Rows (step 1-based, transitions): visitors who reached each step at or after
+    `since` (by the time of the event that took them there)."""
+    sql = """
+SELECT step, count() AS transitions
+FROM funnel_transitions_by_time FINAL
+WHERE project_id = {project:String} AND funnel_id = {funnel:String}
+  AND reached_at >= {since:DateTime64(3, 'UTC')}
+GROUP BY step""".strip()
+    return sql, {"project": project, "funnel": funnel_id, "since": since}
+
+
+def transitions_after_sql(
+    project: str, funnel_id: str, after: datetime, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """Transitions written at or after `after` (processed_at), oldest write first: what the
+    stream sends. Not FINAL: the stream deduplicates by (visitor, step) itself."""
+    sql = """
+SELECT visitor_id, step, reached_at, chain_started_at, processed_at
+FROM funnel_transitions_by_time
+WHERE project_id = {project:String} AND funnel_id = {funnel:String}
+  AND processed_at >= {after:DateTime64(3, 'UTC')}
+ORDER BY processed_at, visitor_id, step
+LIMIT {limit:UInt32}""".strip()
+    return sql, {"project": project, "funnel": funnel_id, "after": after, "limit": limit}

@@ -1,0 +1,163 @@
+"""Live stages, recent transitions and the server-sent-events stream, over a real engine.
+
+State rows are written as the processor writes them (several versions per visitor, as
+before a background merge), so the reads must deduplicate (FINAL).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from funnelstream.clickhouse import ClickHouse
+from funnelstream.config import Project, ProjectConfig
+from processor.catalog import FunnelCatalog
+from processor.rows import FUNNEL_STATE_COLUMNS, TRANSITION_COLUMNS
+from query_api.routes.funnels import router as funnels_router
+from query_api.routes.live import StreamCounter, sse_message
+from query_api.routes.live import router as live_router
+from schemas.funnels import FunnelDefinition
+
+pytestmark = pytest.mark.clickhouse
+
+READ = {"Authorization": "Bearer rk"}
+CHECKOUT = FunnelDefinition.model_validate(
+    {
+        "id": "checkout",
+        "project": "shop",
+        "window_seconds": 3600,
+        "steps": [{"event": "view"}, {"event": "cart"}, {"event": "buy"}],
+    }
+)
+
+
+def make_app(ch: ClickHouse) -> FastAPI:
+    app = FastAPI()
+    app.state.clickhouse = ch
+    app.state.catalog = FunnelCatalog([CHECKOUT])
+    app.state.project_config = ProjectConfig(
+        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
+    )
+    app.include_router(funnels_router)
+    app.include_router(live_router)
+    return app
+
+
+@pytest.fixture
+def client(ch: ClickHouse) -> Iterator[TestClient]:
+    with TestClient(make_app(ch)) as c:
+        yield c
+
+
+def state(ch: ClickHouse, rows: list[tuple[str, int, int]]) -> None:
+    """(visitor, level, version)."""
+    now = datetime.now(UTC)
+    out = [
+        ("shop", "checkout", v, level, [now] * 3, [now] * 3, now, version)
+        for v, level, version in rows
+    ]
+    ch.insert_sync("funnel_state", out, FUNNEL_STATE_COLUMNS)
+
+
+def transition(
+    ch: ClickHouse, visitor: str, step: int, reached: datetime, written: datetime
+) -> None:
+    row = ("shop", "checkout", visitor, step, reached, reached, uuid.uuid4(), written)
+    ch.insert_sync("funnel_transitions", [row], TRANSITION_COLUMNS)
+
+
+def test_stages_read_the_latest_state_and_recent_transitions(
+    client: TestClient, ch: ClickHouse
+) -> None:
+    state(ch, [("v1", 1, 1), ("v2", 1, 1), ("v3", 3, 1)])
+    state(ch, [("v1", 2, 2)])  # v1 moved on: only its newest row counts
+    now = datetime.now(UTC)
+    transition(ch, "v1", 2, now - timedelta(minutes=5), now)
+    transition(ch, "v1", 2, now - timedelta(minutes=5), now)  # a replay writes it again
+    transition(ch, "v3", 3, now - timedelta(minutes=50), now)
+    r = client.get("/v1/funnels/checkout/live", params={"minutes": 30}, headers=READ)
+    assert r.status_code == 200, r.text
+    stages = r.json()["stages"]
+    assert [(s["at_stage"], s["reached"], s["transitions"]) for s in stages] == [
+        (1, 3, 0),
+        (1, 2, 1),
+        (1, 1, 0),
+    ]
+    hour = client.get("/v1/funnels/checkout/live", params={"minutes": 60}, headers=READ)
+    assert [s["transitions"] for s in hour.json()["stages"]] == [0, 1, 1]
+    assert client.get("/v1/funnels/nope/live", headers=READ).status_code == 404
+    assert (
+        client.get("/v1/funnels/checkout/live", params={"minutes": -1}, headers=READ).status_code
+        == 422
+    )
+
+
+def test_sse_message_format() -> None:
+    assert sse_message({"a": 1}, "transition", "7") == 'id: 7\nevent: transition\ndata: {"a":1}\n\n'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(ch: ClickHouse) -> Iterator[str]:
+    """The app on a real HTTP server, so a client really disconnects."""
+    port = _free_port()
+    config = uvicorn.Config(make_app(ch), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: "):
+            parsed: dict[str, Any] = orjson.loads(line[6:])
+            yield parsed
+
+
+def test_stream_sends_new_transitions_and_ends_when_the_client_leaves(
+    server: str, ch: ClickHouse
+) -> None:
+    now = datetime.now(UTC)
+    transition(ch, "v1", 1, now - timedelta(seconds=3), now - timedelta(hours=1))  # before
+    transition(ch, "v2", 1, now - timedelta(seconds=2), now)
+    url = f"{server}/v1/funnels/checkout/live/stream"
+    since = str(int((now - timedelta(minutes=1)).timestamp() * 1000))
+    with httpx.stream("GET", url, params={"since": since}, headers=READ, timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r.iter_lines())
+        first = next(events)
+        assert (first["visitor_id"], first["index"], first["event"]) == ("v2", 0, "view")
+        transition(ch, "v2", 2, datetime.now(UTC), datetime.now(UTC))
+        second = next(events)  # the next poll (1 s) picks it up; v2's step 1 is not resent
+        assert (second["visitor_id"], second["index"], second["event"]) == ("v2", 1, "cart")
+        assert StreamCounter.open == 1
+    deadline = time.monotonic() + 5
+    while StreamCounter.open and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert StreamCounter.open == 0
