@@ -14,6 +14,7 @@ revokes every partition and assigns afresh; `_Membership` turns its callbacks in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -148,12 +149,22 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class KafkaProducer(LogProducer):
+    """Appends through one aiokafka producer, replaced after a failed append.
+
+    After a delivery timeout or a broker error the aiokafka producer may be left retrying
+    old batches with a stale idempotence sequence (seen after a single-broker restart:
+    later sends then never complete). Those records were already refused to the client,
+    so the producer is abandoned and the next append starts a fresh one.
+    """
+
     def __init__(self, log: KafkaLog, topic: str) -> None:
         self._log = log
         self._topic = topic
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        self._abandoned: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    async def _new_producer(self) -> AIOKafkaProducer:
         cfg = self._log
         producer = AIOKafkaProducer(
             bootstrap_servers=cfg.bootstrap_servers,
@@ -169,12 +180,18 @@ class KafkaProducer(LogProducer):
         except _UNAVAILABLE as exc:
             await producer.stop()
             raise LogUnavailable(f"kafka producer could not start: {exc!r}") from exc
-        self._producer = producer
+        return producer
 
-    async def stop(self) -> None:
-        if self._producer is None:
-            return
-        producer, self._producer = self._producer, None
+    async def start(self) -> None:
+        self._producer = await self._new_producer()
+
+    async def _current(self) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is None:
+                self._producer = await self._new_producer()
+            return self._producer
+
+    async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
         stopping = asyncio.ensure_future(producer.stop())
         await asyncio.wait([stopping], timeout=self._log.delivery_timeout_ms / 1000)
         if not stopping.done():
@@ -186,26 +203,41 @@ class KafkaProducer(LogProducer):
             logger.warning("kafka producer for %r did not flush in time; abandoning", self._topic)
             if sender_task is not None:
                 sender_task.cancel()
-        await stopping
+        with contextlib.suppress(Exception):
+            await stopping
+
+    def _abandon(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+            task = asyncio.create_task(self._stop_producer(producer))
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await self._stop_producer(producer)
+        if self._abandoned:
+            await asyncio.gather(*self._abandoned, return_exceptions=True)
 
     async def append(self, records: Sequence[LogRecord]) -> None:
         if not records:
             return
-        if self._producer is None:
-            raise RuntimeError("producer not started")
+        producer = await self._current()
         futures: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout(self._log.delivery_timeout_ms / 1000):
                 for r in records:
                     # `send` only enqueues (waiting for buffer space or metadata); the
                     # future resolves when the batch is acknowledged by all in-sync replicas.
-                    fut = await self._producer.send(
+                    fut = await producer.send(
                         self._topic, value=r.value, key=r.key, timestamp_ms=r.timestamp_ms
                     )
                     fut.add_done_callback(_retrieve)
                     futures.append(fut)
                 await asyncio.gather(*futures)
         except _UNAVAILABLE as exc:
+            self._abandon(producer)
             raise LogUnavailable(f"kafka append to {self._topic!r} failed: {exc!r}") from exc
 
 
