@@ -95,11 +95,33 @@ class FunnelDefinition(BaseModel):
     def exclusion_range(self, x: Exclusion) -> tuple[int, int]:
         return x.from_step, len(self.steps) - 1 if x.to_step is None else x.to_step
 
+    def sources(self, k: int) -> list[int]:
+        """Steps whose attempt an event of step k > 0 may extend: k-1, and before it each
+        step reached by skipping optional steps (k-2 if k-1 is optional, and so on)."""
+        j = k - 1
+        out = [j]
+        while j > 0 and self.steps[j].optional:
+            j -= 1
+            out.append(j)
+        return out
+
+    def next_steps(self, k: int) -> list[int]:
+        """Steps an attempt holding step k can take next (k+1, and past optional ones)."""
+        return [m for m in range(k + 1, len(self.steps)) if k in self.sources(m)]
+
     def live_unsupported(self) -> str | None:
         """Why the processor cannot keep this funnel's live state yet (None: it can).
 
         Such funnels are reported from raw events only; `/live` answers 409.
         """
+        if self.order != "ordered":
+            return f"order={self.order}"
+        if self.counting != "unique":
+            return f"counting={self.counting}"
+        if self.hold_property is not None:
+            return "hold_property"
+        if any(s.optional for s in self.steps):
+            return "optional steps"
         if self.exclusions:
             return "exclusions"
         if any(s.within_seconds is not None for s in self.steps):
@@ -202,6 +224,18 @@ class StepWindowRule(FunnelRule):
         return None
 
 
+class OptionalStepRule(FunnelRule):
+    """Step 0 starts every attempt, so it cannot be optional."""
+
+    code = "optional_step_invalid"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        if funnel.steps and funnel.steps[0].optional:
+            message = "step 0 starts every attempt; it cannot be optional"
+            return FunnelValidationError(self.code, message, "steps[0].optional")
+        return None
+
+
 class ExclusionRangeRule(FunnelRule):
     code = "exclusion_range_invalid"
 
@@ -235,13 +269,51 @@ class NotSupportedRule(FunnelRule):
 
     def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
         unsupported = [
-            (funnel.order != "ordered", "order", f"order={funnel.order!r}"),
-            (funnel.counting != "unique", "counting", "counting='total'"),
-            (funnel.count_by == "session", "count_by", "count_by='session'"),
-            (funnel.hold_property is not None, "hold_property", "hold_property"),
+            (
+                funnel.order == "any" and bool(funnel.exclusions),
+                "order",
+                "order='any' with exclusions",
+            ),
+            (
+                funnel.order == "any" and any(s.within_seconds is not None for s in funnel.steps),
+                "order",
+                "order='any' with per-step windows",
+            ),
+            (
+                funnel.order == "any" and not _distinct_step_names(funnel),
+                "order",
+                "order='any' with steps sharing an event name",
+            ),
+            (
+                funnel.counting == "total" and bool(funnel.exclusions),
+                "counting",
+                "counting='total' with exclusions",
+            ),
+            (
+                funnel.counting == "total" and funnel.order != "ordered",
+                "counting",
+                f"counting='total' with order={funnel.order!r}",
+            ),
+            (
+                funnel.hold_property is not None
+                and (
+                    bool(funnel.exclusions)
+                    or funnel.order != "ordered"
+                    or funnel.counting != "unique"
+                ),
+                "hold_property",
+                "hold_property with exclusions, order other than 'ordered' or counting='total'",
+            ),
         ]
+        other_modes = (
+            funnel.order == "any" or funnel.hold_property is not None or funnel.counting != "unique"
+        )
         unsupported += [
-            (s.optional, f"steps[{i}].optional", "optional steps")
+            (
+                s.optional and other_modes,
+                f"steps[{i}].optional",
+                "optional steps with order='any', hold_property or counting='total'",
+            )
             for i, s in enumerate(funnel.steps)
         ]
         for flag, where, what in unsupported:
@@ -249,6 +321,12 @@ class NotSupportedRule(FunnelRule):
                 message = f"{what} is not supported yet"
                 return FunnelValidationError(self.code, message, where)
         return None
+
+
+def _distinct_step_names(funnel: FunnelDefinition) -> bool:
+    """No event name is used by two steps (so no event can match two steps)."""
+    names = [{m.event for m in s.matchers()} for s in funnel.steps]
+    return sum(len(n) for n in names) == len(set().union(*names))
 
 
 def _filter_value_problem(f: PropertyFilter) -> str | None:
@@ -281,6 +359,7 @@ RULES: tuple[FunnelRule, ...] = (
     StepShapeRule(),
     FilterValueRule(),
     StepWindowRule(),
+    OptionalStepRule(),
     ExclusionRangeRule(),
     ExclusionIsStepRule(),
     NotSupportedRule(),

@@ -33,7 +33,10 @@ class StepOut(BaseModel):
     index: int
     event: str
     name: str | None
-    visitors: int = Field(description="Counted entities (visitors, or users) reaching the step")
+    visitors: int = Field(
+        description="Counted entities (visitors, or users) reaching the step; attempts with"
+        " counting=total"
+    )
     conversion_from_start: float
     conversion_from_previous: float
     dropped: int = Field(description="Reached the step, not the next, and can no longer")

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from query_api.sql.filters import Params, step_sql
-from query_api.sql.funnel_report import held_sql, open_until_sql
+from query_api.sql.funnel_report import entity_sql, held_sql, open_until_sql
 from schemas.funnels import FunnelDefinition
 
 # Session properties a breakdown can use (columns of the sessions table).
@@ -154,7 +154,7 @@ def next_events_sql(
     open_until = open_until_sql(funnel, params)
     held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
     project_param = params.bind(project, "String")
-    entity, join = _entity(funnel, project_param)
+    entity, join = _entity(funnel, project_param, params, start, end)
     sql = f"""
 SELECT next_event, count() AS entities
 FROM (
@@ -231,7 +231,7 @@ def open_funnel_sql(
     ]
     gap = params.bind([*gaps, 0], "Array(Int64)")
     at = ", ".join(f"arraySort(groupArrayIf(ms, {c}))" for c in conditions)
-    entity, join = _entity(funnel, project_param)
+    entity, join = _entity(funnel, project_param, params, start, end)
     sql = f"""
 SELECT step, count() AS entered, countIf(continued) AS continued
 FROM (
@@ -256,8 +256,12 @@ ORDER BY step""".strip()
     return sql, params.values
 
 
-def _entity(funnel: FunnelDefinition, project_param: str) -> tuple[str, str]:
+def _entity(
+    funnel: FunnelDefinition, project_param: str, params: Params, start: datetime, end: datetime
+) -> tuple[str, str]:
     """(expression, join clause) naming the counted entity of an event row."""
+    if funnel.count_by == "session":
+        return entity_sql(funnel, project_param, params, start, end)
     if funnel.count_by != "user":
         return "visitor_id", ""
     join = f"""

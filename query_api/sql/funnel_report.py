@@ -16,12 +16,21 @@ per funnel, compute the same thing:
   can run one after another instead of entry by entry. When no event can match two
   steps, the event id is never needed to order entries (events tied on timestamp and
   step change the same slot to the same values), so entries sort as plain integers.
-* **Fold** (funnels with exclusions, which discard whole attempts across slots): an
-  `arrayFold` over sorted entries, one slot array rebuilt per entry. Slower; exact.
+* **Fold** (funnels with exclusions, which discard whole attempts across slots; strict
+  order, where any other event breaks an attempt; optional steps, where an entry picks
+  among several slots): an `arrayFold` over sorted entries, one slot array rebuilt per
+  entry. Slower; exact.
+* **Any order**: per entry, the attempt starting there (its first entry per step within
+  the window), then per slot the latest attempt with that many steps. Quadratic; exact.
 
-Only the project's events in the time range with the funnel's event names are read,
-before any per-entity work. Levels agree with the live processor (and with ClickHouse's
-`windowFunnel` for funnels whose steps no event matches twice).
+With `hold_property`, each (entity, value) is evaluated on its own and the rows merged
+per entity (`_hold_sql`). With `count_by: "session"`, sessions are computed from the
+visitor's events in the range (`entity_sql`).
+
+Only the project's events in the time range with the funnel's event names (all names,
+for strict order) are read, before any per-entity work. Levels agree with the live
+processor (and with ClickHouse's `windowFunnel` for funnels whose steps no event matches
+twice; strict and any order are not kept live).
 """
 
 from __future__ import annotations
@@ -32,9 +41,6 @@ from typing import Any
 from query_api.sql.filters import Params, match_sql, step_sql
 from schemas.funnels import FunnelDefinition
 
-# An unset slot in the fold: (started ms, reached ms, reached previous step ms).
-_EMPTY_SLOT = "(toInt64(-1), toInt64(-1), toInt64(-1))"
-_EMPTY_VALUED_SLOT = "(toInt64(-1), toInt64(-1), toInt64(-1), '', '')"
 # A per-step window that never binds.
 _NO_LIMIT = 1 << 62
 # Packed entry: (ms - from) * 64 + step; 32 steps fit in the low 6 bits.
@@ -51,8 +57,45 @@ def one_step_per_event(funnel: FunnelDefinition) -> bool:
     return True
 
 
+SESSION_GAP_MS = 30 * 60 * 1000
+
+
+def entity_sql(
+    funnel: FunnelDefinition, project_param: str, params: Params, start: datetime, end: datetime
+) -> tuple[str, str]:
+    """(expression, join clause) naming the counted entity of an event row.
+
+    `count_by: "session"`: the visitor's session, computed from the visitor's events in
+    [start, end) (every event name): a session starts at the visitor's first event and at
+    every event 30 minutes or more after the previous one (the processor's sessionizer
+    rule). The entity is `<visitor id>#<session number>`, numbered from 1 in time order.
+    """
+    if funnel.count_by != "session":
+        return _entity(funnel, project_param)
+    ms = "toUnixTimestamp64Milli(timestamp)"
+    frame = (
+        "PARTITION BY visitor_id ORDER BY timestamp "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    )
+    join = f"""
+    ANY LEFT JOIN (
+        SELECT event_id AS session_event,
+               concat(visitor_id, '#', toString(sum(new) OVER ({frame}))) AS session
+        FROM (
+            SELECT event_id, visitor_id, timestamp,
+                   if({ms} - lagInFrame({ms}) OVER ({frame}) >= {SESSION_GAP_MS}, 1, 0) AS new
+            FROM events
+            WHERE project_id = {project_param}
+              AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
+              AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
+        )
+    ) AS sessions ON sessions.session_event = events.event_id"""
+    return "sessions.session", join
+
+
 def _entity(funnel: FunnelDefinition, project_param: str) -> tuple[str, str]:
-    """(expression, join clause) naming the counted entity of an event row."""
+    """(expression, join clause) naming the counted entity of an event row (visitor or
+    user; sessions: `entity_sql`)."""
     if funnel.count_by == "user":
         # After identify: a visitor's events (also those before identify) belong to the
         # user id it most recently identified as; never-identified visitors count alone.
@@ -75,16 +118,22 @@ def _scan(
     params: Params,
     columns: str,
 ) -> str:
-    """The event rows a report reads: project, time range and event names first."""
+    """The event rows a report reads: project, time range and event names first (every
+    event name for `order: "strict"`, where any other event breaks an attempt)."""
     project_param = params.bind(project, "String")
-    entity, join = _entity(funnel, project_param)
-    return f"""
+    entity, join = entity_sql(funnel, project_param, params, start, end)
+    if funnel.hold_property is not None:
+        # (entity, held value): each value's attempts are evaluated apart (_hold_sql).
+        entity = f"({entity}, events.properties[{params.bind(funnel.hold_property, 'String')}])"
+    sql = f"""
     SELECT {entity} AS visitor_id, {columns}
     FROM events{join}
     WHERE project_id = {project_param}
       AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
-      AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
-      AND event IN {params.bind(funnel.event_names(), "Array(String)")}"""
+      AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}"""
+    if funnel.order == "strict":
+        return sql
+    return f"{sql}\n      AND event IN {params.bind(funnel.event_names(), 'Array(String)')}"
 
 
 def sort_key(major: str, event_id: str, minor: str) -> str:
@@ -168,6 +217,12 @@ def _passes_sql(
                 f"arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s{k})) AS g{k}"
             )
     lines[1] += ", f0 AS g0"
+    if funnel.counting == "total":
+        # Attempts (distinct starts, by millisecond) that reached each step.
+        counts = ", ".join(
+            f"length(arrayDistinct(arrayFilter(x -> x >= 0, s{k})))" for k in range(n)
+        )
+        lines.append(f"[{counts}] AS attempts")
     lines += [f"arrayLastIndex(x -> x >= 0, s{k}) AS i{k}" for k in range(n)]
     if value is not None:
         # q{k}: position of the step-1 entry of the attempt each step-k success extends.
@@ -208,16 +263,35 @@ def _fold_sql(
     """Rows (visitor_id, st, re, pr) by arrayFold over entries x = (ms, kind) sorted by
     (ms, rank, event id, kind): kind = -step for step entries (one event's entries apply
     deepest first), kind = k (1-based) for exclusion k, whose rank -1 puts it before step
-    entries at the same millisecond."""
+    entries at the same millisecond.
+
+    With `order: "strict"` every event of the entity is an entry (kind = exclusions + 1 and
+    rank -1 for an event matching nothing), entries carry the event's ordinal among the
+    entity's events (x.3) and slots the ordinal of the event that reached them: step k
+    extends slot k-1 only if that event came immediately before. `tail` says, per slot,
+    whether its event is the entity's last one (else its attempt can never advance)."""
     n = len(funnel.steps)
+    strict = funnel.order == "strict"
     conditions = [step_sql(s, params) for s in funnel.steps]
     conditions += [match_sql(x, params) for x in funnel.exclusions]
+    m = len(funnel.exclusions)
     window = params.bind(funnel.window_seconds * 1000, "Int64")
     positions = f"range(1, {n + 1})"
-    set_first = f"arrayMap((s, j) -> if(j = 1, (x.1, x.1, x.1), s), acc, {positions})"
-    extend = (
-        f"arrayMap((s, j) -> if(j = 1 - x.2, (acc[-x.2].1, x.1, acc[-x.2].2), s), acc, {positions})"
-    )
+    # Field positions: entry (ms, kind[, ordinal][, value]); slot (started, reached,
+    # reached previous[, ordinal][, step-1 value, value]).
+    xv = 4 if strict else 3
+    sv = 5 if strict else 4
+    ordinal_x, ordinal_slot, empty = (", x.3", ", x.3", ", toInt64(-1)") if strict else ("", "", "")
+    if value is not None:
+        started = f"(x.1, x.1, x.1{ordinal_x}, x.{xv}, x.{xv})"
+        extended = f"(acc[-x.2].1, x.1, acc[-x.2].2{ordinal_slot}, acc[-x.2].{sv}, x.{xv})"
+        empty_slot = f"(toInt64(-1), toInt64(-1), toInt64(-1){empty}, '', '')"
+    else:
+        started = f"(x.1, x.1, x.1{ordinal_x})"
+        extended = f"(acc[-x.2].1, x.1, acc[-x.2].2{ordinal_slot})"
+        empty_slot = f"(toInt64(-1), toInt64(-1), toInt64(-1){empty})"
+    set_first = f"arrayMap((s, j) -> if(j = 1, {started}, s), acc, {positions})"
+    extend = f"arrayMap((s, j) -> if(j = 1 - x.2, {extended}, s), acc, {positions})"
     can_extend = f"acc[-x.2].1 >= 0 AND x.1 <= acc[-x.2].1 + {window}"
     if any(s.within_seconds is not None for s in funnel.steps):
         within = params.bind(
@@ -228,44 +302,74 @@ def _fold_sql(
             "Array(Int64)",
         )
         can_extend += f" AND x.1 <= acc[-x.2].2 + {within}[1 - x.2]"
+    if strict:
+        can_extend += " AND acc[-x.2].4 = x.3 - 1"
     on_step = f"if(x.2 = 0, {set_first}, if({can_extend}, {extend}, acc))"
-    ranges = [funnel.exclusion_range(x) for x in funnel.exclusions]
-    lo = params.bind([a for a, _ in ranges], "Array(Int64)")
-    hi = params.bind([b for _, b in ranges], "Array(Int64)")
-    # A slot's attempt is as deep as the deepest slot holding the same start; it is
-    # discarded (every slot of it) when that depth is in [from_step, to_step).
-    depth = "(arrayLastIndex(t -> t.1 = s.1, acc) - 1)"
-    clear = (
-        f"arrayMap(s -> if(s.1 >= 0 AND {depth} >= {lo}[x.2] AND {depth} < {hi}[x.2], "
-        f"{_EMPTY_SLOT}, s), acc)"
-    )
-    body = f"if(x.2 > 0, {clear}, {on_step})"
-    initial = f"arrayMap(i -> {_EMPTY_SLOT}, range({n}))"
+    if any(s.optional for s in funnel.steps):
+        # Candidate slots (1-based) per step: k-1 and those reached by skipping optional
+        # steps; of the ones that may take the entry, the latest start (then the deepest).
+        sources = params.bind(
+            [[]] + [[j + 1 for j in funnel.sources(k)] for k in range(1, n)],
+            "Array(Array(Int64))",
+        )
+        ok = can_extend.replace("acc[-x.2]", "acc[j]")
+        pick = (
+            f"arrayReverseSort(j -> (acc[j].1, j), arrayFilter(j -> {ok}, {sources}[1 - x.2]))[1]"
+        )
+        chosen = extend.replace("acc[-x.2]", "acc[src]")
+        on_step = (
+            f"if(x.2 = 0, {set_first}, arrayMap(src -> if(src > 0, {chosen}, acc), [{pick}])[1])"
+        )
+    if m:
+        ranges = [funnel.exclusion_range(x) for x in funnel.exclusions]
+        lo = params.bind([a for a, _ in ranges], "Array(Int64)")
+        hi = params.bind([b for _, b in ranges], "Array(Int64)")
+        # A slot's attempt is as deep as the deepest slot holding the same start; it is
+        # discarded (every slot of it) when that depth is in [from_step, to_step).
+        depth = "(arrayLastIndex(t -> t.1 = s.1, acc) - 1)"
+        clear = (
+            f"arrayMap(s -> if(s.1 >= 0 AND {depth} >= {lo}[x.2] AND {depth} < {hi}[x.2], "
+            f"{empty_slot}, s), acc)"
+        )
+        body = f"if(x.2 > 0, {clear}, {on_step})"
+        if strict:
+            body = f"if(x.2 > {m}, acc, {body})"
+    else:
+        body = f"if(x.2 > 0, acc, {on_step})"
+    initial = f"arrayMap(i -> {empty_slot}, range({n}))"
     from_ms = params.bind(_ms(start), "Int64")
     key = sort_key(f"(ts - {from_ms}) * 64 + rank + 1", "eid", f"kind + {1 << 32}")
     decode = (
         f"toInt64(bitShiftRight(k, 198)) + {from_ms}, "
         f"toInt64(bitAnd(k, {(1 << 64) - 1})) - {1 << 32}"
     )
-    entries = f"arrayMap(k -> ({decode}), arraySort(groupArray({key})))"
+    names, fields, arrays = ["k"], [decode], [f"arraySort(groupArray({key} AS key))"]
+    tail = ""
+    if strict:
+        # Ordinal of each entry's event: one event's entries are adjacent and share
+        # (ms, rank, event id), the key's top 192 bits.
+        arrays[0] = f"({arrays[0]} AS ks)"
+        new_event = "i = 1 OR bitShiftRight(k, 64) != bitShiftRight(ks[i - 1], 64)"
+        ordinals = f"arrayCumSum(arrayMap((k, i) -> toInt64({new_event}), ks, arrayEnumerate(ks)))"
+        names.append("o")
+        fields.append("o")
+        arrays.append(f"({ordinals} AS ords)")
+        tail = ", ords[-1] AS last"
     if value is not None:
-        # Slots carry (..., value of the attempt's step-1 event, value of this event).
-        entries = (
-            f"arrayMap((k, v) -> ({decode}, v), arraySort(groupArray({key} AS key)), "
-            "arraySort((v, k) -> k, groupArray(value), groupArray(key)))"
-        )
-        for old, new in (
-            ("(x.1, x.1, x.1)", "(x.1, x.1, x.1, x.3, x.3)"),
-            (
-                "(acc[-x.2].1, x.1, acc[-x.2].2)",
-                "(acc[-x.2].1, x.1, acc[-x.2].2, acc[-x.2].4, x.3)",
-            ),
-            (_EMPTY_SLOT, _EMPTY_VALUED_SLOT),
-        ):
-            body = body.replace(old, new)
-        initial = initial.replace(_EMPTY_SLOT, _EMPTY_VALUED_SLOT)
+        names.append("v")
+        fields.append("v")
+        arrays.append("arraySort((v, k) -> k, groupArray(value), groupArray(key))")
+    if len(names) > 1:
+        entries = f"arrayMap(({', '.join(names)}) -> ({', '.join(fields)}), {', '.join(arrays)})"
+    else:
+        entries = f"arrayMap(k -> ({decode}), arraySort(groupArray({key})))"
     fold = f"arrayFold((acc, x) -> {body}, {entries}, {initial})"
     matched = f"arrayFilter(i -> [{', '.join(conditions)}][i + 1], range({len(conditions)}))"
+    if strict:
+        # An event matching no step or exclusion is an entry too: it breaks attempts.
+        matched = (
+            f"arrayResize(({matched} AS found), greatest(1, length(found)), {len(conditions)})"
+        )
     columns = f"""toUnixTimestamp64Milli(timestamp) AS ts, event_id AS eid,
            {matched} AS matched,
            if(matched[1] >= {n}, -1, matched[1]) AS rank,
@@ -276,17 +380,116 @@ def _fold_sql(
     scan = _scan(funnel, project, start, end, params, columns)
     carried = ""
     if value is not None:
-        carried = ",\n       arrayMap(s -> s.4, slots) AS firsts, arrayMap(s -> s.5, slots) AS vals"
+        carried = (
+            f",\n       arrayMap(s -> s.{sv}, slots) AS firsts, "
+            f"arrayMap(s -> s.{sv + 1}, slots) AS vals"
+        )
+    if strict:
+        carried += ",\n       arrayMap(s -> s.4 = last, slots) AS tail"
     return f"""
 SELECT visitor_id,
        arrayMap(s -> s.1, slots) AS st,
        arrayMap(s -> s.2, slots) AS re,
        arrayMap(s -> s.3, slots) AS pr{carried}
 FROM (
-    SELECT visitor_id, {fold} AS slots
+    SELECT visitor_id, {fold} AS slots{tail}
     FROM ({scan}
     )
     GROUP BY visitor_id
+)""".strip()
+
+
+def _any_order_sql(
+    funnel: FunnelDefinition,
+    project: str,
+    start: datetime,
+    end: datetime,
+    params: Params,
+    value: str | None = None,
+) -> str:
+    """Rows (visitor_id, st, re, pr) for `order: "any"` (no event name is used by two
+    steps, so an event matches at most one step). Entries sort as (ms, step, event id);
+    the attempt starting at entry i covers the entries from i on within the window and,
+    per step, takes its first entry there: `att[i]` lists them as (ms, step, position),
+    sorted by (ms, step). Slot j holds the latest attempt with at least j steps.
+    Quadratic in an entity's step events: exact, not fast."""
+    n = len(funnel.steps)
+    conditions = [step_sql(s, params) for s in funnel.steps]
+    window = params.bind(funnel.window_seconds * 1000, "Int64")
+    from_ms = params.bind(_ms(start), "Int64")
+    step = "multiIf(" + ", ".join(f"{c}, {k}" for k, c in enumerate(conditions)) + ", -1)"
+    rel = f"(toUnixTimestamp64Milli(timestamp) - {from_ms})"
+    columns = f"{rel} AS rel, event_id AS eid, {step} AS step"
+    if value is not None:
+        columns += f", {value} AS value"
+    scan = _scan(funnel, project, start, end, params, columns)
+    key = sort_key("rel * 64 + step", "eid", "0")
+    carried_inner = ""
+    if value is not None:
+        carried_inner = (
+            ",\n           arraySort((v, k) -> k, groupArray(value), groupArray(key)) AS v"
+        )
+    # Position of step s's first entry from entry i on, within the window (0: none).
+    first = f"arrayFirstIndex((t, p, j) -> p = s AND j >= i AND t <= ms[i] + {window}, ms, sp, pos)"
+    attempts = (
+        f"arrayMap(i -> arraySort(arrayFilter(x -> x.3 > 0, arrayMap(s -> "
+        f"(ms[{first}], s, {first}), range({n})))), pos) AS att"
+    )
+    lines = [
+        "arrayMap(k -> toInt64(bitShiftRight(k, 198)) + " + from_ms + ", ks) AS ms",
+        "arrayMap(k -> toInt64(bitAnd(bitShiftRight(k, 192), 63)), ks) AS sp",
+        "arrayEnumerate(ks) AS pos",
+        attempts,
+    ]
+    lines += [f"arrayLastIndex(x -> length(x) >= {j}, att) AS a{j}" for j in range(1, n + 1)]
+
+    def at(j: int, expr: str) -> str:
+        return f"if(a{j} > 0, {expr}, -1)"
+
+    starts = ", ".join(at(j, f"ms[a{j}]") for j in range(1, n + 1))
+    reached = ", ".join(at(j, f"att[a{j}][{j}].1") for j in range(1, n + 1))
+    previous = ", ".join(
+        at(j, f"ms[a{j}]" if j == 1 else f"att[a{j}][{j - 1}].1") for j in range(1, n + 1)
+    )
+    carried = ""
+    if value is not None:
+        firsts = ", ".join(f"if(a{j} > 0, v[a{j}], '')" for j in range(1, n + 1))
+        vals = ", ".join(f"if(a{j} > 0, v[att[a{j}][{j}].3], '')" for j in range(1, n + 1))
+        carried = f",\n       [{firsts}] AS firsts,\n       [{vals}] AS vals"
+    exprs = ",\n       ".join(lines)
+    return f"""
+SELECT visitor_id,
+       {exprs},
+       [{starts}] AS st,
+       [{reached}] AS re,
+       [{previous}] AS pr{carried}
+FROM (
+    SELECT visitor_id, arraySort(groupArray({key} AS key)) AS ks{carried_inner}
+    FROM ({scan}
+    )
+    WHERE step >= 0
+    GROUP BY visitor_id
+)""".strip()
+
+
+def _hold_sql(funnel: FunnelDefinition, inner: str, value: str | None) -> str:
+    """Merge per (entity, held value) rows of `inner` into one row per entity: step k is
+    held by the value whose attempt holding it has the greatest (start, reached, value)."""
+    n = len(funnel.steps)
+    out = ["st", "re", "pr"] + (["firsts", "vals"] if value is not None else [])
+    picks = ",\n       ".join(
+        f"arrayMap((c, k) -> c.{i + 1}[k], chosen, range(1, {n + 1})) AS {name}"
+        for i, name in enumerate(out)
+    )
+    return f"""
+SELECT entity AS visitor_id,
+       arrayMap(k -> arrayReverseSort(p -> (p.1[k], p.2[k], p.{len(out) + 1}), parts)[1],
+                range(1, {n + 1})) AS chosen,
+       {picks}
+FROM (
+    SELECT visitor_id.1 AS entity, groupArray(({", ".join(out)}, visitor_id.2)) AS parts
+    FROM ({inner})
+    GROUP BY entity
 )""".strip()
 
 
@@ -299,12 +502,17 @@ def per_entity_sql(
     value: str | None = None,
 ) -> str:
     """Rows (visitor_id, st, re, pr) per counted entity with at least one step or
-    exclusion event: per step, the held attempt's start, the time it reached the step and
-    the time it reached the previous step (ms; -1: no attempt holds the step).
+    exclusion event (any event, for `order: "strict"`; then also `tail`, see _fold_sql):
+    per step, the held attempt's start, the time it reached the step and the time it
+    reached the previous step (ms; -1: no attempt holds the step).
     `visitor_id` holds the counted entity (visitor or user). With `value` (a String
     expression per event row), also `firsts` and `vals`: per step, that value on the held
     attempt's step-1 event and on the event holding the step ('' where none)."""
-    if funnel.exclusions:
+    if funnel.hold_property is not None:
+        return _hold_sql(funnel, _passes_sql(funnel, project, start, end, params, value), value)
+    if funnel.order == "any":
+        return _any_order_sql(funnel, project, start, end, params, value)
+    if funnel.exclusions or funnel.order == "strict" or any(s.optional for s in funnel.steps):
         return _fold_sql(funnel, project, start, end, params, value)
     return _passes_sql(funnel, project, start, end, params, value)
 
@@ -337,6 +545,10 @@ def held_sql(
     deepest held step), plus `extra` columns (and firsts, vals with `value`)."""
     inner = per_entity_sql(funnel, project, start, end, params, value)
     carried = ", firsts, vals" if value is not None else ""
+    if funnel.counting == "total":
+        carried += ", attempts"
+    if funnel.order == "strict":
+        carried += ", tail"
     return f"""
     SELECT visitor_id, st, re, pr{carried}, arrayLastIndex(x -> x >= 0, st) AS level{extra}
     FROM ({inner})
@@ -367,6 +579,15 @@ def report_sql(
     now_ms = params.bind(_ms(now or end), "Int64")
     entities = [f"countIf(level >= {k})" for k in range(1, n + 1)]
     in_progress = [f"countIf(level = {k} AND {now_ms} <= open_until)" for k in range(1, n)]
+    if funnel.counting == "total":
+        # Attempts, not entities: every attempt held at step k that did not take step k+1
+        # and can still take it is in progress.
+        entities = [f"sum(attempts[{k}])" for k in range(1, n + 1)]
+        in_progress = [
+            f"countIf(st[{k}] >= 0 AND st[{k + 1}] != st[{k}] AND "
+            f"{now_ms} <= {step_open_until_sql(funnel, params, k)})"
+            for k in range(1, n)
+        ]
     quantiles: dict[str, list[str]] = {"s": ["[0, 0]"], "p": ["[0, 0]"]}
     averages: dict[str, list[str]] = {"s": ["avgIf(0, st[1] >= 0)"], "p": ["avgIf(0, st[1] >= 0)"]}
     for k in range(2, n + 1):
@@ -408,15 +629,28 @@ def open_until_sql(funnel: FunnelDefinition, params: Params) -> str:
     window = params.bind(funnel.window_seconds * 1000, "Int64")
     until = f"st[level] + {window}"
     if any(s.within_seconds is not None for s in funnel.steps):
-        within = params.bind(
-            [
-                _NO_LIMIT if s.within_seconds is None else s.within_seconds * 1000
-                for s in funnel.steps[1:]
-            ]
-            + [_NO_LIMIT],
-            "Array(Int64)",
-        )
+        # Per level: the most lenient per-step window of the steps it can take next (the
+        # next one, and those after optional steps).
+        def lenient(k: int) -> int:
+            nexts = [funnel.steps[m].within_seconds for m in funnel.next_steps(k)]
+            if not nexts or None in nexts:
+                return _NO_LIMIT
+            return max(w for w in nexts if w is not None) * 1000
+
+        within = params.bind([lenient(k) for k in range(len(funnel.steps))], "Array(Int64)")
         until = f"least({until}, re[level] + {within}[level])"
+    if funnel.order == "strict":
+        # Another event after the deepest step's event: the attempt can never advance.
+        until = f"if(tail[level], {until}, -1)"
+    return until
+
+
+def step_open_until_sql(funnel: FunnelDefinition, params: Params, k: int) -> str:
+    """Until when (ms) the attempt held at step k (1-based) can still take step k+1."""
+    until = f"st[{k}] + {params.bind(funnel.window_seconds * 1000, 'Int64')}"
+    within = funnel.steps[k].within_seconds
+    if within is not None:
+        until = f"least({until}, re[{k}] + {within * 1000})"
     return until
 
 

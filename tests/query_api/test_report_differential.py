@@ -1,9 +1,10 @@
 """The SQL report equals the pure-Python reference (query_api/reference.py) exactly.
 
 Hypothesis draws funnels (filters, any_of alternatives, per-step windows, exclusions,
-counting by visitor or user) and event streams with few names, few visitors and a narrow
-time range, so ties, repeated steps and window edges are common. Each example writes its
-events under its own project id, so examples never see each other's rows.
+counting by visitor, user or session, ordered, strict or any order, unique or total, a
+held property, optional steps) and event streams with few names, few visitors and a
+narrow time range, so ties, repeated steps and window edges are common. Each example writes
+its events under its own project id, so examples never see each other's rows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.clickhouse
 
 # FUNNEL_DIFF_EXAMPLES=2000 for a long run.
 BASE_MS = 1_760_000_000_000
-START, END = BASE_MS - 1000, BASE_MS + 40_000  # some events fall outside the range
+# Some events fall outside the range; streams with session gaps (30 min) reach past END.
+START, END = BASE_MS - 1000, BASE_MS + 40_000 + 2 * 1_800_000
 NAMES = "abcd"
 EXCLUDED = "xy"
 _projects = itertools.count()
@@ -64,13 +66,35 @@ def funnels(draw: st.DrawFn) -> FunnelDefinition:
     for step in chosen[1:]:
         if draw(st.booleans()):
             step["within_seconds"] = draw(st.integers(1, 6))
+    order = draw(st.sampled_from(["ordered", "ordered", "strict", "any"]))
+    if order == "any":
+        # Any order: steps never share an event name; no exclusions, no per-step windows.
+        names = draw(st.permutations(NAMES))
+        chosen = [
+            {"any_of": [{**m, "event": names[i]} for m in s["any_of"][:1]]}
+            if "any_of" in s
+            else {**s, "event": names[i]}
+            for i, s in enumerate(chosen[: len(NAMES)])
+        ]
+        for step in chosen:
+            step.pop("within_seconds", None)
     exclusions = []
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(0, 2) if order != "any" else st.just(0))):
         lo = draw(st.integers(0, len(chosen) - 2))
         hi = draw(st.integers(lo + 1, len(chosen) - 1))
         exclusions.append(
             {"event": draw(st.sampled_from(EXCLUDED)), "from_step": lo, "to_step": hi}
         )
+    counting = "unique"
+    if order == "ordered" and not exclusions:
+        counting = draw(st.sampled_from(["unique", "unique", "total"]))
+    hold = None
+    if order == "ordered" and not exclusions and counting == "unique":
+        hold = draw(st.sampled_from([None, None, "k", "n"]))
+    if order != "any" and hold is None and counting == "unique":
+        for step in chosen[1:]:
+            if draw(st.integers(0, 3)) == 0:
+                step["optional"] = True
     funnel = FunnelDefinition.model_validate(
         {
             "id": "f",
@@ -78,7 +102,10 @@ def funnels(draw: st.DrawFn) -> FunnelDefinition:
             "steps": chosen,
             "window_seconds": draw(st.integers(1, 12)),
             "exclusions": exclusions,
-            "count_by": draw(st.sampled_from(["visitor", "user"])),
+            "count_by": draw(st.sampled_from(["visitor", "user", "session"])),
+            "order": order,
+            "counting": counting,
+            "hold_property": hold,
         }
     )
     assert validate_funnel(funnel) == []
@@ -88,11 +115,16 @@ def funnels(draw: st.DrawFn) -> FunnelDefinition:
 @st.composite
 def streams(draw: st.DrawFn) -> list[reference.RefEvent]:
     events = []
+    steps = [0, 0, 1000, 1000, 2000, 3000, 500, 6000]
+    if draw(st.booleans()):
+        # Session gaps: a new session starts 30 minutes (or more) after the last event.
+        steps += [1_799_999, 1_800_000]
     for v in range(draw(st.integers(1, 6))):
-        ts = BASE_MS + draw(st.sampled_from([-2000, 0, 500]))
+        # Some visitors start just before END, so their later events fall outside.
+        ts = draw(st.sampled_from([BASE_MS - 2000, BASE_MS, BASE_MS + 500, END - 3000]))
         user = draw(st.sampled_from(["", "", "u1", "u2"]))
         for _ in range(draw(st.integers(1, 10))):
-            ts += draw(st.sampled_from([0, 0, 1000, 1000, 2000, 3000, 500, 6000]))
+            ts += draw(st.sampled_from(steps))
             props = {}
             if draw(st.booleans()):
                 props["n"] = draw(st.sampled_from(["0", "1", "2", "1.5", "x"]))

@@ -39,6 +39,7 @@ def test_rule_codes_are_stable_and_unique() -> None:
         "step_shape",
         "filter_value_invalid",
         "step_window_invalid",
+        "optional_step_invalid",
         "exclusion_range_invalid",
         "exclusion_is_step",
         "option_not_supported",
@@ -227,15 +228,42 @@ def test_exclusion_of_a_step_event() -> None:
 @pytest.mark.parametrize(
     ("overrides", "field", "message"),
     [
-        ({"order": "strict"}, "order", "order='strict' is not supported yet"),
-        ({"order": "any"}, "order", "order='any' is not supported yet"),
-        ({"counting": "total"}, "counting", "counting='total' is not supported yet"),
-        ({"count_by": "session"}, "count_by", "count_by='session' is not supported yet"),
-        ({"hold_property": "plan"}, "hold_property", "hold_property is not supported yet"),
         (
-            {"steps": [{"event": "a"}, {"event": "b", "optional": True}]},
+            {"order": "any", "exclusions": [{"event": "x"}]},
+            "order",
+            "order='any' with exclusions is not supported yet",
+        ),
+        (
+            {"order": "any", "steps": [{"event": "a"}, {"event": "b", "within_seconds": 5}]},
+            "order",
+            "order='any' with per-step windows is not supported yet",
+        ),
+        (
+            {"order": "any", "steps": [{"event": "a"}, {"any_of": [{"event": "a"}]}]},
+            "order",
+            "order='any' with steps sharing an event name is not supported yet",
+        ),
+        (
+            {"counting": "total", "exclusions": [{"event": "x"}]},
+            "counting",
+            "counting='total' with exclusions is not supported yet",
+        ),
+        (
+            {"counting": "total", "order": "strict"},
+            "counting",
+            "counting='total' with order='strict' is not supported yet",
+        ),
+        (
+            {"hold_property": "plan", "order": "strict"},
+            "hold_property",
+            "hold_property with exclusions, order other than 'ordered' or counting='total'"
+            " is not supported yet",
+        ),
+        (
+            {"steps": [{"event": "a"}, {"event": "b", "optional": True}], "order": "any"},
             "steps[1].optional",
-            "optional steps is not supported yet",
+            "optional steps with order='any', hold_property or counting='total' is not"
+            " supported yet",
         ),
     ],
 )
@@ -245,6 +273,27 @@ def test_option_not_supported(overrides: dict[str, Any], field: str, message: st
 
 def test_count_by_user_is_supported() -> None:
     assert problems(count_by="user") == []
+
+
+def test_strict_and_any_order_are_supported() -> None:
+    assert problems(order="strict") == []
+    assert problems(order="any") == []
+    assert problems(counting="total") == []
+    assert problems(count_by="session") == []
+    assert problems(hold_property="plan") == []
+    optional = [{"event": "a"}, {"event": "b", "optional": True}, {"event": "c"}]
+    assert problems(steps=optional) == []
+
+
+def test_step_zero_cannot_be_optional() -> None:
+    steps = [{"event": "a", "optional": True}, {"event": "b"}]
+    assert problems(steps=steps) == [
+        (
+            "optional_step_invalid",
+            "steps[0].optional",
+            "step 0 starts every attempt; it cannot be optional",
+        )
+    ]
 
 
 def test_one_error_per_rule_in_rule_order() -> None:
@@ -303,6 +352,12 @@ def test_names_and_labels() -> None:
         ({"exclusions": [{"event": "x"}]}, "exclusions"),
         ({"steps": [{"event": "a"}, {"event": "b", "within_seconds": 9}]}, "per-step windows"),
         ({"count_by": "user"}, "count_by=user"),
+        ({"order": "strict"}, "order=strict"),
+        ({"order": "any"}, "order=any"),
+        ({"counting": "total"}, "counting=total"),
+        ({"count_by": "session"}, "count_by=session"),
+        ({"hold_property": "plan"}, "hold_property"),
+        ({"steps": [{"event": "a"}, {"event": "b", "optional": True}]}, "optional steps"),
     ],
 )
 def test_live_unsupported(overrides: dict[str, Any], reason: str | None) -> None:

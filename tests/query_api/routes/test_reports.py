@@ -79,6 +79,35 @@ def test_adhoc_report_counts_times_and_exclusions(client: TestClient, ch: ClickH
     assert [s["visitors"] for s in r.json()["steps"]] == [2, 1, 1]
 
 
+@pytest.mark.parametrize(
+    ("change", "visitors"),
+    [
+        ({"order": "strict"}, [3, 2, 1]),  # v2: refund between cart and buy
+        ({"order": "any"}, [3, 2, 2]),
+        ({"counting": "total"}, [3, 2, 2]),
+        ({"count_by": "session"}, [3, 2, 2]),
+        ({"hold_property": "plan"}, [3, 2, 2]),
+        ({"steps": [{"event": "view"}, {"event": "cart", "optional": True}, {"event": "buy"}]},
+         [3, 2, 2]),
+    ],
+)  # fmt: skip
+def test_adhoc_report_options(
+    client: TestClient, ch: ClickHouse, change: dict[str, Any], visitors: list[int]
+) -> None:
+    events(
+        ch,
+        [
+            ("v1", "view", 0), ("v1", "cart", 60), ("v1", "buy", 120),
+            ("v2", "view", 0), ("v2", "cart", 30), ("v2", "refund", 40), ("v2", "buy", 50),
+            ("v3", "view", 0),
+        ],
+    )  # fmt: skip
+    body = {"funnel": {**CHECKOUT, **change}, **RANGE}
+    r = client.post("/v1/funnels/report", json=body, headers=READ)
+    assert r.status_code == 200, r.text
+    assert [s["visitors"] for s in r.json()["steps"]] == visitors
+
+
 def test_in_progress_is_not_dropped(client: TestClient, ch: ClickHouse) -> None:
     events(ch, [("v1", "view", 0), ("v2", "view", 0), ("v2", "cart", 10)])
     body = {"funnel": CHECKOUT, "from": RANGE["from"], "to": "2025-01-01T00:30:00Z"}
@@ -97,9 +126,13 @@ def test_in_progress_is_not_dropped(client: TestClient, ch: ClickHouse) -> None:
         ({"steps": [{"event": "a", "within_seconds": 5}, {"event": "b"}]}, "step_window_invalid"),
         ({"exclusions": [{"event": "cart"}]}, "exclusion_is_step"),
         ({"exclusions": [{"event": "x", "from_step": 2, "to_step": 1}]}, "exclusion_range_invalid"),
-        ({"order": "strict"}, "option_not_supported"),
-        ({"counting": "total"}, "option_not_supported"),
+        ({"order": "any", "exclusions": [{"event": "x"}]}, "option_not_supported"),
+        ({"counting": "total", "order": "strict"}, "option_not_supported"),
         ({"window_seconds": 0}, "window_out_of_range"),
+        (
+            {"steps": [{"event": "view", "optional": True}, {"event": "cart"}]},
+            "optional_step_invalid",
+        ),
         ({"steps": "nope"}, "invalid_funnel"),
     ],
 )

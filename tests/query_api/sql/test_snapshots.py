@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from query_api.sql.analysis import Breakdown, breakdown_sql, dropped_sql, open_funnel_sql
+from query_api.sql.analysis import (
+    Breakdown,
+    breakdown_sql,
+    dropped_sql,
+    next_events_sql,
+    open_funnel_sql,
+)
 from query_api.sql.funnel_report import levels_sql, report_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
@@ -67,6 +73,50 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     ),
     "report_repeated_step_event": lambda: report_sql(
         funnel(steps=[{"event": "page_view"}, {"event": "page_view"}, {"event": "purchase"}]),
+        "shop",
+        START,
+        END,
+    ),
+    "report_strict": lambda: report_sql(funnel(order="strict"), "shop", START, END),
+    "breakdown_strict_last_touch": lambda: breakdown_sql(
+        funnel(order="strict", exclusions=[{"event": "support_ticket", "from_step": 0}]),
+        "shop",
+        START,
+        END,
+        Breakdown("plan", "event", "last_touch"),
+    ),
+    "report_any_order": lambda: report_sql(funnel(order="any"), "shop", START, END),
+    "breakdown_any_order_first_touch": lambda: breakdown_sql(
+        funnel(order="any"), "shop", START, END, Breakdown("plan", "event", "first_touch")
+    ),
+    "report_total_counting": lambda: report_sql(
+        funnel(counting="total", steps=[{"event": "a"}, {"event": "b", "within_seconds": 60}]),
+        "shop",
+        START,
+        END,
+    ),
+    "report_by_session": lambda: report_sql(funnel(count_by="session"), "shop", START, END),
+    "next_events_by_session": lambda: next_events_sql(
+        funnel(count_by="session"), "shop", START, END, END, 0, 10
+    ),
+    "report_hold_property": lambda: report_sql(
+        funnel(hold_property="product_id"), "shop", START, END
+    ),
+    "breakdown_hold_property_last_touch": lambda: breakdown_sql(
+        funnel(hold_property="product_id"),
+        "shop",
+        START,
+        END,
+        Breakdown("plan", "event", "last_touch"),
+    ),
+    "report_optional_step": lambda: report_sql(
+        funnel(
+            steps=[
+                {"event": "page_view"},
+                {"event": "add_to_cart", "optional": True},
+                {"event": "purchase", "within_seconds": 3600},
+            ]
+        ),
         "shop",
         START,
         END,
