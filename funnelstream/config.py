@@ -53,6 +53,15 @@ class IngestSettings(CommonSettings):
     # Bot reasons (ingest/useragent.py) whose requests are dropped, counted per reason.
     # "http_client" and "empty_user_agent" are left out: server-side senders use them.
     drop_bot_reasons: frozenset[str] = frozenset({"known_bot", "headless_browser"})
+    # Request headers a CDN or proxy in front of ingest sets to the visitor's ISO 3166
+    # country code, tried in order (no GeoIP database ships with us). Empty: no country.
+    # Clients can set these headers too, so behind no CDN a country is only a hint.
+    country_headers: tuple[str, ...] = (
+        "cf-ipcountry",
+        "cloudfront-viewer-country",
+        "x-vercel-ip-country",
+        "x-country-code",
+    )
 
 
 class ProcessorSettings(CommonSettings):

@@ -5,7 +5,7 @@
     authenticate  write key from `Authorization: Bearer` or the body, or 401
     validate      per event: which index, which field, why
     drop_bots     typed reason + metric; the client is told how many were dropped
-    enrich        received time, user agent → browser/os/device
+    enrich        received time, user agent → browser/os/device, CDN header → country
     append        durably to the log, keyed by (project, visitor); only then 202
 
 Every refusal is an `IngestError` with a status, a stable code and the offending field.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,8 @@ class Request:
     content_encoding: str
     authorization: str
     user_agent: str
+    # ISO 3166 alpha-2 code from a CDN header (`country_from_headers`), "" if unknown.
+    country: str = ""
     received_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
@@ -191,11 +194,26 @@ def drop_bots(
     return [], len(events)
 
 
-def enrich(events: list[Event], user_agent: str) -> list[Event]:
+# Codes CDNs use for "no country": unknown (XX) and Tor exits (T1).
+_NOT_A_COUNTRY = frozenset({"XX", "T1"})
+
+
+def country_from_headers(headers: Mapping[str, str], names: Iterable[str]) -> str:
+    """The first of `names` holding a two-letter country code, upper-cased; "" if none."""
+    for name in names:
+        value = headers.get(name, "").strip().upper()
+        if len(value) == 2 and value.isascii() and value.isalpha():
+            return "" if value in _NOT_A_COUNTRY else value
+    return ""
+
+
+def enrich(events: list[Event], user_agent: str, country: str = "") -> list[Event]:
     if not events:
         return events
     info = parse_user_agent(user_agent)
     context = {"browser": info.browser, "os": info.os, "device": info.device_type}
+    if country:
+        context["country"] = country
     for e in events:
         # Each event owns its context dict (fresh from parse_event): fill it in place
         # rather than copying the frozen event.

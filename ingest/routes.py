@@ -53,6 +53,7 @@ async def post_events(request: Request, ingest: Ingest) -> Response:
         content_encoding=request.headers.get("content-encoding", ""),
         authorization=request.headers.get("authorization", ""),
         user_agent=request.headers.get("user-agent", ""),
+        country=pipeline.country_from_headers(request.headers, ingest.settings.country_headers),
     )
     try:
         result = await ingest.handle(req)

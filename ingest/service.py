@@ -38,7 +38,7 @@ class IngestService:
                     400, "invalid_events", "no event in the request is valid", errors=errors
                 )
             events, dropped = pipeline.drop_bots(events, request.user_agent, s.drop_bot_reasons)
-            events = pipeline.enrich(events, request.user_agent)
+            events = pipeline.enrich(events, request.user_agent, request.country)
             if self._pending + len(events) > s.max_pending_events:
                 raise IngestError(
                     503,

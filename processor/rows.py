@@ -34,6 +34,7 @@ SESSION_COLUMNS = (
     "device",
     "browser",
     "os",
+    "country",
     "version",
     "is_deleted",
 )
@@ -70,7 +71,7 @@ DEAD_LETTER_COLUMNS = (
 
 # The entry fields a session keeps from its first event.
 SESSION_ENTRY_FIELDS = ("url", "referrer", "utm_source", "utm_medium", "utm_campaign")
-SESSION_CONTEXT_FIELDS = ("device", "browser", "os")
+SESSION_CONTEXT_FIELDS = ("device", "browser", "os", "country")
 
 EPOCH = datetime.fromtimestamp(0, UTC)
 

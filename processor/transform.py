@@ -103,6 +103,7 @@ def _session_row(project: str, visitor: str, s: Session, offset: int, deleted: b
         s.entry.get("device", ""),
         s.entry.get("browser", ""),
         s.entry.get("os", ""),
+        s.entry.get("country", ""),
         offset,
         1 if deleted else 0,
     )

@@ -89,7 +89,7 @@ async def funnel_breakdown(
     to: To = None,
 ) -> BreakdownOut:
     """The report's step counts per value of an event property (or a session property:
-    entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os) of one
+    entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os, country) of one
     event per entity, chosen by `attribution`: `first_touch` (step 1 of the attempt that
     holds the entity's deepest step), `last_touch` (the event that reached that step) or
     `step` (the event holding step `step`; '' if the entity has none). The `limit` values

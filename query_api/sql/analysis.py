@@ -26,6 +26,7 @@ SESSION_FIELDS = (
     "device",
     "browser",
     "os",
+    "country",
 )
 
 

@@ -19,6 +19,7 @@ from ingest.pipeline import (
     Result,
     append,
     authenticate,
+    country_from_headers,
     drop_bots,
     enrich,
     parse_json,
@@ -257,6 +258,20 @@ def test_enrich_adds_context_without_overwriting_the_clients() -> None:
     assert enriched.context == {"browser": "Firefox", "os": "Linux", "device": "tv"}
     [plain] = enrich([event()], FIREFOX)
     assert plain.context == {"browser": "Firefox", "os": "Linux", "device": "desktop"}
+    [located] = enrich([event()], FIREFOX, "DE")
+    assert located.context["country"] == "DE"
+
+
+def test_country_comes_from_the_first_cdn_header_with_a_code() -> None:
+    names = ("cf-ipcountry", "x-country-code")
+    assert country_from_headers({"cf-ipcountry": "de"}, names) == "DE"
+    assert country_from_headers({"x-country-code": "FR"}, names) == "FR"
+    # Unknown and Tor exit markers, malformed values: no country, next header not tried.
+    assert country_from_headers({"cf-ipcountry": "XX", "x-country-code": "FR"}, names) == ""
+    assert country_from_headers({"cf-ipcountry": "T1"}, names) == ""
+    assert country_from_headers({"cf-ipcountry": "Germany", "x-country-code": "FR"}, names) == "FR"
+    assert country_from_headers({"cf-ipcountry": "D1"}, names) == ""
+    assert country_from_headers({"cf-ipcountry": "DE"}, ()) == ""
 
 
 class Producer(LogProducer):

@@ -55,6 +55,20 @@ def test_accepted_events_are_in_the_log(client: TestClient, tmp_path: Path) -> N
     stored = read_log(tmp_path)
     assert sorted(str(e["vid"]) for e in stored) == [f"v{i}" for i in range(5)]
     assert all(e["p"] == "shop" and e["e"] == "page_view" for e in stored)
+    assert all("country" not in dict(e.get("ctx") or {}) for e in stored)  # type: ignore[call-overload]
+
+
+def test_country_from_a_cdn_header_is_stored_with_the_event(
+    client: TestClient, tmp_path: Path
+) -> None:
+    r = client.post(
+        "/v1/events",
+        json={"event": "page_view", "visitor_id": "v"},
+        headers={**AUTH, "CF-IPCountry": "nl"},
+    )
+    assert r.status_code == 202
+    [stored] = read_log(tmp_path)
+    assert isinstance(stored["ctx"], dict) and stored["ctx"]["country"] == "NL"
 
 
 def test_text_plain_beacon_with_key_in_body_and_gzip(client: TestClient) -> None:

@@ -47,7 +47,7 @@ def ev(n: int, name: str, minute: float, **props: object) -> Event:
         timestamp_ms=T0 + int(minute * MIN),
         received_at_ms=T0,
         properties=dict(props),
-        context={"browser": "Firefox", "os": "Linux", "device": "desktop"},
+        context={"browser": "Firefox", "os": "Linux", "device": "desktop", "country": "SE"},
     )
 
 
@@ -89,7 +89,7 @@ def test_event_row_columns() -> None:
             ms_to_datetime(T0),
             ms_to_datetime(T0),
             {"url": "/a", "product.id": "7"},
-            {"browser": "Firefox", "os": "Linux", "device": "desktop"},
+            {"browser": "Firefox", "os": "Linux", "device": "desktop", "country": "SE"},
             3,
             0,
         )
@@ -115,6 +115,7 @@ def test_session_row_takes_entry_from_properties_and_context() -> None:
             "desktop",
             "Firefox",
             "Linux",
+            "SE",
             0,
             0,
         )

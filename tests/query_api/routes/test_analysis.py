@@ -58,14 +58,14 @@ def events(ch: ClickHouse, rows: list[tuple[str, str, int, dict[str, str]]]) -> 
     ch.insert_sync("events", out, EVENT_COLUMNS)
 
 
-def sessions(ch: ClickHouse, rows: list[tuple[str, int, int, str]]) -> None:
-    """(visitor, started s, ended s, utm_source)."""
+def sessions(ch: ClickHouse, rows: list[tuple[str, int, int, str, str]]) -> None:
+    """(visitor, started s, ended s, utm_source, country)."""
     out = [
         (
             "shop", v, f"{v}-{a}", ms_to_datetime(T0 + a * 1000), ms_to_datetime(T0 + b * 1000),
-            1, "/", "", utm, "", "", "desktop", "", "", 1, 0,
+            1, "/", "", utm, "", "", "desktop", "", "", country, 1, 0,
         )
-        for v, a, b, utm in rows
+        for v, a, b, utm, country in rows
     ]  # fmt: skip
     ch.insert_sync("sessions", out, SESSION_COLUMNS)
 
@@ -93,8 +93,8 @@ def shop(ch: ClickHouse) -> None:
     sessions(
         ch,
         [
-            ("v1", 0, 100, "ads"), ("v1", 1900, 2000, "email"), ("v2", 0, 40, "search"),
-            ("v3", 10, 25, "search"), ("v4", 0, 0, ""),
+            ("v1", 0, 100, "ads", "DE"), ("v1", 1900, 2000, "email", "FR"),
+            ("v2", 0, 40, "search", "DE"), ("v3", 10, 25, "search", "US"), ("v4", 0, 0, "", ""),
         ],
     )  # fmt: skip
 
@@ -134,6 +134,18 @@ def test_breakdown_by_session_property(client: TestClient) -> None:
     assert ("email", False, [1, 1, 1]) in groups(last)
     bad = client.get(url, params={**params, "property": "nope"}, headers=READ)
     assert bad.status_code == 400 and bad.json()["detail"]["error"] == "invalid_breakdown"
+
+
+@pytest.mark.usefixtures("shop")
+def test_breakdown_by_country(client: TestClient) -> None:
+    params = {**RANGE, "property": "country", "source": "session"}
+    url = "/v1/funnels/checkout/breakdown"
+    first = client.get(url, params=params, headers=READ).json()
+    assert groups(first) == [
+        ("DE", False, [2, 2, 1]), ("", False, [1, 0, 0]), ("US", False, [1, 1, 0])
+    ]  # fmt: skip
+    last = client.get(url, params={**params, "attribution": "last_touch"}, headers=READ).json()
+    assert ("FR", False, [1, 1, 1]) in groups(last)
 
 
 @pytest.mark.usefixtures("shop")
