@@ -37,7 +37,8 @@ FUNNELS = ("live0", "live1", "live2", "live3", "live4")
 
 # level: 1..5 with decreasing weight; a fifth of the visitors get an older version too.
 STATE = """
-INSERT INTO funnel_state
+INSERT INTO funnel_state (project_id, funnel_id, visitor_id, level, step_started_at,
+                          step_reached_at, updated_at, version)
 SELECT 'bench', {funnel:String}, concat('v', toString(number % {visitors:UInt64})),
        if(number < {visitors:UInt64},
           [1, 1, 1, 2, 2, 2, 3, 3, 4, 5][1 + cityHash64(number) % 10], 1),

@@ -13,9 +13,9 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from processor.funnel_stage import Entry, FunnelProgress, Transition, entries_for
+from processor.funnel_rules import live_funnel
+from processor.funnel_stage import Entry, FunnelProgress, Transition
 from processor.state import VisitorState
-from processor.step_match import step_index
 from schemas.funnels import FunnelDefinition
 
 
@@ -31,6 +31,12 @@ WHERE project_id = {project:String}
   AND event IN {events:Array(String)}
   AND log_partition IN {partitions:Array(UInt32)}
 """
+# Strict order reads every event of the visitor: an event matching no step breaks a chain.
+ALL_EVENTS_SQL = EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
+
+
+def events_sql(funnel: FunnelDefinition) -> str:
+    return ALL_EVENTS_SQL if funnel.order == "strict" else EVENTS_SQL
 
 
 def rebuild_progress(
@@ -40,20 +46,23 @@ def rebuild_progress(
     lateness_ms: int,
 ) -> tuple[FunnelProgress | None, list[Transition]]:
     """One visitor's progress from (event_id, event, timestamp ms, properties) rows."""
-    index = step_index(funnel, funnel.steps)
-    entries: list[list[Entry]] = []
+    live = live_funnel(funnel)
+    entries: list[tuple[list[Entry], str | None]] = []
     for event_id, name, ts, props in events:
-        matched = index.match(name, props)
-        if matched:
-            entries.append(entries_for(ts, event_id, matched))
+        event_entries = live.entries(name, props, ts, event_id)
+        if event_entries:
+            entries.append((event_entries, live.held_value(props)))
     if not entries:
         return None, []
-    entries.sort(key=lambda es: es[0].sort_key())
+    entries.sort(key=lambda pair: pair[0][0].sort_key())
     progress = FunnelProgress(steps=len(funnel.steps))
     transitions: list[Transition] = []
     horizon = newest_ms - lateness_ms
-    for event_entries in entries:
-        transitions.extend(progress.add(event_entries, funnel.window_seconds * 1000, horizon))
+    for event_entries, value in entries:
+        # Entries come in time order, so none older than this one is still to come: the
+        # horizon may not pass it (a held value could be retired before its next entry).
+        now = min(horizon, event_entries[0].timestamp_ms)
+        transitions.extend(progress.add(event_entries, live.rule, now, value))
     return progress, transitions
 
 

@@ -1,22 +1,37 @@
 """The funnel-stage machine: how far one visitor got in one funnel. Pure Python.
 
-The rule (the same one the SQL report folds in ClickHouse, query_api/sql/funnel_report.py):
+The rule (the same one the SQL report folds in ClickHouse, query_api/sql/funnel_report.py,
+and the pure-Python reference states, query_api/reference.py):
 
-* Every event that matches step i yields an entry (timestamp, i). Events are taken in
-  timestamp order; events with the same timestamp in funnel order (by the first step each
+* Every event that matches step i yields an entry (timestamp, i); an event that matches
+  exclusion x yields an exclusion entry; in strict order an event matching nothing yields
+  one "other" entry. Entries are taken in timestamp order; at the same timestamp events
+  that match an exclusion (or nothing) first, then in funnel order (by the first step each
   matches), then by event id, so the result never depends on arrival order.
-* An event's own entries are applied from its deepest matching step down, so one event
-  advances a chain by at most one step (steps a, a, b: a single `a` reaches step 1 only;
-  a second `a` reaches step 2).
-* Step 1 (re)starts a chain at its timestamp. An entry for step i > 1 extends the chain
-  held at step i-1 if it lies within `window` of that chain's start (inclusive).
-* The level is the deepest step any chain reached; it never goes down.
+* An event's own entries are applied exclusions first, then from its deepest matching step
+  down, so one event advances an attempt by at most one step (steps a, a, b: a single `a`
+  reaches step 1 only; a second `a` reaches step 2).
+* One slot per step holds the latest attempt that reached it: (started, reached, event id).
+  Step 1 (re)starts an attempt. An entry for step k > 1 extends the attempt held at step
+  k-1 (or, past optional steps, an earlier one: the latest start wins, ties the deepest) if
+  it lies within `window` of the attempt's start and within step k's own window of the
+  attempt's previous step (both inclusive); in strict order only if the event that filled
+  that slot is the visitor's event right before this one.
+* An exclusion for steps [i, j) empties every slot of each attempt whose deepest slot is
+  at least i and below j. A later clean attempt counts again.
+* The level is the deepest held slot. It can go down: after an exclusion, or when a late
+  event (strict order: any event) lands between two steps already folded.
 
-For funnels whose steps no single event can match twice this is exactly ClickHouse's
-`windowFunnel(window)` (default mode); the differential test checks it against the real
-engine. ClickHouse's 'strict_once' mode tracks every partial path instead of the latest
-chain per step, which can differ for overlapping steps; we keep one chain per step
-because it is what the live processor can hold in constant memory.
+For funnels whose steps no single event can match twice, without the options above, this
+is exactly ClickHouse's `windowFunnel(window)` (default mode); the differential test
+checks it against the real engine, and another checks every option against the
+reference. ClickHouse's 'strict_once' mode tracks every partial path instead of the
+latest attempt per step, which can differ for overlapping steps; we keep one attempt per
+step because it is what the live processor can hold in constant memory.
+
+Counting total attempts (`counting: "total"`): slot k's start never decreases (slot 0
+holds the newest step-1 event, slot k copies slot k-1's start), so "a new attempt reached
+step k" is "slot k's start grew", and a counter per step replaces a set of starts.
 
 Streaming with late events: entries newer than `horizon = newest timestamp - lateness`
 stay pending and are re-sorted with each arrival; older ones are folded into a checkpoint.
@@ -29,9 +44,13 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-# Per step: (chain start ms, reached at ms, id of the event that filled it), or None.
+# Per step: (attempt start ms, reached at ms, id of the event that filled it), or None.
 Slot = tuple[int, int, str] | None
 
+# Entry.step values below 0: an event matching nothing (strict order only), and
+# exclusion x as EXCLUSION + x, which sorts before any step entry of the same event.
+OTHER = -1
+EXCLUSION = -(1 << 16)
 
 _LOW64 = (1 << 64) - 1
 
@@ -53,36 +72,136 @@ class Entry:
     timestamp_ms: int
     step: int
     event_id: str
-    # The lowest step the same event matches: orders same-timestamp events.
+    # The lowest step the same event matches (-1: an exclusion or nothing): orders
+    # same-timestamp events.
     first_step: int
     # Tie-break between events with equal timestamp and first step (uuid_order).
     tie: int = field(default=0, compare=False, repr=False)
 
     def sort_key(self) -> tuple[int, int, int, int]:
-        return (self.timestamp_ms, self.first_step, self.tie, -self.step)
+        # Within one event: exclusions (ascending x), then steps deepest first.
+        within = self.step if self.step < 0 else -self.step
+        return (self.timestamp_ms, self.first_step, self.tie, within)
 
 
-def entries_for(timestamp_ms: int, event_id: str, steps: list[int]) -> list[Entry]:
-    """One event's entries, in the order `fold` must see them (deepest step first)."""
-    first = min(steps)
+def entries_for(
+    timestamp_ms: int,
+    event_id: str,
+    steps: list[int],
+    exclusions: list[int] | None = None,
+    *,
+    other: bool = False,
+) -> list[Entry]:
+    """One event's entries, in the order `fold` must see them. `other`: an event that
+    matches nothing still gets an entry (strict order reads every event)."""
+    excluded = exclusions or []
+    if not steps and not excluded:
+        if not other:
+            return []
+        return [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id))]
+    first = -1 if excluded else min(steps)
     tie = uuid_order(event_id)
-    return [Entry(timestamp_ms, s, event_id, first, tie) for s in sorted(steps, reverse=True)]
-
-
-def fold(slots: list[Slot], entries: list[Entry], window_ms: int) -> list[Slot]:
-    """Apply sorted entries to a copy of `slots` (one per step)."""
-    out = list(slots)
-    for entry in entries:
-        if entry.step == 0:
-            out[0] = (entry.timestamp_ms, entry.timestamp_ms, entry.event_id)
-            continue
-        previous = out[entry.step - 1]
-        if previous is None:
-            continue
-        started = previous[0]
-        if entry.timestamp_ms <= started + window_ms:
-            out[entry.step] = (started, entry.timestamp_ms, entry.event_id)
+    out = [Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie) for x in sorted(excluded)]
+    out += [Entry(timestamp_ms, s, event_id, first, tie) for s in sorted(steps, reverse=True)]
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class FoldRule:
+    """What `fold` needs of a funnel definition, in milliseconds and step indexes."""
+
+    steps: int
+    window_ms: int
+    # Per step: max time from the previous step of the attempt (None: only the window).
+    step_windows_ms: tuple[int | None, ...] = ()
+    # Per step k > 0: the slots an entry of step k may extend (k-1, then past optional
+    # steps); empty for step 0.
+    sources: tuple[tuple[int, ...], ...] = ()
+    # Per exclusion: the [lo, hi) range of attempt depths it discards.
+    exclusions: tuple[tuple[int, int], ...] = ()
+    strict: bool = False
+    count_attempts: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.step_windows_ms:
+            object.__setattr__(self, "step_windows_ms", (None,) * self.steps)
+        if not self.sources:
+            plain = ((),) + tuple((k - 1,) for k in range(1, self.steps))
+            object.__setattr__(self, "sources", plain)
+
+
+@dataclass(slots=True)
+class Folded:
+    """Slots after some entries, with what strict order and total counting carry along."""
+
+    slots: list[Slot]
+    # The last event folded (strict order: the only one a next step may follow).
+    tail: str = ""
+    # Per step, attempts that reached it (`FoldRule.count_attempts`), else empty.
+    attempts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, rule: FoldRule) -> Folded:
+        return cls([None] * rule.steps, "", [0] * rule.steps if rule.count_attempts else [])
+
+    def copy(self) -> Folded:
+        return Folded(list(self.slots), self.tail, list(self.attempts))
+
+
+def _discard(slots: list[Slot], lo: int, hi: int) -> list[Slot]:
+    """Empty the slots of every attempt whose deepest slot is in [lo, hi)."""
+    depth: dict[int, int] = {}
+    for k, s in enumerate(slots):
+        if s is not None:
+            depth[s[0]] = k  # attempts are told apart by their start
+    return [None if s is not None and lo <= depth[s[0]] < hi else s for s in slots]
+
+
+def fold_state(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+    """Apply sorted entries to a copy of `state`."""
+    out = state.copy()
+    slots, attempts = out.slots, out.attempts
+    window = rule.window_ms
+    current = previous = out.tail
+    for entry in entries:
+        if entry.event_id != current:
+            previous, current = current, entry.event_id
+        step, ts = entry.step, entry.timestamp_ms
+        if step < 0:
+            if step != OTHER:
+                slots[:] = _discard(slots, *rule.exclusions[step - EXCLUSION])
+            continue
+        if step == 0:
+            new: tuple[int, int, str] = (ts, ts, entry.event_id)
+        else:
+            best: tuple[int, int, str] | None = None
+            limit = rule.step_windows_ms[step]
+            for j in rule.sources[step]:
+                held = slots[j]
+                if held is None or ts > held[0] + window:
+                    continue
+                if limit is not None and ts > held[1] + limit:
+                    continue
+                if rule.strict and held[2] != previous:
+                    continue
+                # Sources run from the deepest: only a strictly later start replaces it.
+                if best is None or held[0] > best[0]:
+                    best = held
+            if best is None:
+                continue
+            new = (best[0], ts, entry.event_id)
+        if attempts:
+            old = slots[step]
+            if old is None or old[0] < new[0]:
+                attempts[step] += 1
+        slots[step] = new
+    out.tail = current
+    return out
+
+
+def fold(slots: list[Slot], entries: list[Entry], rule: FoldRule) -> list[Slot]:
+    """The slots after applying sorted entries to a copy of `slots`."""
+    return fold_state(Folded(list(slots)), entries, rule).slots
 
 
 def level_of(slots: list[Slot]) -> int:
@@ -100,82 +219,176 @@ class Transition:
     event_id: str
 
 
+def _slots_of(raw: object) -> list[Slot]:
+    assert isinstance(raw, list)
+    return [None if s is None else (int(s[0]), int(s[1]), str(s[2])) for s in raw]
+
+
 @dataclass(slots=True)
 class FunnelProgress:
-    """One visitor in one funnel."""
+    """One visitor in one funnel: a checkpoint, the entries still pending (newer than the
+    horizon, re-sorted on late arrivals) and the state after both (`current`).
+
+    With `hold_property` (`by_value` set) attempts are made of events sharing the
+    property's value: one FunnelProgress per value, and the visitor's level is the deepest
+    any value reached. A value whose attempts can no longer move (its newest start is
+    older than the window before the horizon) is dropped, keeping only its level
+    (`retired_level`), so memory follows the values seen within a window, not all time.
+    """
 
     steps: int
-    checkpoint: list[Slot] = field(default_factory=list)
+    checkpoint: Folded = field(default_factory=lambda: Folded([]))
     pending: list[Entry] = field(default_factory=list)
     level: int = 0
-    slots: list[Slot] = field(default_factory=list)
+    current: Folded = field(default_factory=lambda: Folded([]))
+    by_value: dict[str, FunnelProgress] | None = None
+    retired_level: int = 0
 
     def __post_init__(self) -> None:
-        if not self.checkpoint:
-            self.checkpoint = [None] * self.steps
-        if not self.slots:
-            self.slots = list(self.checkpoint)
+        if not self.checkpoint.slots:
+            self.checkpoint = Folded([None] * self.steps)
+        if not self.current.slots:
+            self.current = self.checkpoint.copy()
 
-    def add(self, entries: list[Entry], window_ms: int, horizon_ms: int) -> list[Transition]:
-        """Add one event's entries; return the steps newly reached (in order)."""
+    @property
+    def slots(self) -> list[Slot]:
+        if self.by_value is None:
+            return self.current.slots
+        # Per step, the value whose attempt holding it is the latest (as the reference).
+        out: list[Slot] = []
+        for k in range(self.steps):
+            held = [(s[0], s[1], v, s) for v, p in self.by_value.items() if (s := p.slots[k])]
+            out.append(max(held)[3] if held else None)
+        return out
+
+    @property
+    def attempts(self) -> list[int]:
+        return self.current.attempts
+
+    def add(
+        self, entries: list[Entry], rule: FoldRule, horizon_ms: int, value: str | None = None
+    ) -> list[Transition]:
+        """Add one event's entries (with `value`: of the held property); return the steps
+        newly reached (in order)."""
+        if value is not None:
+            return self._add_held(value, entries, rule, horizon_ms)
+        if rule.count_attempts and not self.checkpoint.attempts:
+            self.checkpoint.attempts = [0] * self.steps
+            self.current.attempts = [0] * self.steps
         appended_in_order = not self.pending or (
             entries and entries[0].sort_key() >= self.pending[-1].sort_key()
         )
         for entry in entries:
             bisect.insort(self.pending, entry, key=Entry.sort_key)
         if appended_in_order:
-            self.slots = fold(self.slots, entries, window_ms)
+            self.current = fold_state(self.current, entries, rule)
         else:
-            self.slots = fold(self.checkpoint, self.pending, window_ms)
-        self._advance_checkpoint(horizon_ms, window_ms)
-        new_level = level_of(self.slots)
+            self.current = fold_state(self.checkpoint, self.pending, rule)
+        self._advance_checkpoint(horizon_ms, rule)
+        new_level = level_of(self.current.slots)
         transitions = []
         for step in range(self.level + 1, new_level + 1):
-            slot = self.slots[step - 1]
-            assert slot is not None
-            transitions.append(Transition(step, slot[1], slot[0], slot[2]))
+            slot = self.current.slots[step - 1]
+            if slot is not None:  # a skipped optional step has no event of its own
+                transitions.append(Transition(step, slot[1], slot[0], slot[2]))
+        self.level = new_level
+        return transitions
+
+    def _add_held(
+        self, value: str, entries: list[Entry], rule: FoldRule, horizon_ms: int
+    ) -> list[Transition]:
+        if self.by_value is None:
+            self.by_value = {}
+        progress = self.by_value.get(value)
+        if progress is None:
+            progress = self.by_value[value] = FunnelProgress(steps=self.steps)
+        progress.add(entries, rule, horizon_ms)
+        for v, p in list(self.by_value.items()):
+            start = p.current.slots[0]
+            settled = not p.pending or p.pending[-1].timestamp_ms < horizon_ms
+            if settled and (start is None or start[0] + rule.window_ms < horizon_ms):
+                # No entry at or after the horizon can extend any of its slots (every
+                # start is at most slot 0's): only its level still matters.
+                self.retired_level = max(self.retired_level, p.level)
+                del self.by_value[v]
+        new_level = max([self.retired_level, *(p.level for p in self.by_value.values())])
+        transitions = []
+        if new_level > self.level:
+            slots = self.slots
+            for step in range(self.level + 1, new_level + 1):
+                slot = slots[step - 1]
+                if slot is not None:
+                    transitions.append(Transition(step, slot[1], slot[0], slot[2]))
         self.level = max(self.level, new_level)
         return transitions
 
-    def _advance_checkpoint(self, horizon_ms: int, window_ms: int) -> None:
+    def _advance_checkpoint(self, horizon_ms: int, rule: FoldRule) -> None:
         cut = 0
         while cut < len(self.pending) and self.pending[cut].timestamp_ms < horizon_ms:
             cut += 1
         if cut:
-            self.checkpoint = fold(self.checkpoint, self.pending[:cut], window_ms)
+            self.checkpoint = fold_state(self.checkpoint, self.pending[:cut], rule)
             del self.pending[:cut]
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "c": self.checkpoint,
+        if self.by_value is not None:
+            return {
+                "c": [None] * self.steps,  # the step count, as for other funnels
+                "p": [],
+                "l": self.level,
+                "s": self.slots,
+                "h": {v: p.to_json() for v, p in self.by_value.items()},
+                "r": self.retired_level,
+            }
+        doc: dict[str, object] = {
+            "c": list(self.checkpoint.slots),
             "p": [[e.timestamp_ms, e.step, e.event_id, e.first_step] for e in self.pending],
             "l": self.level,
-            "s": self.slots,
+            "s": list(self.current.slots),
         }
+        # Written only when used, so states of plain funnels stay as small as before.
+        if self.checkpoint.tail or self.current.tail:
+            doc["ct"], doc["st"] = self.checkpoint.tail, self.current.tail
+        if self.checkpoint.attempts:
+            doc["ca"], doc["sa"] = self.checkpoint.attempts, self.current.attempts
+        return doc
 
     @classmethod
     def from_json(cls, steps: int, doc: dict[str, object]) -> FunnelProgress:
-        def slots(raw: object) -> list[Slot]:
-            assert isinstance(raw, list)
-            return [None if s is None else (int(s[0]), int(s[1]), str(s[2])) for s in raw]
-
         pending_raw = doc["p"]
         assert isinstance(pending_raw, list)
         level = doc["l"]
         assert isinstance(level, int)
+
+        held = doc.get("h")
+        if isinstance(held, dict):
+            retired = doc.get("r", 0)
+            assert isinstance(retired, int)
+            return cls(
+                steps=steps,
+                level=level,
+                by_value={str(v): cls.from_json(steps, p) for v, p in held.items()},
+                retired_level=retired,
+            )
+
+        def counts(key: str) -> list[int]:
+            raw = doc.get(key, [])
+            assert isinstance(raw, list)
+            return [int(n) for n in raw]
+
         return cls(
             steps=steps,
-            checkpoint=slots(doc["c"]),
+            checkpoint=Folded(_slots_of(doc["c"]), str(doc.get("ct", "")), counts("ca")),
             pending=[
                 Entry(int(t), int(s), str(i), int(f), uuid_order(str(i)))
                 for t, s, i, f in pending_raw
             ],
             level=level,
-            slots=slots(doc["s"]),
+            current=Folded(_slots_of(doc["s"]), str(doc.get("st", "")), counts("sa")),
         )
 
 
-def reference_level(entries: list[Entry], steps: int, window_ms: int) -> int:
+def reference_level(entries: list[Entry], rule: FoldRule) -> int:
     """The batch answer over all of a visitor's entries (what windowFunnel computes)."""
     ordered = sorted(entries, key=Entry.sort_key)
-    return level_of(fold([None] * steps, ordered, window_ms))
+    return level_of(fold([None] * rule.steps, ordered, rule))

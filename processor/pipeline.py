@@ -50,9 +50,9 @@ from funnelstream.log import (
     RebalanceListener,
 )
 from processor.backfill import (
-    EVENTS_SQL,
     apply_rebuilt,
     definition_hash,
+    events_sql,
     group_rows,
     rebuild_progress,
 )
@@ -432,7 +432,7 @@ class Processor:
         rows = await self._retry(
             "backfill read",
             lambda: self._ch.query_rows(
-                EVENTS_SQL,
+                events_sql(funnel),
                 {"project": funnel.project, "events": funnel.event_names(), "partitions": parts},
             ),
         )

@@ -45,6 +45,7 @@ FUNNEL_STATE_COLUMNS = (
     "level",
     "step_started_at",
     "step_reached_at",
+    "step_attempts",
     "updated_at",
     "version",
 )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.funnel_stage import FunnelProgress, Transition, entries_for
+from processor.funnel_rules import live_funnel
+from processor.funnel_stage import OTHER, FunnelProgress, Transition
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,
@@ -18,7 +19,6 @@ from processor.rows import (
 )
 from processor.sessionize import Session, forget_closed, new_session_id, place
 from processor.state import VisitorState
-from processor.step_match import step_index
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 from schemas.properties import flatten
@@ -127,6 +127,7 @@ def _funnel_state_row(
         progress.level,
         [ms_to_datetime(s[0]) if s else _EPOCH for s in progress.slots],
         [ms_to_datetime(s[1]) if s else _EPOCH for s in progress.slots],
+        progress.attempts,
         ms_to_datetime(processed_at_ms),
         offset,
     )
@@ -224,18 +225,23 @@ def _advance(
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
-    matched = step_index(funnel, funnel.steps).match(event.event, props)
-    if not matched:
+    live = live_funnel(funnel)
+    entries = live.entries(event.event, props, event.timestamp_ms, event.event_id)
+    if not entries:
         return
     progress = state.funnels.get(funnel.id)
     if progress is None:
         progress = state.funnels[funnel.id] = FunnelProgress(steps=len(funnel.steps))
-    entries = entries_for(event.timestamp_ms, event.event_id, matched)
-    transitions = progress.add(entries, funnel.window_seconds * 1000, horizon)
+    before = progress.slots if entries[0].step == OTHER else None
+    transitions = progress.add(entries, live.rule, horizon, live.held_value(props))
     for t in transitions:
         out.transitions.append(
             transition_row(event.project_id, funnel.id, event.visitor_id, t, processed_at_ms)
         )
+    if before is not None and before == progress.slots:
+        # Strict order reads every event; one matching nothing changes the slots only
+        # when it lands late between two steps: otherwise no state row to write.
+        return
     out.pending_funnel_states[(event.project_id, funnel.id, event.visitor_id)] = (
         progress,
         offset,

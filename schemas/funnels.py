@@ -110,24 +110,24 @@ class FunnelDefinition(BaseModel):
         return [m for m in range(k + 1, len(self.steps)) if k in self.sources(m)]
 
     def live_unsupported(self) -> str | None:
-        """Why the processor cannot keep this funnel's live state yet (None: it can).
+        """Why the processor cannot keep this funnel's live state (None: it can).
 
-        Such funnels are reported from raw events only; `/live` answers 409.
+        Such funnels are reported from raw events only; `/live` answers 409 with this
+        reason. Every other option (strict order, exclusions, per-step windows, optional
+        steps, total attempts, a held property) is kept live; see docs/funnels.md, "Live".
         """
-        if self.order != "ordered":
-            return f"order={self.order}"
-        if self.counting != "unique":
-            return f"counting={self.counting}"
-        if self.hold_property is not None:
-            return "hold_property"
-        if any(s.optional for s in self.steps):
-            return "optional steps"
-        if self.exclusions:
-            return "exclusions"
-        if any(s.within_seconds is not None for s in self.steps):
-            return "per-step windows"
-        if self.count_by != "visitor":
-            return f"count_by={self.count_by}"
+        if self.count_by == "user":
+            # One user's visitors can sit on different log partitions, so no single
+            # processor sees all of their events in order.
+            return "count_by='user' (a user's visitors span log partitions)"
+        if self.count_by == "session":
+            # A late event can merge two sessions of the processor after their attempts
+            # were folded apart; reports recompute sessions from raw events instead.
+            return "count_by='session' (late events can merge sessions)"
+        if self.order == "any":
+            # An attempt may start at any earlier event in the window: the state would be
+            # every event of the window (up to 90 days), not one slot per step.
+            return "order='any' (needs every event of the window, not one slot per step)"
         return None
 
 

@@ -24,7 +24,12 @@ from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from query_api.routes.funnels import get_funnel
 from query_api.routes.reports import parse_time
-from query_api.sql.live import recent_transitions_sql, stage_counts_sql, transitions_after_sql
+from query_api.sql.live import (
+    attempt_counts_sql,
+    recent_transitions_sql,
+    stage_counts_sql,
+    transitions_after_sql,
+)
 from schemas.funnels import FunnelDefinition
 
 router = APIRouter(prefix="/v1/funnels", tags=["live"])
@@ -40,8 +45,13 @@ class LiveStageOut(BaseModel):
     index: int
     event: str
     name: str | None
-    at_stage: int = Field(description="Visitors whose deepest step is this one, now")
-    reached: int = Field(description="Visitors who reached this step (or a later one)")
+    at_stage: int = Field(
+        description="Visitors whose deepest step is this one, now (counting=total: attempts"
+        " that reached this step and not the next)"
+    )
+    reached: int = Field(
+        description="Visitors who reached this step or a later one (counting=total: attempts)"
+    )
     transitions: int = Field(description="Visitors who reached this step in the last `minutes`")
 
 
@@ -78,8 +88,11 @@ async def live_stages(
     started = time.monotonic()
     funnel = live_funnel(catalog, project.id, funnel_id)
     recent: list[tuple[Any, ...]] = []
+    attempts: list[tuple[Any, ...]] = []
     try:
         rows = await ch.query_rows(*stage_counts_sql(project.id, funnel.id))
+        if funnel.counting == "total":
+            attempts = await ch.query_rows(*attempt_counts_sql(project.id, funnel.id))
         if minutes:
             since = datetime.now(UTC) - timedelta(minutes=minutes)
             recent = await ch.query_rows(*recent_transitions_sql(project.id, funnel.id, since))
@@ -87,6 +100,13 @@ async def live_stages(
         raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
     at_level = {int(level): int(count) for level, count in rows}
     reached = compute.reached_per_step(at_level, len(funnel.steps))
+    if funnel.counting == "total":
+        sums = [int(n) for n in attempts[0][0]] if attempts and attempts[0][0] else []
+        reached = [sums[k] if k < len(sums) else 0 for k in range(len(funnel.steps))]
+        at_level = {
+            k + 1: reached[k] - (reached[k + 1] if k + 1 < len(reached) else 0)
+            for k in range(len(reached))
+        }
     moved = {int(step): int(count) for step, count in recent}
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("live").observe(elapsed)

@@ -24,6 +24,16 @@ GROUP BY level""".strip()
     return sql, {"project": project, "funnel": funnel_id}
 
 
+def attempt_counts_sql(project: str, funnel_id: str) -> tuple[str, dict[str, Any]]:
+    """One row: per step, the attempts that reached it (funnels counting total attempts)."""
+    sql = """
+SELECT sumForEach(step_attempts)
+FROM funnel_state FINAL
+WHERE project_id = {project:String} AND funnel_id = {funnel:String}
+  AND notEmpty(step_attempts)""".strip()
+    return sql, {"project": project, "funnel": funnel_id}
+
+
 def recent_transitions_sql(
     project: str, funnel_id: str, since: datetime
 ) -> tuple[str, dict[str, Any]]:

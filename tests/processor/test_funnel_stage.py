@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from processor.funnel_stage import (
     Entry,
+    FoldRule,
     FunnelProgress,
     Slot,
     Transition,
@@ -31,7 +32,9 @@ def run(
     transitions: list[Transition] = []
     for ts, event_id, matched in events:
         newest = max(newest, ts)
-        transitions += progress.add(entries_for(ts, event_id, matched), window, newest - LATENESS)
+        transitions += progress.add(
+            entries_for(ts, event_id, matched), FoldRule(steps, window), newest - LATENESS
+        )
     return progress, transitions
 
 
@@ -116,7 +119,10 @@ def test_window_counts_from_the_chain_start_not_the_previous_step() -> None:
     progress, _ = run(events, steps=3)
     assert progress.level == 2
     assert (
-        reference_level([e for ts, i, m in events for e in entries_for(ts, i, m)], 3, WINDOW) == 2
+        reference_level(
+            [e for ts, i, m in events for e in entries_for(ts, i, m)], FoldRule(3, WINDOW)
+        )
+        == 2
     )
 
 
@@ -136,14 +142,14 @@ def test_level_never_goes_down() -> None:
 def test_old_pending_entries_fold_into_the_checkpoint() -> None:
     progress, _ = run([(0, "a", [0]), (400, "b", [1]), (2000, "c", [2])], steps=3)
     # Horizon is 2000 - 500: a and b are final, c stays pending.
-    assert progress.checkpoint == [(0, 0, "a"), (0, 400, "b"), None]
+    assert progress.checkpoint.slots == [(0, 0, "a"), (0, 400, "b"), None]
     assert progress.pending == [Entry(2000, 2, "c", 2)]
     assert progress.level == 2  # c is outside the window of the chain started at 0
 
 
 def test_fold_does_not_mutate_its_input() -> None:
     slots: list[Slot] = [None, None]
-    fold(slots, [Entry(1, 0, "a", 0)], WINDOW)
+    fold(slots, [Entry(1, 0, "a", 0)], FoldRule(2, WINDOW))
     assert slots == [None, None]
 
 
@@ -160,7 +166,9 @@ def test_checkpoint_roundtrip_through_orjson_keeps_behaviour() -> None:
     rest: list[Transition] = []
     for ts, event_id, matched in tail:
         newest = max(newest, ts)
-        rest += restored.add(entries_for(ts, event_id, matched), WINDOW, newest - LATENESS)
+        rest += restored.add(
+            entries_for(ts, event_id, matched), FoldRule(4, WINDOW), newest - LATENESS
+        )
     assert first + rest == whole_transitions
     assert restored == whole
     assert whole.level == 3  # d (1250) is outside the window of the chain started at 0
@@ -169,7 +177,7 @@ def test_checkpoint_roundtrip_through_orjson_keeps_behaviour() -> None:
 def test_from_json_reads_exact_fields() -> None:
     doc = {"c": [[1, 2, "a"], None], "p": [[5, 1, "b", 1]], "l": 1, "s": [[1, 2, "a"], None]}
     progress = FunnelProgress.from_json(2, doc)
-    assert progress.checkpoint == [(1, 2, "a"), None]
+    assert progress.checkpoint.slots == [(1, 2, "a"), None]
     assert progress.pending == [Entry(5, 1, "b", 1)]
     assert progress.level == 1
     assert progress.slots == [(1, 2, "a"), None]
@@ -202,7 +210,7 @@ def test_late_arrivals_within_lateness_give_the_batch_level(
 ) -> None:
     events, order = case
     all_entries = [e for ts, i, m in events for e in entries_for(ts, i, m)]
-    expected = reference_level(all_entries, 4, WINDOW)
+    expected = reference_level(all_entries, FoldRule(4, WINDOW))
 
     in_order, in_order_transitions = run(sorted(events), steps=4)
     shuffled, transitions = run([events[i] for i in order], steps=4)
@@ -230,12 +238,126 @@ def test_checkpoint_roundtrip_anywhere_in_a_stream(
         if k == cut:
             progress = FunnelProgress.from_json(4, orjson.loads(orjson.dumps(progress.to_json())))
         newest = max(newest, ts)
-        progress.add(entries_for(ts, event_id, matched), WINDOW, newest - LATENESS)
+        progress.add(entries_for(ts, event_id, matched), FoldRule(4, WINDOW), newest - LATENESS)
     assert progress == whole
 
 
 def test_far_horizon_keeps_everything_pending() -> None:
     progress = FunnelProgress(steps=2)
-    progress.add(entries_for(5, "a", [0]), WINDOW, -FAR)
-    assert progress.checkpoint == [None, None]
+    progress.add(entries_for(5, "a", [0]), FoldRule(2, WINDOW), -FAR)
+    assert progress.checkpoint.slots == [None, None]
     assert progress.pending == [Entry(5, 0, "a", 0)]
+
+
+# Options: per-step windows, optional steps, exclusions, strict order, total attempts.
+
+
+def feed(rule: FoldRule, events: list[tuple[int, str, list[int], list[int]]]) -> FunnelProgress:
+    """(timestamp, event id, matched steps, matched exclusions) in the given order."""
+    progress = FunnelProgress(steps=rule.steps)
+    newest = 0
+    for ts, event_id, matched, excluded in events:
+        newest = max(newest, ts)
+        entries = entries_for(ts, event_id, matched, excluded, other=rule.strict)
+        progress.add(entries, rule, newest - LATENESS)
+    return progress
+
+
+def test_per_step_window_counts_from_the_previous_step_inclusive() -> None:
+    rule = FoldRule(3, WINDOW, step_windows_ms=(None, None, 100))
+    assert feed(rule, [(0, "a", [0], []), (500, "b", [1], []), (600, "c", [2], [])]).level == 3
+    assert feed(rule, [(0, "a", [0], []), (500, "b", [1], []), (601, "c", [2], [])]).level == 2
+
+
+def test_optional_step_is_skipped_and_the_latest_attempt_takes_the_event() -> None:
+    # Steps a, b (optional), c. b reached from the attempt at 0; a new attempt starts at 2.
+    rule = FoldRule(3, WINDOW, sources=((), (0,), (1, 0)))
+    events: list[tuple[int, str, list[int], list[int]]] = [
+        (0, "a", [0], []),
+        (1, "b", [1], []),
+        (2, "a2", [0], []),
+        (3, "c", [2], []),
+    ]
+    progress = feed(rule, events)
+    assert progress.level == 3
+    assert progress.slots[2] == (2, 3, "c")  # from slot 0 (start 2), not slot 1 (start 0)
+    skipped = feed(rule, [(0, "a", [0], []), (3, "c", [2], [])])
+    assert skipped.level == 3 and skipped.slots[1] is None
+
+
+def test_exclusion_discards_the_attempt_in_its_range_and_a_clean_one_counts() -> None:
+    rule = FoldRule(3, WINDOW, exclusions=((0, 2),))
+    events = [(0, "a", [0], []), (10, "b", [1], []), (20, "x", [], [0])]
+    assert feed(rule, events).level == 0
+    again = feed(rule, [*events, (30, "a2", [0], []), (40, "b2", [1], [])])
+    assert again.level == 2 and again.slots[0] == (30, 30, "a2")
+    # Past the range (depth 2 is not below 2): the attempt keeps going.
+    past = feed(rule, [*events[:2], (15, "c", [2], []), (20, "x", [], [0])])
+    assert past.level == 3
+
+
+def test_exclusion_at_the_same_timestamp_comes_before_the_step() -> None:
+    rule = FoldRule(2, WINDOW, exclusions=((0, 1),))
+    progress = feed(rule, [(10, "b", [1], []), (0, "a", [0], []), (10, "x", [], [0])])
+    assert progress.level == 0  # x at 10 discards the attempt before b at 10 can extend it
+
+
+def test_strict_order_needs_the_step_right_after_the_previous_one() -> None:
+    rule = FoldRule(2, WINDOW, strict=True)
+    assert feed(rule, [(0, "a", [0], []), (5, "b", [1], [])]).level == 2
+    broken = feed(rule, [(0, "a", [0], []), (3, "q", [], []), (5, "b", [1], [])])
+    assert broken.level == 1
+    # The breaker arriving late still breaks the chain: the level goes back down.
+    late = feed(rule, [(0, "a", [0], []), (5, "b", [1], []), (3, "q", [], [])])
+    assert late.level == 1
+
+
+def test_total_attempts_count_each_attempt_once_per_step() -> None:
+    rule = FoldRule(2, WINDOW, count_attempts=True)
+    events: list[tuple[int, str, list[int], list[int]]] = [
+        (0, "a", [0], []),
+        (5, "b", [1], []),
+        (6, "b2", [1], []),  # the same attempt again: not a new one
+        (7, "a2", [0], []),
+        (7, "a3", [0], []),  # same millisecond: the same attempt
+        (9, "b3", [1], []),
+    ]
+    progress = feed(rule, events)
+    assert progress.attempts == [2, 2]
+    doc = orjson.loads(orjson.dumps(progress.to_json()))
+    assert FunnelProgress.from_json(2, doc) == progress
+
+
+def test_strict_tail_survives_a_checkpoint_roundtrip() -> None:
+    rule = FoldRule(2, WINDOW, strict=True)
+    progress = feed(rule, [(0, "a", [0], [])])
+    restored = FunnelProgress.from_json(2, orjson.loads(orjson.dumps(progress.to_json())))
+    assert restored == progress
+    restored.add(entries_for(5, "b", [1], other=True), rule, 5 - LATENESS)
+    assert restored.level == 2
+
+
+def test_held_property_keeps_attempts_of_one_value_apart() -> None:
+    rule = FoldRule(2, WINDOW)
+    progress = FunnelProgress(steps=2)
+    # view product 1, view product 2, cart product 1: reaches step 2 with product 1 only.
+    for ts, event_id, step, value in [(0, "a", 0, "p1"), (10, "b", 0, "p2"), (20, "c", 1, "p1")]:
+        progress.add(entries_for(ts, event_id, [step]), rule, ts - LATENESS, value)
+    assert progress.level == 2 and progress.slots[1] == (0, 20, "c")
+    other = FunnelProgress(steps=2)
+    for ts, event_id, step, value in [(0, "a", 0, "p1"), (20, "c", 1, "p2")]:
+        other.add(entries_for(ts, event_id, [step]), rule, ts - LATENESS, value)
+    assert other.level == 1
+
+
+def test_held_values_that_cannot_move_are_dropped_keeping_their_level() -> None:
+    rule = FoldRule(2, WINDOW)
+    progress = FunnelProgress(steps=2)
+    progress.add(entries_for(0, "a", [0]), rule, 0 - LATENESS, "p1")
+    progress.add(entries_for(10, "b", [1]), rule, 10 - LATENESS, "p1")
+    late = 10 + WINDOW + LATENESS + 1
+    progress.add(entries_for(late, "c", [0]), rule, late - LATENESS, "p2")
+    assert progress.by_value is not None and set(progress.by_value) == {"p2"}
+    assert progress.level == 2 and progress.retired_level == 2
+    restored = FunnelProgress.from_json(2, orjson.loads(orjson.dumps(progress.to_json())))
+    assert restored == progress

@@ -28,9 +28,15 @@ EXCLUDING = FunnelDefinition.model_validate(
     {
         "id": "x",
         "project": "p",
-        "steps": [{"event": "view"}, {"event": "buy"}],
-        "exclusions": [{"event": "refund"}],
+        "steps": [{"event": "view"}, {"event": "cart"}, {"event": "buy"}],
+        "exclusions": [{"event": "refund", "to_step": 2}],
     }
+)
+BY_USER = FunnelDefinition.model_validate(
+    {"id": "u", "project": "p", "steps": [{"event": "view"}, {"event": "buy"}], "count_by": "user"}
+)
+STRICT = FunnelDefinition.model_validate(
+    {"id": "s", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}], "order": "strict"}
 )
 
 
@@ -138,6 +144,7 @@ def test_funnel_rows_for_each_step_reached() -> None:
             2,
             [ms_to_datetime(T0), ms_to_datetime(T0), ms_to_datetime(0)],
             [ms_to_datetime(T0), ms_to_datetime(T0 + MIN), ms_to_datetime(0)],
+            [],  # step attempts: only for funnels counting total attempts
             ms_to_datetime(PROCESSED_AT),
             1,  # the offset of the last event that moved this funnel
         )
@@ -232,9 +239,36 @@ def test_late_event_merging_sessions_writes_a_deleted_row() -> None:
 
 
 def test_funnel_the_live_state_cannot_hold_gets_no_live_rows() -> None:
-    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[EXCLUDING, FUNNEL])
+    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[BY_USER, FUNNEL])
     assert set(out.funnel_states) == {("p", "f", "v")}
     assert {t[1] for t in out.transitions} == {"f"}
+
+
+def test_an_exclusion_takes_the_live_level_back_down() -> None:
+    state = fresh()
+    out = apply_all(state, [ev(1, "view", 0), ev(2, "cart", 1)], funnels=[EXCLUDING])
+    assert out.funnel_states[("p", "x", "v")][3] == 2
+    out = apply_all(state, [ev(3, "refund", 2)], first_offset=2, funnels=[EXCLUDING])
+    assert out.funnel_states[("p", "x", "v")][3] == 0  # the attempt at step 2 is discarded
+    out = apply_all(
+        state, [ev(4, "view", 3), ev(5, "cart", 4)], first_offset=3, funnels=[EXCLUDING]
+    )
+    assert out.funnel_states[("p", "x", "v")][3] == 2  # a later clean attempt counts
+    assert [t[3] for t in out.transitions] == [1, 2]
+
+
+def test_strict_order_breaks_on_another_event_and_writes_rows_only_when_moved() -> None:
+    state = fresh()
+    out = apply_all(state, [ev(1, "view", 0), ev(2, "other", 1)], funnels=[STRICT])
+    assert out.funnel_states[("p", "s", "v")][3] == 1
+    out = apply_all(state, [ev(3, "cart", 2), ev(4, "other", 3)], first_offset=2, funnels=[STRICT])
+    assert out.funnel_states[("p", "s", "v")][-1] == 2  # the cart's offset: "other" wrote nothing
+    assert out.funnel_states[("p", "s", "v")][3] == 1 and not out.transitions
+    out = apply_all(state, [ev(5, "view", 4), ev(6, "cart", 5)], first_offset=4, funnels=[STRICT])
+    assert out.funnel_states[("p", "s", "v")][3] == 2
+    # A late event between view and cart breaks the chain again: the row is rewritten.
+    out = apply_all(state, [ev(7, "other", 4.5)], first_offset=6, funnels=[STRICT])
+    assert out.funnel_states[("p", "s", "v")][3] == 1
 
 
 def stream() -> list[Event]:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from funnelstream.clickhouse import ClickHouse
+from processor.funnel_rules import fold_rule
 from processor.funnel_stage import Entry, entries_for, fold
 from processor.rows import EVENT_COLUMNS
 from processor.state import VisitorState
@@ -144,7 +145,7 @@ def test_live_stage_equals_windowfunnel(ch: ClickHouse, seed: int) -> None:
             entries.sort(key=Entry.sort_key)
             batch = [
                 None if s is None else (s[0], s[1])
-                for s in fold([None] * len(funnel.steps), entries, funnel.window_seconds * 1000)
+                for s in fold([None] * len(funnel.steps), entries, fold_rule(funnel))
             ]
             if visitor in sql_slots:
                 assert sql_slots[visitor] == batch, (funnel.id, visitor)

@@ -42,12 +42,13 @@ CHECKOUT = FunnelDefinition.model_validate(
         "steps": [{"event": "view"}, {"event": "cart"}, {"event": "buy"}],
     }
 )
+ATTEMPTS = CHECKOUT.model_copy(update={"id": "attempts", "counting": "total"})
 
 
 def make_app(ch: ClickHouse) -> FastAPI:
     app = FastAPI()
     app.state.clickhouse = ch
-    app.state.catalog = FunnelCatalog([CHECKOUT])
+    app.state.catalog = FunnelCatalog([CHECKOUT, ATTEMPTS])
     app.state.project_config = ProjectConfig(
         projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
     )
@@ -62,11 +63,16 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
         yield c
 
 
-def state(ch: ClickHouse, rows: list[tuple[str, int, int]]) -> None:
+def state(
+    ch: ClickHouse,
+    rows: list[tuple[str, int, int]],
+    funnel: str = "checkout",
+    attempts: list[int] | None = None,
+) -> None:
     """(visitor, level, version)."""
     now = datetime.now(UTC)
     out = [
-        ("shop", "checkout", v, level, [now] * 3, [now] * 3, now, version)
+        ("shop", funnel, v, level, [now] * 3, [now] * 3, attempts or [], now, version)
         for v, level, version in rows
     ]
     ch.insert_sync("funnel_state", out, FUNNEL_STATE_COLUMNS)
@@ -103,6 +109,16 @@ def test_stages_read_the_latest_state_and_recent_transitions(
         client.get("/v1/funnels/checkout/live", params={"minutes": -1}, headers=READ).status_code
         == 422
     )
+
+
+def test_total_counting_reports_attempts_per_stage(client: TestClient, ch: ClickHouse) -> None:
+    state(ch, [("v1", 3, 1)], "attempts", [3, 2, 1])
+    state(ch, [("v1", 3, 2)], "attempts", [4, 2, 1])  # a newer attempt: only this row counts
+    state(ch, [("v2", 1, 1)], "attempts", [2, 0, 0])
+    r = client.get("/v1/funnels/attempts/live", params={"minutes": 0}, headers=READ)
+    assert r.status_code == 200, r.text
+    stages = r.json()["stages"]
+    assert [(s["at_stage"], s["reached"]) for s in stages] == [(4, 6), (1, 2), (1, 1)]
 
 
 def test_sse_message_format() -> None:

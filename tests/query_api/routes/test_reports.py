@@ -160,8 +160,11 @@ def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHo
 
     windowed = {**CHECKOUT, "id": "windowed"}
     windowed["steps"] = [{"event": "view"}, {"event": "cart", "within_seconds": 3}]
-    assert client.post("/v1/funnels", json=windowed, headers=READ).json()["live"] is False
-    r = client.get("/v1/funnels/windowed/live", headers=READ)
-    assert r.status_code == 409 and r.json()["detail"]["error"] == "live_not_supported"
+    assert client.post("/v1/funnels", json=windowed, headers=READ).json()["live"] is True
     report = client.get("/v1/funnels/windowed/report", params=RANGE, headers=READ).json()
     assert [s["visitors"] for s in report["steps"]] == [2, 0]  # cart came 5 s after view
+    by_user = {**CHECKOUT, "id": "by_user", "count_by": "user"}
+    assert client.post("/v1/funnels", json=by_user, headers=READ).json()["live"] is False
+    r = client.get("/v1/funnels/by_user/live", headers=READ)
+    assert r.status_code == 409 and r.json()["detail"]["error"] == "live_not_supported"
+    assert "span log partitions" in r.json()["detail"]["message"]
