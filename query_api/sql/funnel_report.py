@@ -213,9 +213,13 @@ def _passes_sql(
             )
         if k < n - 1:
             lines.append(f"arrayFill(x -> x >= 0, s{k}) AS f{k}")
-            lines.append(
-                f"arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s{k})) AS g{k}"
-            )
+            if funnel.steps[k + 1].within_seconds is not None:
+                # g{k}: the packed step-k entry of the attempt held at step k, carried
+                # forward (only a per-step window on step k+1 needs it at every entry).
+                lines.append(
+                    f"arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s{k}))"
+                    f" AS g{k}"
+                )
     lines[1] += ", f0 AS g0"
     if funnel.counting == "total":
         # Attempts (distinct starts, by millisecond) that reached each step.
@@ -240,7 +244,14 @@ def _passes_sql(
 
     starts = ", ".join(unpack(f"s{k}[i{k}]", k) for k in range(n))
     reached = ", ".join(unpack(f"e[i{k}]", k) for k in range(n))
-    previous = ", ".join(unpack("e[i0]" if k == 0 else f"g{k - 1}[i{k}]", k) for k in range(n))
+    def previous_entry(k: int) -> str:
+        # The step k-1 entry the step-k entry at i{k} extended: the last step k-1 success
+        # before it (one lookup instead of carrying it forward through every entry).
+        if k == 0:
+            return "e[i0]"
+        return f"e[arrayLastIndex(x -> x >= 0, arraySlice(s{k - 1}, 1, i{k}))]"
+
+    previous = ", ".join(unpack(previous_entry(k), k) for k in range(n))
     exprs = ",\n       ".join(lines)
     return f"""
 SELECT visitor_id,
@@ -592,6 +603,12 @@ def report_sql(
     averages: dict[str, list[str]] = {"s": ["avgIf(0, st[1] >= 0)"], "p": ["avgIf(0, st[1] >= 0)"]}
     for k in range(2, n + 1):
         for base, column in (("s", "st"), ("p", "pr")):
+            if base == "p" and k == 2:
+                # Step 2's previous step is step 1, reached when the attempt started: the
+                # same times as from the start, so they are not sorted twice.
+                quantiles["p"].append("q_start[2]")
+                averages["p"].append("avg_start[2]")
+                continue
             value, cond = f"re[{k}] - {column}[{k}]", f"st[{k}] >= 0"
             quantiles[base].append(f"quantilesExactIf(0.5, 0.9)({value}, {cond})")
             averages[base].append(f"avgIf({value}, {cond})")

@@ -18,10 +18,10 @@ FROM (
         avgIf(re[2] - st[2], st[2] >= 0),
         avgIf(re[3] - st[3], st[3] >= 0)] AS avg_start,
        [[0, 0],
-        quantilesExactIf(0.5, 0.9)(re[2] - pr[2], st[2] >= 0),
+        q_start[2],
         quantilesExactIf(0.5, 0.9)(re[3] - pr[3], st[3] >= 0)] AS q_previous,
        [avgIf(0, st[1] >= 0),
-        avgIf(re[2] - pr[2], st[2] >= 0),
+        avg_start[2],
         avgIf(re[3] - pr[3], st[3] >= 0)] AS avg_previous,
        [countIf(level = 1 AND {p12:Int64} <= open_until),
         countIf(level = 2 AND {p12:Int64} <= open_until),
@@ -41,14 +41,13 @@ FROM (
        arrayFill(x -> x >= 0, s0) AS f0, f0 AS g0,
        arrayMap((x, a) -> if(bitAnd(x, 63) = 1 AND a >= 0 AND x <= a + 5529600001, a, -1), e, f0) AS s1,
        arrayFill(x -> x >= 0, s1) AS f1,
-       arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s1)) AS g1,
        arrayMap((x, a) -> if(bitAnd(x, 63) = 2 AND a >= 0 AND x <= a + 5529600002, a, -1), e, f1) AS s2,
        arrayLastIndex(x -> x >= 0, s0) AS i0,
        arrayLastIndex(x -> x >= 0, s1) AS i1,
        arrayLastIndex(x -> x >= 0, s2) AS i2,
        [if(i0 > 0, bitShiftRight(s0[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1)] AS st,
        [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1)] AS re,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(g0[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(g1[i2], 6) + {p6:Int64}, -1)] AS pr
+       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s0, 1, i1))], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s1, 1, i2))], 6) + {p6:Int64}, -1)] AS pr
 FROM (
     SELECT visitor_id, arraySort(groupArray(packed)) AS e
     FROM (

@@ -15,9 +15,9 @@ FROM (
        [avgIf(0, st[1] >= 0),
         avgIf(re[2] - st[2], st[2] >= 0)] AS avg_start,
        [[0, 0],
-        quantilesExactIf(0.5, 0.9)(re[2] - pr[2], st[2] >= 0)] AS q_previous,
+        q_start[2]] AS q_previous,
        [avgIf(0, st[1] >= 0),
-        avgIf(re[2] - pr[2], st[2] >= 0)] AS avg_previous,
+        avg_start[2]] AS avg_previous,
        [countIf(st[1] >= 0 AND st[2] != st[1] AND {p9:Int64} <= least(st[1] + {p10:Int64}, re[1] + 60000)),
         0] AS waiting
     FROM (
@@ -31,7 +31,7 @@ FROM (
        arrayLastIndex(x -> x >= 0, s1) AS i1,
        [if(i0 > 0, bitShiftRight(s0[i0], 6) + {p4:Int64}, -1), if(i1 > 0, bitShiftRight(s1[i1], 6) + {p4:Int64}, -1)] AS st,
        [if(i0 > 0, bitShiftRight(e[i0], 6) + {p4:Int64}, -1), if(i1 > 0, bitShiftRight(e[i1], 6) + {p4:Int64}, -1)] AS re,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p4:Int64}, -1), if(i1 > 0, bitShiftRight(g0[i1], 6) + {p4:Int64}, -1)] AS pr
+       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p4:Int64}, -1), if(i1 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s0, 1, i1))], 6) + {p4:Int64}, -1)] AS pr
 FROM (
     SELECT visitor_id, arraySort(groupArray(packed)) AS e
     FROM (
