@@ -31,12 +31,14 @@ WHERE project_id = {project:String}
   AND event IN {events:Array(String)}
   AND log_partition IN {partitions:Array(UInt32)}
 """
-# Strict order reads every event of the visitor: an event matching no step breaks a chain.
+# Strict order reads every event of the visitor: an event matching no step breaks a chain;
+# so do sessions: any event may end or continue one.
 ALL_EVENTS_SQL = EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
 
 
 def events_sql(funnel: FunnelDefinition) -> str:
-    return ALL_EVENTS_SQL if funnel.order == "strict" else EVENTS_SQL
+    every = funnel.order == "strict" or funnel.count_by == "session"
+    return ALL_EVENTS_SQL if every else EVENTS_SQL
 
 
 def rebuild_progress(

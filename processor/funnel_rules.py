@@ -26,7 +26,15 @@ class LiveFunnel:
         """The entries of one event ([] when it does not concern this funnel)."""
         matched = self.steps.match(name, props)
         excluded = self.exclusions.match(name, props) if self.exclusions else []
-        return entries_for(ts, event_id, matched, excluded, other=self.rule.strict)
+        # Strict order and sessions read every event: one matching nothing still breaks a
+        # strict chain, or ends a session by its gap.
+        every = self.rule.strict or self.rule.session_gap_ms is not None
+        return entries_for(ts, event_id, matched, excluded, other=every)
+
+
+# The reports split sessions at 30-minute gaps whatever the sessionizer's configured gap
+# (query_api/sql/funnel_report.py); live counts must equal the report's, so they do too.
+REPORT_SESSION_GAP_MS = 30 * 60 * 1000
 
 
 def fold_rule(funnel: FunnelDefinition) -> FoldRule:
@@ -41,6 +49,8 @@ def fold_rule(funnel: FunnelDefinition) -> FoldRule:
         exclusions=tuple(funnel.exclusion_range(x) for x in funnel.exclusions),
         strict=funnel.order == "strict",
         count_attempts=funnel.counting == "total",
+        any_order=funnel.order == "any",
+        session_gap_ms=REPORT_SESSION_GAP_MS if funnel.count_by == "session" else None,
     )
 
 

@@ -21,6 +21,13 @@ and the pure-Python reference states, query_api/reference.py):
   at least i and below j. A later clean attempt counts again.
 * The level is the deepest held slot. It can go down: after an exclusion, or when a late
   event (strict order: any event) lands between two steps already folded.
+* Any order (`order: "any"`, `_fold_any`): the level is the most distinct steps within
+  one window, found from the latest event of each step; slots then record the attempt
+  that first reached each level, not the latest one.
+* By session (`count_by: "session"`, `_fold_sessions`): every event of the visitor is
+  read, and a gap of 30 minutes or more between two of them (the report's rule) closes
+  the session: its reached steps are counted per step and its slots emptied, so the level
+  is the open session's. A late event filling a gap merges the two sessions again.
 
 For funnels whose steps no single event can match twice, without the options above, this
 is exactly ClickHouse's `windowFunnel(window)` (default mode); the differential test
@@ -121,8 +128,17 @@ class FoldRule:
     exclusions: tuple[tuple[int, int], ...] = ()
     strict: bool = False
     count_attempts: bool = False
+    # order "any": levels from the latest event of each step, not slots (see `_fold_any`).
+    any_order: bool = False
+    # count_by "session": a gap this long between two events of the visitor starts a new
+    # session, and so new attempts (see `_fold_sessions`). None: one entity per visitor.
+    session_gap_ms: int | None = None
+    # Neither of the two above: `fold_state` goes straight to the ordered fold (the
+    # default funnel's hot path checks one flag).
+    plain: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", not self.any_order and self.session_gap_ms is None)
         if not self.step_windows_ms:
             object.__setattr__(self, "step_windows_ms", (None,) * self.steps)
         if not self.sources:
@@ -139,13 +155,33 @@ class Folded:
     tail: str = ""
     # Per step, attempts that reached it (`FoldRule.count_attempts`), else empty.
     attempts: list[int] = field(default_factory=list)
+    # order "any": per step, its latest event as (ts, ts, event id), else empty.
+    latest: list[Slot] = field(default_factory=list)
+    # count_by "session": the last event's timestamp, and per step the visitor's earlier
+    # (closed) sessions that reached it; else None and empty.
+    last_ms: int | None = None
+    sessions: list[int] = field(default_factory=list)
 
     @classmethod
     def empty(cls, rule: FoldRule) -> Folded:
-        return cls([None] * rule.steps, "", [0] * rule.steps if rule.count_attempts else [])
+        return cls(
+            [None] * rule.steps,
+            "",
+            [0] * rule.steps if rule.count_attempts else [],
+            [None] * rule.steps if rule.any_order else [],
+            None,
+            [0] * rule.steps if rule.session_gap_ms is not None else [],
+        )
 
     def copy(self) -> Folded:
-        return Folded(list(self.slots), self.tail, list(self.attempts))
+        return Folded(
+            self.slots.copy(),
+            self.tail,
+            self.attempts.copy(),
+            self.latest.copy(),
+            self.last_ms,
+            self.sessions.copy(),
+        )
 
 
 def _discard(slots: list[Slot], lo: int, hi: int) -> list[Slot]:
@@ -159,6 +195,45 @@ def _discard(slots: list[Slot], lo: int, hi: int) -> list[Slot]:
 
 def fold_state(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
     """Apply sorted entries to a copy of `state`."""
+    if rule.plain:
+        return _fold_ordered(state, entries, rule)
+    if rule.session_gap_ms is not None:
+        return _fold_sessions(state, entries, rule)
+    return _fold_any(state, entries, rule)
+
+
+def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+    """count_by "session": fold each session's entries apart. Every event of the visitor
+    has an entry (events matching nothing included), so the gaps between entries are the
+    gaps between the visitor's events. At a gap of `session_gap_ms` or more the session
+    closes: the steps it reached are added to `sessions` and its slots emptied.
+
+    A late event can fill a gap and merge two sessions; since closing is decided here,
+    while folding, re-folding the pending entries from the checkpoint gets that right for
+    any gap that ends after the horizon (one that ends before it can no longer be filled:
+    an event landing inside it would be too late)."""
+    out = state.copy()
+    if not out.sessions:
+        out.sessions = [0] * rule.steps
+    gap = rule.session_gap_ms
+    assert gap is not None
+    inner = _fold_any if rule.any_order else _fold_ordered
+    start = 0
+    for i, entry in enumerate(entries):
+        ts = entry.timestamp_ms
+        if out.last_ms is not None and ts - out.last_ms >= gap:
+            out = inner(out, entries[start:i], rule)
+            start = i
+            for k in range(level_of(out.slots)):
+                out.sessions[k] += 1
+            out.slots = [None] * rule.steps
+            out.latest = []
+        out.last_ms = ts
+    return inner(out, entries[start:], rule)
+
+
+def _fold_ordered(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+    """Ordered and strict funnels, one entity: the rule in the module docstring."""
     out = state.copy()
     slots, attempts = out.slots, out.attempts
     window = rule.window_ms
@@ -196,6 +271,37 @@ def fold_state(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
                 attempts[step] += 1
         slots[step] = new
     out.tail = current
+    return out
+
+
+def _fold_any(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+    """order "any": the deepest level is the most distinct steps any attempt takes.
+
+    An attempt starting at event a covers the step events from a to a + window; sliding
+    its window right until it ends at an event never loses one, so the best attempt is
+    found among windows [t - window, t] ending at each event t, in fold order. Those
+    count the steps whose latest event so far is at or after t - window: one timestamp
+    per step is the whole state. Moving the window to the next event adds at most that
+    event's step, so each entry raises the level by at most one, and the attempt that
+    does it (from the oldest of those latest events) takes its new step at this entry.
+    Slots record, per level, the attempt that first reached it (the reference's slots
+    hold the latest such attempt, which needs the events of a whole window).
+    """
+    out = state.copy()
+    slots = out.slots
+    if not out.latest:
+        out.latest = [None] * rule.steps
+    latest, window = out.latest, rule.window_ms
+    level = level_of(slots)
+    for entry in entries:
+        if entry.step < 0:  # any order has no exclusions nor strict "other" entries
+            continue
+        ts = entry.timestamp_ms
+        latest[entry.step] = (ts, ts, entry.event_id)
+        starts = [s[0] for s in latest if s is not None and s[0] >= ts - window]
+        while level < len(starts):
+            level += 1
+            slots[level - 1] = (min(starts), ts, entry.event_id)
     return out
 
 
@@ -263,7 +369,14 @@ class FunnelProgress:
 
     @property
     def attempts(self) -> list[int]:
-        return self.current.attempts
+        """Per step, what the report counts when it counts more than the visitor: attempts
+        (`counting: "total"`) or sessions (`count_by: "session"`, the open one included);
+        empty otherwise."""
+        now = self.current
+        if now.attempts or not now.sessions:
+            return now.attempts
+        level = level_of(now.slots)
+        return [n + (k < level) for k, n in enumerate(now.sessions)]
 
     def add(
         self, entries: list[Entry], rule: FoldRule, horizon_ms: int, value: str | None = None
@@ -280,14 +393,20 @@ class FunnelProgress:
         )
         for entry in entries:
             bisect.insort(self.pending, entry, key=Entry.sort_key)
+        closed_before = self.current.sessions[0] if self.current.sessions else 0
         if appended_in_order:
             self.current = fold_state(self.current, entries, rule)
         else:
             self.current = fold_state(self.checkpoint, self.pending, rule)
         self._advance_checkpoint(horizon_ms, rule)
         new_level = level_of(self.current.slots)
+        old_level = self.level
+        if self.current.sessions and self.current.sessions[0] > closed_before:
+            # A session closed: the steps the new one holds are all newly reached, even
+            # those the closed one held too (its level was reported before).
+            old_level = 0
         transitions = []
-        for step in range(self.level + 1, new_level + 1):
+        for step in range(old_level + 1, new_level + 1):
             slot = self.current.slots[step - 1]
             if slot is not None:  # a skipped optional step has no event of its own
                 transitions.append(Transition(step, slot[1], slot[0], slot[2]))
@@ -351,6 +470,11 @@ class FunnelProgress:
             doc["ct"], doc["st"] = self.checkpoint.tail, self.current.tail
         if self.checkpoint.attempts:
             doc["ca"], doc["sa"] = self.checkpoint.attempts, self.current.attempts
+        if self.checkpoint.latest or self.current.latest:
+            doc["cl"], doc["sl"] = list(self.checkpoint.latest), list(self.current.latest)
+        if self.checkpoint.sessions or self.current.sessions:
+            doc["cm"], doc["sm"] = self.checkpoint.last_ms, self.current.last_ms
+            doc["cs"], doc["ss"] = self.checkpoint.sessions, self.current.sessions
         return doc
 
     @classmethod
@@ -376,15 +500,33 @@ class FunnelProgress:
             assert isinstance(raw, list)
             return [int(n) for n in raw]
 
+        def millis(key: str) -> int | None:
+            raw = doc.get(key)
+            return None if raw is None else int(str(raw))
+
         return cls(
             steps=steps,
-            checkpoint=Folded(_slots_of(doc["c"]), str(doc.get("ct", "")), counts("ca")),
+            checkpoint=Folded(
+                _slots_of(doc["c"]),
+                str(doc.get("ct", "")),
+                counts("ca"),
+                _slots_of(doc.get("cl", [])),
+                millis("cm"),
+                counts("cs"),
+            ),
             pending=[
                 Entry(int(t), int(s), str(i), int(f), uuid_order(str(i)))
                 for t, s, i, f in pending_raw
             ],
             level=level,
-            current=Folded(_slots_of(doc["s"]), str(doc.get("st", "")), counts("sa")),
+            current=Folded(
+                _slots_of(doc["s"]),
+                str(doc.get("st", "")),
+                counts("sa"),
+                _slots_of(doc.get("sl", [])),
+                millis("sm"),
+                counts("ss"),
+            ),
         )
 
 

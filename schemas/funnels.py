@@ -113,21 +113,18 @@ class FunnelDefinition(BaseModel):
         """Why the processor cannot keep this funnel's live state (None: it can).
 
         Such funnels are reported from raw events only; `/live` answers 409 with this
-        reason. Every other option (strict order, exclusions, per-step windows, optional
-        steps, total attempts, a held property) is kept live; see docs/funnels.md, "Live".
+        reason. Every other option (strict and any order, exclusions, per-step windows,
+        optional steps, total attempts, a held property, sessions) is kept live; see
+        docs/funnels.md, "Live".
         """
         if self.count_by == "user":
             # One user's visitors can sit on different log partitions, so no single
             # processor sees all of their events in order.
             return "count_by='user' (a user's visitors span log partitions)"
-        if self.count_by == "session":
-            # A late event can merge two sessions of the processor after their attempts
-            # were folded apart; reports recompute sessions from raw events instead.
-            return "count_by='session' (late events can merge sessions)"
-        if self.order == "any":
-            # An attempt may start at any earlier event in the window: the state would be
-            # every event of the window (up to 90 days), not one slot per step.
-            return "order='any' (needs every event of the window, not one slot per step)"
+        if self.count_by == "session" and self.hold_property is not None:
+            # Each held value folds its own events, but a session ends at a gap between
+            # any events of the visitor: every value would need every event.
+            return "count_by='session' with hold_property (sessions cut across held values)"
         return None
 
 

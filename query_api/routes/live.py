@@ -46,11 +46,12 @@ class LiveStageOut(BaseModel):
     event: str
     name: str | None
     at_stage: int = Field(
-        description="Visitors whose deepest step is this one, now (counting=total: attempts"
-        " that reached this step and not the next)"
+        description="Visitors whose deepest step is this one, now (counting=total: attempts,"
+        " count_by=session: sessions, that reached this step and not the next)"
     )
     reached: int = Field(
-        description="Visitors who reached this step or a later one (counting=total: attempts)"
+        description="Visitors who reached this step or a later one (counting=total:"
+        " attempts; count_by=session: sessions)"
     )
     transitions: int = Field(description="Visitors who reached this step in the last `minutes`")
 
@@ -89,9 +90,11 @@ async def live_stages(
     funnel = live_funnel(catalog, project.id, funnel_id)
     recent: list[tuple[Any, ...]] = []
     attempts: list[tuple[Any, ...]] = []
+    # Attempts or sessions are counted per visitor by the processor (step_attempts).
+    per_visitor_counts = funnel.counting == "total" or funnel.count_by == "session"
     try:
         rows = await ch.query_rows(*stage_counts_sql(project.id, funnel.id))
-        if funnel.counting == "total":
+        if per_visitor_counts:
             attempts = await ch.query_rows(*attempt_counts_sql(project.id, funnel.id))
         if minutes:
             since = datetime.now(UTC) - timedelta(minutes=minutes)
@@ -100,7 +103,7 @@ async def live_stages(
         raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
     at_level = {int(level): int(count) for level, count in rows}
     reached = compute.reached_per_step(at_level, len(funnel.steps))
-    if funnel.counting == "total":
+    if per_visitor_counts:
         sums = [int(n) for n in attempts[0][0]] if attempts and attempts[0][0] else []
         reached = [sums[k] if k < len(sums) else 0 for k in range(len(funnel.steps))]
         at_level = {

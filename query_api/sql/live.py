@@ -14,8 +14,8 @@ from typing import Any
 
 
 def stage_counts_sql(project: str, funnel_id: str) -> tuple[str, dict[str, Any]]:
-    """Rows (level, visitors): how many visitors stand at each level now (0 never
-    appears: a visitor gets a state row with its first step-1 event)."""
+    """Rows (level, visitors): how many visitors stand at each level now (level 0: a
+    visitor whose attempts were all discarded by an exclusion, or whose session closed)."""
     sql = """
 SELECT level, count() AS visitors
 FROM funnel_state FINAL

@@ -249,7 +249,8 @@ def test_far_horizon_keeps_everything_pending() -> None:
     assert progress.pending == [Entry(5, 0, "a", 0)]
 
 
-# Options: per-step windows, optional steps, exclusions, strict order, total attempts.
+# Options: per-step windows, optional steps, exclusions, strict order, total attempts,
+# any order, sessions.
 
 
 def feed(rule: FoldRule, events: list[tuple[int, str, list[int], list[int]]]) -> FunnelProgress:
@@ -258,7 +259,8 @@ def feed(rule: FoldRule, events: list[tuple[int, str, list[int], list[int]]]) ->
     newest = 0
     for ts, event_id, matched, excluded in events:
         newest = max(newest, ts)
-        entries = entries_for(ts, event_id, matched, excluded, other=rule.strict)
+        every = rule.strict or rule.session_gap_ms is not None
+        entries = entries_for(ts, event_id, matched, excluded, other=every)
         progress.add(entries, rule, newest - LATENESS)
     return progress
 
@@ -361,3 +363,83 @@ def test_held_values_that_cannot_move_are_dropped_keeping_their_level() -> None:
     assert progress.level == 2 and progress.retired_level == 2
     restored = FunnelProgress.from_json(2, orjson.loads(orjson.dumps(progress.to_json())))
     assert restored == progress
+
+
+def test_any_order_counts_distinct_steps_within_one_window() -> None:
+    # docs/funnels.md rule 9: window 10 s, steps a, b, c.
+    rule = FoldRule(3, 10_000, any_order=True)
+    events: list[tuple[int, str, list[int], list[int]]] = [
+        (0, "c", [2], []),
+        (5_000, "b", [1], []),
+        (11_000, "a", [0], []),
+    ]
+    progress = feed(rule, events)
+    assert progress.level == 2  # c, b or b, a; never all three
+    more = feed(rule, [*events, (12_000, "c2", [2], [])])
+    assert more.level == 3
+    assert more.slots[2] == (5_000, 12_000, "c2")  # the attempt from b@5 takes its third step
+
+
+def test_any_order_window_is_inclusive_and_repeats_do_not_count() -> None:
+    rule = FoldRule(2, WINDOW, any_order=True)
+    assert feed(rule, [(0, "b", [1], []), (WINDOW, "a", [0], [])]).level == 2
+    assert feed(rule, [(0, "b", [1], []), (WINDOW + 1, "a", [0], [])]).level == 1
+    assert feed(rule, [(0, "a", [0], []), (1, "a2", [0], [])]).level == 1
+
+
+def test_any_order_late_arrival_and_checkpoint_roundtrip() -> None:
+    rule = FoldRule(3, WINDOW, any_order=True)
+    # The step in the middle arrives last, within the lateness.
+    progress = feed(rule, [(0, "a", [0], []), (900, "c", [2], []), (400, "b", [1], [])])
+    assert progress.level == 3
+    doc = orjson.loads(orjson.dumps(progress.to_json()))
+    assert FunnelProgress.from_json(3, doc) == progress
+    # Only the latest event per step is kept once folded into the checkpoint.
+    two = FoldRule(2, WINDOW, any_order=True)
+    restored = FunnelProgress(steps=2)
+    restored.add(entries_for(0, "b", [1]), two, 1)
+    restored.add(entries_for(5_000, "b2", [1]), two, 5_001)
+    restored = FunnelProgress.from_json(2, orjson.loads(orjson.dumps(restored.to_json())))
+    assert restored.checkpoint.latest == [None, (5_000, 5_000, "b2")]
+    restored.add(entries_for(5_000 + WINDOW, "a", [0]), two, 5_000)
+    assert restored.level == 2
+
+
+def test_sessions_restart_attempts_and_count_each_session_once() -> None:
+    rule = FoldRule(2, WINDOW, session_gap_ms=100)
+    events: list[tuple[int, str, list[int], list[int]]] = [
+        (0, "a", [0], []),
+        (50, "b", [1], []),
+        (150, "a2", [0], []),  # 100 ms after b: a new session (gap inclusive)
+        (160, "q", [], []),  # no step: still read, it keeps the session open
+        (259, "b2", [1], []),
+    ]
+    progress = feed(rule, events)
+    assert progress.level == 2 and progress.attempts == [2, 2]
+    # A step never reaches across a gap, even inside the funnel window.
+    split = feed(rule, [(0, "a", [0], []), (100, "b", [1], [])])
+    assert split.level == 0 and split.attempts == [1, 0]
+    doc = orjson.loads(orjson.dumps(progress.to_json()))
+    assert FunnelProgress.from_json(2, doc) == progress
+
+
+def test_a_late_event_inside_a_gap_merges_two_sessions() -> None:
+    rule = FoldRule(2, WINDOW, session_gap_ms=100)
+    split: list[tuple[int, str, list[int], list[int]]] = [(0, "a", [0], []), (150, "b", [1], [])]
+    assert feed(rule, split).attempts == [1, 0]
+    merged = feed(rule, [*split, (80, "q", [], [])])  # within the lateness
+    assert merged.level == 2 and merged.attempts == [1, 1]
+
+
+def test_each_session_reports_the_steps_it_reaches() -> None:
+    rule = FoldRule(2, WINDOW, session_gap_ms=100)
+    progress = FunnelProgress(steps=2)
+    reached = []
+    for ts, event_id, step in [(0, "a", 0), (10, "b", 1), (200, "a2", 0), (210, "b2", 1)]:
+        reached += progress.add(entries_for(ts, event_id, [step], other=True), rule, ts)
+    assert reached == [
+        Transition(1, 0, 0, "a"),
+        Transition(2, 10, 0, "b"),
+        Transition(1, 200, 200, "a2"),  # a new session: step 1 is reached again
+        Transition(2, 210, 200, "b2"),
+    ]

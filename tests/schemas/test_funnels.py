@@ -355,11 +355,13 @@ def test_names_and_labels() -> None:
         ({"counting": "total"}, None),
         ({"steps": [{"event": "a"}, {"event": "b", "optional": True}]}, None),
         ({"count_by": "user"}, "count_by='user' (a user's visitors span log partitions)"),
-        ({"count_by": "session"}, "count_by='session' (late events can merge sessions)"),
+        ({"count_by": "session"}, None),
+        ({"count_by": "session", "order": "strict", "exclusions": [{"event": "x"}]}, None),
         (
-            {"order": "any"},
-            "order='any' (needs every event of the window, not one slot per step)",
+            {"count_by": "session", "hold_property": "plan"},
+            "count_by='session' with hold_property (sessions cut across held values)",
         ),
+        ({"order": "any"}, None),
         ({"hold_property": "plan"}, None),
     ],
 )

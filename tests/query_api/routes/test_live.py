@@ -43,12 +43,13 @@ CHECKOUT = FunnelDefinition.model_validate(
     }
 )
 ATTEMPTS = CHECKOUT.model_copy(update={"id": "attempts", "counting": "total"})
+SESSIONS = CHECKOUT.model_copy(update={"id": "sessions", "count_by": "session"})
 
 
 def make_app(ch: ClickHouse) -> FastAPI:
     app = FastAPI()
     app.state.clickhouse = ch
-    app.state.catalog = FunnelCatalog([CHECKOUT, ATTEMPTS])
+    app.state.catalog = FunnelCatalog([CHECKOUT, ATTEMPTS, SESSIONS])
     app.state.project_config = ProjectConfig(
         projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
     )
@@ -119,6 +120,17 @@ def test_total_counting_reports_attempts_per_stage(client: TestClient, ch: Click
     assert r.status_code == 200, r.text
     stages = r.json()["stages"]
     assert [(s["at_stage"], s["reached"]) for s in stages] == [(4, 6), (1, 2), (1, 1)]
+
+
+def test_session_counting_reports_sessions_per_stage(client: TestClient, ch: ClickHouse) -> None:
+    # v1: an earlier session reached step 3, the open one is at step 1 (level 1).
+    state(ch, [("v1", 1, 1)], "sessions", [2, 1, 1])
+    # v2: a closed session at step 2, and a new one with no step yet (level 0).
+    state(ch, [("v2", 0, 1)], "sessions", [1, 1, 0])
+    r = client.get("/v1/funnels/sessions/live", params={"minutes": 0}, headers=READ)
+    assert r.status_code == 200, r.text
+    stages = r.json()["stages"]
+    assert [(s["at_stage"], s["reached"]) for s in stages] == [(1, 3), (1, 2), (1, 1)]
 
 
 def test_sse_message_format() -> None:
