@@ -244,6 +244,7 @@ def _passes_sql(
 
     starts = ", ".join(unpack(f"s{k}[i{k}]", k) for k in range(n))
     reached = ", ".join(unpack(f"e[i{k}]", k) for k in range(n))
+
     def previous_entry(k: int) -> str:
         # The step k-1 entry the step-k entry at i{k} extended: the last step k-1 success
         # before it (one lookup instead of carrying it forward through every entry).
