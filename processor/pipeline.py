@@ -4,8 +4,9 @@
     decode    bytes → Event; undecodable or unknown schema → dead letter with a reason
     apply     dedupe → sessionize → advance every funnel (processor/transform.py, pure)
     batch     collect rows until `batch_max_messages` or `batch_max_seconds`, whichever first
-    write     events, sessions, funnel state, transitions, dead letters (table and
-              dead-letter topic), then visitor state
+    write     events, sessions, visitor identities; then users' progress rebuilt from
+              what is stored (processor/user_funnels.py); funnel state, transitions,
+              dead letters (table and dead-letter topic), then visitor state
     commit    the next offset per partition, only after the write succeeded
 
 A ClickHouse failure is infrastructure, not a bad message: the same batch is retried with
@@ -62,6 +63,7 @@ from processor.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
     FUNNEL_STATE_COLUMNS,
+    IDENTITY_COLUMNS,
     SESSION_COLUMNS,
     STATE_COLUMNS,
     TRANSITION_COLUMNS,
@@ -69,7 +71,21 @@ from processor.rows import (
     ms_to_datetime,
 )
 from processor.state import VisitorState, visitor_key
-from processor.transform import Outputs, Timing, apply_event, transition_row
+from processor.transform import (
+    Outputs,
+    Timing,
+    apply_event,
+    funnel_state_row,
+    transition_row,
+)
+from processor.user_funnels import (
+    SNAPSHOT_SQL,
+    VISITORS_SQL,
+    group_by_user,
+    rebuild_user,
+    user_events_sql,
+    user_funnels,
+)
 from schemas.events import InvalidMessage, decode
 from schemas.funnels import FunnelDefinition
 
@@ -355,10 +371,16 @@ class Processor:
         # the rows it produced are on disk too (see processor/state.py).
         await self._ch.insert("events", out.events, EVENT_COLUMNS)
         await self._ch.insert("sessions", list(out.sessions.values()), SESSION_COLUMNS)
+        await self._ch.insert("visitor_identities", out.identities, IDENTITY_COLUMNS)
+        # After the events and identities, so the rebuild reads them (user_funnels.py).
+        fresh = {str(row[1]) for row in out.events} if out.users else set()
+        user_states, user_transitions = await self._rebuild_users(out.users, fresh)
         await self._ch.insert(
-            "funnel_state", list(out.funnel_states.values()), FUNNEL_STATE_COLUMNS
+            "funnel_state", list(out.funnel_states.values()) + user_states, FUNNEL_STATE_COLUMNS
         )
-        await self._ch.insert("funnel_transitions", out.transitions, TRANSITION_COLUMNS)
+        await self._ch.insert(
+            "funnel_transitions", out.transitions + user_transitions, TRANSITION_COLUMNS
+        )
         await self._ch.insert("dead_letters", batch.dead_letters, DEAD_LETTER_COLUMNS)
         if batch.dead_letter_records and self._dead_letter_producer is not None:
             # At least once, like the table: a replay after a crash may repeat a record.
@@ -368,6 +390,52 @@ class Processor:
             for key, (partition, state) in batch.dirty.items()
         ]
         await self._ch.insert("processor_state", state_rows, STATE_COLUMNS)
+
+    async def _rebuild_users(
+        self,
+        users: set[tuple[str, str]],
+        fresh: set[str] | None,
+        only: FunnelDefinition | None = None,
+    ) -> tuple[list[Row], list[Row]]:
+        """Funnel-state and transition rows of touched users' `count_by: "user"` funnels
+        (or of `only`), rebuilt from the stored events of the visitors counting for them.
+        `fresh`: event ids whose transitions to write (None: all, for a backfill)."""
+        by_project: dict[str, list[str]] = {}
+        for project, user in sorted(users):
+            by_project.setdefault(project, []).append(user)
+        states: list[Row] = []
+        transitions: list[Row] = []
+        for project, names in by_project.items():
+            funnels = [only] if only else user_funnels(self._catalog.for_project(project))
+            if not funnels:
+                continue
+            # The version is when the reads begin, on ClickHouse's clock: the newest row
+            # of a user then covers every write that finished before any rebuild of it.
+            ((version,),) = await self._ch.query_rows(SNAPSHOT_SQL)
+            members = await self._ch.query_rows(VISITORS_SQL, {"project": project, "users": names})
+            visitors = sorted({str(v) for _, v in members})
+            sql, events = user_events_sql(funnels)
+            rows = (
+                await self._ch.query_rows(
+                    sql, {"project": project, "visitors": visitors, "events": events}
+                )
+                if visitors
+                else []
+            )
+            per_user = group_by_user(members, rows)
+            now_ms = int(time.time() * 1000)
+            for funnel in funnels:
+                for user in names:
+                    progress, moved = rebuild_user(
+                        funnel, per_user.get(user, []), self.config.timing.lateness_ms, fresh
+                    )
+                    states.append(
+                        funnel_state_row(project, funnel.id, user, progress, int(version), now_ms)
+                    )
+                    transitions.extend(
+                        transition_row(project, funnel.id, user, t, now_ms) for t in moved
+                    )
+        return states, transitions
 
     # -- rebalance -------------------------------------------------------------------
 
@@ -440,9 +508,21 @@ class Processor:
         now_ms = int(time.time() * 1000)
         out = Outputs()
         dirty: list[tuple[int, str, VisitorState]] = []
+        users: set[tuple[str, str]] = set()
         for partition in parts:
             for key, state in self._states.get(partition, {}).items():
                 if state.project_id != funnel.project:
+                    continue
+                if funnel.count_by == "user" and state.identity is not None:
+                    # Counted in its user's row, rebuilt below from every user's visitor.
+                    users.add((funnel.project, state.identity[1]))
+                    if state.funnels.pop(funnel.id, None) is not None:
+                        out.pending_funnel_states[(funnel.project, funnel.id, state.visitor_id)] = (
+                            FunnelProgress(steps=len(funnel.steps)),
+                            state.applied_offset,
+                            now_ms,
+                        )
+                        dirty.append((partition, key, state))
                     continue
                 events = grouped.get((partition, state.visitor_id))
                 if events is None and funnel.id not in state.funnels:
@@ -472,10 +552,13 @@ class Processor:
         ]
 
         async def write() -> None:
+            user_states, user_transitions = await self._rebuild_users(users, None, funnel)
             await self._ch.insert(
-                "funnel_state", list(out.funnel_states.values()), FUNNEL_STATE_COLUMNS
+                "funnel_state", list(out.funnel_states.values()) + user_states, FUNNEL_STATE_COLUMNS
             )
-            await self._ch.insert("funnel_transitions", out.transitions, TRANSITION_COLUMNS)
+            await self._ch.insert(
+                "funnel_transitions", out.transitions + user_transitions, TRANSITION_COLUMNS
+            )
             await self._ch.insert("processor_state", state_rows, STATE_COLUMNS)
             # The marker goes last: a crash before it redoes this (identical) backfill.
             await self._ch.insert("funnel_backfills", markers, BACKFILL_COLUMNS)

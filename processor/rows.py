@@ -59,6 +59,7 @@ TRANSITION_COLUMNS = (
     "event_id",
     "processed_at",
 )
+IDENTITY_COLUMNS = ("project_id", "user_id", "visitor_id", "identified_at", "is_deleted")
 STATE_COLUMNS = ("consumer_group", "log_partition", "visitor_key", "state", "applied_offset")
 DEAD_LETTER_COLUMNS = (
     "recorded_at",

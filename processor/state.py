@@ -30,6 +30,20 @@ class VisitorState:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     sessions: list[Session] = field(default_factory=list)
     funnels: dict[str, FunnelProgress] = field(default_factory=dict)
+    # (timestamp ms, user id) of the visitor's newest event that carried a user id: the
+    # user its events count for in `count_by: "user"` funnels (None: never identified).
+    identity: tuple[int, str] | None = None
+
+    def identify(self, timestamp_ms: int, user_id: str) -> str | None:
+        """Note an event's user id; return the user the visitor counted for until now
+        ("" if none) when this changes it, else None. The newest event wins, as in the
+        report; a late event with an older timestamp changes nothing."""
+        old = self.identity
+        if old is not None and timestamp_ms <= old[0]:
+            return None
+        self.identity = (timestamp_ms, user_id)
+        previous = "" if old is None else old[1]
+        return previous if previous != user_id else None
 
     def remember(self, event_id: str) -> bool:
         """Record an event id; False if it was seen already (a duplicate)."""
@@ -50,6 +64,7 @@ class VisitorState:
                 "seen": list(self.seen),
                 "s": [s.to_json() for s in self.sessions],
                 "f": {fid: fp.to_json() for fid, fp in self.funnels.items()},
+                "u": list(self.identity) if self.identity else None,
             }
         )
 
@@ -64,6 +79,9 @@ class VisitorState:
             seen=OrderedDict.fromkeys(doc["seen"]),
             sessions=[Session.from_json(s) for s in doc["s"]],
         )
+        identity = doc.get("u")  # absent in states saved before identities were kept
+        if identity:
+            state.identity = (int(identity[0]), str(identity[1]))
         for fid, fp in doc["f"].items():
             # A funnel deleted or redefined with another step count starts over.
             if funnel_steps.get(fid) == len(fp["c"]):

@@ -40,6 +40,12 @@ class Outputs:
     transitions: list[Row] = field(default_factory=list)
     duplicates: int = 0
     too_late: int = 0
+    # Rows of visitor_identities: a visitor now counting for a user (or no longer).
+    identities: list[Row] = field(default_factory=list)
+    # (project, user) whose `count_by: "user"` progress must be rebuilt after the write:
+    # their visitors sit on any partition, so it is folded from the stored events
+    # (processor/user_funnels.py), not kept here.
+    users: set[tuple[str, str]] = field(default_factory=set)
     # session id → (project, visitor, session, offset of its last change, deleted)
     pending_sessions: dict[str, tuple[str, str, Session, int, bool]] = field(default_factory=dict)
     # (project, funnel, visitor) → (progress, offset of its last change, processed at)
@@ -53,13 +59,15 @@ class Outputs:
 
     @property
     def funnel_states(self) -> dict[tuple[str, str, str], Row]:
-        return {k: _funnel_state_row(*k, *p) for k, p in self.pending_funnel_states.items()}
+        return {k: funnel_state_row(*k, *p) for k, p in self.pending_funnel_states.items()}
 
     def clear(self) -> None:
         self.events.clear()
         self.pending_sessions.clear()
         self.pending_funnel_states.clear()
         self.transitions.clear()
+        self.identities.clear()
+        self.users.clear()
         self.duplicates = 0
         self.too_late = 0
 
@@ -69,6 +77,7 @@ class Outputs:
             + len(self.pending_sessions)
             + len(self.pending_funnel_states)
             + len(self.transitions)
+            + len(self.identities)
         )
 
 
@@ -112,7 +121,7 @@ def _session_row(project: str, visitor: str, s: Session, offset: int, deleted: b
 _EPOCH = ms_to_datetime(0)
 
 
-def _funnel_state_row(
+def funnel_state_row(
     project: str,
     funnel_id: str,
     visitor: str,
@@ -171,6 +180,10 @@ def apply_event(
 
     props = flatten(event.properties)
     out.events.append(event_row(event, props, partition, offset))
+    if event.user_id:
+        _identify(state, event, funnels, offset, processed_at_ms, out)
+    if state.identity is not None:
+        _touch_user(state, event, props, funnels, out)
 
     horizon = state.newest_ms - timing.lateness_ms
     if state.newest_ms and event.timestamp_ms < horizon:
@@ -181,10 +194,61 @@ def apply_event(
     horizon = state.newest_ms - timing.lateness_ms
 
     _sessionize(state, event, props, offset, timing, out)
+    identified = state.identity is not None
     for funnel in funnels:
-        # Funnels the stage machine cannot hold yet are served from raw events only.
-        if funnel.live_unsupported() is None:
+        # Funnels the stage machine cannot hold yet are served from raw events only; an
+        # identified visitor's user funnels are rebuilt per user after the write.
+        if funnel.live_unsupported() is None and not (identified and funnel.count_by == "user"):
             _advance(state, event, props, funnel, offset, horizon, processed_at_ms, out)
+
+
+def _identify(
+    state: VisitorState,
+    event: Event,
+    funnels: list[FunnelDefinition],
+    offset: int,
+    processed_at_ms: int,
+    out: Outputs,
+) -> None:
+    """A user id on the visitor's newest event: from now on (and for its past events) the
+    visitor counts for that user. Every event goes through here, also those too late for
+    live state: the report maps visitors to users over all stored events."""
+    previous = state.identify(event.timestamp_ms, event.user_id)
+    if previous is None:
+        return
+    at = ms_to_datetime(event.timestamp_ms)
+    project, visitor = event.project_id, event.visitor_id
+    out.identities.append((project, event.user_id, visitor, at, 0))
+    out.users.add((project, event.user_id))
+    if previous:
+        out.identities.append((project, previous, visitor, at, 1))
+        out.users.add((project, previous))
+        return
+    # First identify: the visitor no longer counts on its own in user funnels.
+    for funnel in funnels:
+        if funnel.count_by == "user" and state.funnels.pop(funnel.id, None) is not None:
+            out.pending_funnel_states[(project, funnel.id, visitor)] = (
+                FunnelProgress(steps=len(funnel.steps)),
+                offset,
+                processed_at_ms,
+            )
+
+
+def _touch_user(
+    state: VisitorState,
+    event: Event,
+    props: dict[str, str],
+    funnels: list[FunnelDefinition],
+    out: Outputs,
+) -> None:
+    """An identified visitor's event that concerns a user funnel: rebuild its user."""
+    assert state.identity is not None
+    for funnel in funnels:
+        if funnel.count_by == "user" and live_funnel(funnel).entries(
+            event.event, props, event.timestamp_ms, event.event_id
+        ):
+            out.users.add((event.project_id, state.identity[1]))
+            return
 
 
 def _sessionize(

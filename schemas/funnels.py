@@ -114,13 +114,9 @@ class FunnelDefinition(BaseModel):
 
         Such funnels are reported from raw events only; `/live` answers 409 with this
         reason. Every other option (strict and any order, exclusions, per-step windows,
-        optional steps, total attempts, a held property, sessions) is kept live; see
+        optional steps, total attempts, a held property, sessions, users) is kept live; see
         docs/funnels.md, "Live".
         """
-        if self.count_by == "user":
-            # One user's visitors can sit on different log partitions, so no single
-            # processor sees all of their events in order.
-            return "count_by='user' (a user's visitors span log partitions)"
         if self.count_by == "session" and self.hold_property is not None:
             # Each held value folds its own events, but a session ends at a gap between
             # any events of the visitor: every value would need every event.

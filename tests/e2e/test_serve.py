@@ -235,6 +235,20 @@ LIVE_OPTIONS = [
         "exclusions": [{"event": "help", "from_step": 1, "to_step": 2}],
     },
     {
+        "id": "per_user",
+        "count_by": "user",
+        "window_seconds": 3600,
+        "steps": [{"event": "page_view"}, {"event": "add_to_cart"}, {"event": "purchase"}],
+        "exclusions": [{"event": "help", "from_step": 1, "to_step": 2}],
+    },
+    {
+        "id": "per_user_same_product",
+        "count_by": "user",
+        "hold_property": "product_id",
+        "window_seconds": 3600,
+        "steps": [{"event": "product_view"}, {"event": "add_to_cart"}],
+    },
+    {
         "id": "same_product",
         "window_seconds": 3600,
         "hold_property": "product_id",
@@ -254,25 +268,31 @@ def noisy_traffic(visitors: int, start_ms: int, seed: int) -> list[dict[str, obj
     events: list[dict[str, object]] = []
     for v in range(visitors):
         ts = start_ms + rng.randrange(0, 3_600_000)
-        for _ in range(rng.randrange(1, 14)):
+        # Some visitors log in after a few events, as one of a few users (several
+        # devices per user); some switch to another account later.
+        user, identify_at = f"user{rng.randrange(visitors // 4)}", rng.choice([0, 2, 5, 99])
+        for k in range(rng.randrange(1, 14)):
             ts += rng.choice([0, 1_000, 30_000, 200_000, 700_000, 1_800_000])
-            events.append(
-                {
-                    "event": rng.choices(names, weights)[0],
-                    "visitor_id": f"w{v}",
-                    "timestamp": ts,
-                    "properties": {"product_id": rng.choice(["p1", "p2", "p3"])},
-                }
-            )
+            if k == 8 and rng.random() < 0.3:
+                user = f"user{rng.randrange(visitors // 4)}"
+            event: dict[str, object] = {
+                "event": rng.choices(names, weights)[0],
+                "visitor_id": f"w{v}",
+                "timestamp": ts,
+                "properties": {"product_id": rng.choice(["p1", "p2", "p3"])},
+            }
+            if k >= identify_at:
+                event["user_id"] = user
+            events.append(event)
     events.sort(key=lambda e: int(str(e["timestamp"])))
     return events
 
 
 def test_live_counts_equal_the_report_for_every_live_option(server: Server) -> None:
     """Strict and any order, optional steps, per-step windows, exclusions, total attempts,
-    sessions and a held property: the processor's live stages (funnels advanced as events
-    arrive, one backfilled when saved afterwards) equal the report over the same raw
-    events."""
+    sessions, users (several visitors each, identified mid-way) and a held property: the
+    processor's live stages (funnels advanced as events arrive, one backfilled when saved
+    afterwards) equal the report over the same raw events."""
     for definition in LIVE_OPTIONS[:-1]:
         r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
         assert r.status_code == 201 and r.json()["live"] is True, r.text

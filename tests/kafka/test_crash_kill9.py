@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,17 @@ def wait_working(server: Server, timeout: float = 60) -> int:
     raise AssertionError(f"processor never got partitions: {h}")
 
 
+def wait_processed(server: Server, target: int, timeout: float = 120) -> dict[str, Any]:
+    """Health, polled until this life of the processor has applied `target` messages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = health(server)
+        if int(h["processed"]) >= target:
+            return h
+        time.sleep(0.02)
+    raise AssertionError(f"processor stalled below {target} messages: {h}")
+
+
 @pytest.mark.parametrize("seed", [41])
 def test_kill9_processor_repeatedly_then_exact(
     tmp_path: Path, kafka_bootstrap: str, seed: int
@@ -69,12 +81,14 @@ def test_kill9_processor_repeatedly_then_exact(
         server = kafka_server("serve", data, kafka_bootstrap, topic, group).start()
         try:
             wait_working(server)
-            delay = rng.uniform(0.5, 6.0)
-            time.sleep(delay)
-            h = health(server)
+            # Kill after a random share of what is left, not after a random time: a fast
+            # life must not finish the stream before it is killed.
+            left = health(server).get("lag") or len(t.events)
+            target = int(rng.uniform(0.1, 0.7) * left)
+            h = wait_processed(server, target)
         finally:
             server.kill9()
-        progress.append((round(delay, 2), int(h["processed"]), h["lag"]))
+        progress.append((target, int(h["processed"]), h["lag"]))
 
     server = kafka_server("serve", data, kafka_bootstrap, topic, group).start()
     try:
@@ -89,7 +103,7 @@ def test_kill9_processor_repeatedly_then_exact(
         assert totals["dead_letters"] == 0
     finally:
         server.stop()
-    print(f"kills (seconds after assignment, processed in that life, lag): {progress}")
+    print(f"kills (target, processed in that life, processed in that life, lag): {progress}")
     # Killed mid-stream each time: every life had work left when it died.
     assert len(progress) == KILLS
     assert all(lag > 0 for _, _, lag in progress)

@@ -21,6 +21,7 @@ from funnelstream.clickhouse import ClickHouse
 from funnelstream.log.kafka import KafkaLog
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
+from schemas.funnels import FunnelDefinition
 from tests.kafka.helpers import (
     FUNNEL,
     PARTITIONS,
@@ -65,6 +66,7 @@ class Group:
     topic: str
     group: str
     members: list[Member] = field(default_factory=list)
+    funnels: list[FunnelDefinition] = field(default_factory=lambda: [FUNNEL])
 
     def join(self, name: str, ch: ClickHouse | None = None) -> Member:
         config = ProcessorConfig(
@@ -75,7 +77,7 @@ class Group:
             retry_initial_seconds=0.1,
             retry_max_seconds=1.0,
         )
-        processor = Processor(self.log, ch or self.ch, FunnelCatalog([FUNNEL]), config)
+        processor = Processor(self.log, ch or self.ch, FunnelCatalog(self.funnels), config)
         member = Member(name, processor).start()
         self.members.append(member)
         return member
@@ -94,9 +96,12 @@ class Group:
         )
 
     async def caught_up(self, t: Traffic) -> None:
+        await self.caught_up_to(len(t.events))
+
+    async def caught_up_to(self, events: int) -> None:
         async def done() -> bool:
             committed, end = await committed_total(self.log, self.topic, self.group)
-            return end == len(t.events) and committed == end
+            return end == events and committed == end
 
         await wait_until(done, 120, "every offset committed")
 

@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.backfill import rebuild_progress
+from processor.funnel_stage import FunnelProgress
 from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
+from processor.user_funnels import group_by_user, rebuild_user
 from query_api import reference
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition, validate_funnel
@@ -31,8 +33,9 @@ EXAMPLES = int(os.environ.get("FUNNEL_DIFF_EXAMPLES", "300"))
 
 @st.composite
 def live_funnels(draw: st.DrawFn) -> FunnelDefinition:
-    """Funnels of the report's differential suite, turned into ones kept live: counted by
-    visitor or session (not by user; not by session with a held property)."""
+    """Funnels of the report's differential suite, turned into ones kept live per visitor:
+    counted by visitor or session (by user: `test_live_user_state_equals_reference`; not by
+    session with a held property)."""
     funnel = draw(funnels())
     live = funnel
     if funnel.count_by == "user" or (funnel.count_by == "session" and funnel.hold_property):
@@ -42,13 +45,25 @@ def live_funnels(draw: st.DrawFn) -> FunnelDefinition:
 
 
 def feed(
-    funnel: FunnelDefinition, events: list[reference.RefEvent], lateness_ms: int
+    funnel: FunnelDefinition,
+    events: list[reference.RefEvent],
+    lateness_ms: int,
+    users: Outputs | None = None,
 ) -> dict[str, VisitorState]:
+    """Each event through `apply_event`; `users` collects the users touched."""
     timing = Timing(session_gap_ms=30 * 60 * 1000, lateness_ms=lateness_ms)
     states: dict[str, VisitorState] = {}
     for offset, e in enumerate(events):
         state = states.setdefault(e.visitor_id, VisitorState("p", e.visitor_id))
-        event = Event("p", e.event_id, e.event, e.visitor_id, e.timestamp_ms, e.timestamp_ms)
+        event = Event(
+            "p",
+            e.event_id,
+            e.event,
+            e.visitor_id,
+            e.timestamp_ms,
+            e.timestamp_ms,
+            user_id=e.user_id,
+        )
         event.properties.update(e.properties)
         out = Outputs()
         apply_event(
@@ -62,6 +77,8 @@ def feed(
             out=out,
         )
         assert out.too_late == 0
+        if users is not None:
+            users.users |= out.users
     return states
 
 
@@ -150,3 +167,64 @@ def test_live_state_equals_reference(
             if funnel.hold_property is None:
                 assert rebuilt.slots == progress.slots
             assert rebuilt.attempts == progress.attempts
+
+
+@st.composite
+def user_funnels(draw: st.DrawFn) -> FunnelDefinition:
+    """Funnels of the report's differential suite, counted by user."""
+    funnel = draw(funnels()).model_copy(update={"count_by": "user"})
+    assert validate_funnel(funnel) == [] and funnel.live_unsupported() is None
+    return funnel
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(user_funnels(), streams(), st.data())
+def test_live_user_state_equals_reference(
+    funnel: FunnelDefinition, events: list[reference.RefEvent], data: st.DataObject
+) -> None:
+    """Counting by user: never-identified visitors are folded live, each user is rebuilt
+    from its visitors' events (what the processor reads back from ClickHouse after each
+    batch: processor/user_funnels.py). Together they are the reference's entities."""
+    lateness = data.draw(st.sampled_from(LATENESS_MS))
+    delays = data.draw(st.lists(st.integers(0, lateness), min_size=len(events)))
+    held = reference.held_steps(funnel, events, 0, 2**62)
+    totals = (
+        reference.attempt_counts(funnel, events, 0, 2**62) if funnel.counting == "total" else {}
+    )
+    for stream in (
+        sorted(events, key=lambda e: e.timestamp_ms),
+        [events[i] for i in arrival_order(events, delays)],
+    ):
+        outputs = Outputs()
+        states = feed(funnel, stream, lateness, outputs)
+        user_of = {v: s.identity[1] for v, s in states.items() if s.identity is not None}
+        assert {u for _, u in outputs.users} == set(user_of.values())
+        live: dict[str, FunnelProgress] = {}
+        for visitor, state in states.items():
+            progress = state.funnels.get(funnel.id)
+            if visitor in user_of:
+                assert progress is None  # its events count in its user's row
+            elif progress is not None:
+                live[visitor] = progress
+        members = [(u, v) for v, u in user_of.items()]
+        rows = [
+            (e.visitor_id, e.event_id, e.event, e.timestamp_ms, dict(e.properties)) for e in stream
+        ]
+        for user, user_events in group_by_user(members, rows).items():
+            live[user], _ = rebuild_user(funnel, user_events, lateness, None)
+        for entity in set(held) | set(live):
+            slots = held.get(entity, [None] * len(funnel.steps))
+            want_level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
+            got = live.get(entity)
+            assert (got.level if got else 0) == want_level, (entity, funnel)
+            if got is not None and funnel.hold_property is None and funnel.order != "any":
+                want = [
+                    None if h is None else (h.started_ms, h.reached_ms, h.event_id) for h in slots
+                ]
+                assert got.slots == want, (entity, funnel)
+            if entity in totals:
+                assert got is not None and got.attempts == totals[entity], (entity, funnel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from processor.rows import ms_to_datetime
@@ -34,6 +35,15 @@ EXCLUDING = FunnelDefinition.model_validate(
 )
 BY_USER = FunnelDefinition.model_validate(
     {"id": "u", "project": "p", "steps": [{"event": "view"}, {"event": "buy"}], "count_by": "user"}
+)
+HELD_SESSIONS = FunnelDefinition.model_validate(
+    {
+        "id": "h",
+        "project": "p",
+        "steps": [{"event": "view"}, {"event": "buy"}],
+        "count_by": "session",
+        "hold_property": "sku",
+    }
 )
 STRICT = FunnelDefinition.model_validate(
     {"id": "s", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}], "order": "strict"}
@@ -239,9 +249,45 @@ def test_late_event_merging_sessions_writes_a_deleted_row() -> None:
 
 
 def test_funnel_the_live_state_cannot_hold_gets_no_live_rows() -> None:
-    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[BY_USER, FUNNEL])
+    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[HELD_SESSIONS, FUNNEL])
     assert set(out.funnel_states) == {("p", "f", "v")}
     assert {t[1] for t in out.transitions} == {"f"}
+
+
+def as_user(event: Event, user: str) -> Event:
+    return dataclasses.replace(event, user_id=user)
+
+
+def test_user_funnel_folds_a_visitor_until_it_identifies_then_touches_its_user() -> None:
+    state = fresh()
+    out = apply_all(state, [ev(1, "view", 0)], funnels=[BY_USER])
+    assert out.funnel_states[("p", "u", "v")][3] == 1  # anonymous: counted on its own
+    assert out.users == set() and out.identities == []
+
+    out = apply_all(state, [as_user(ev(2, "page", 1), "alice")], 1, funnels=[BY_USER])
+    at = ms_to_datetime(T0 + MIN)
+    assert out.identities == [("p", "alice", "v", at, 0)]
+    assert out.users == {("p", "alice")}
+    # Its own row is emptied: from now on its events count in alice's row.
+    assert out.funnel_states[("p", "u", "v")][3] == 0
+    assert "u" not in state.funnels and out.transitions == []
+
+    out = apply_all(state, [ev(3, "buy", 2), ev(4, "page", 3)], 2, funnels=[BY_USER])
+    assert out.users == {("p", "alice")} and out.funnel_states == {}
+    out = apply_all(state, [ev(5, "page", 4)], 4, funnels=[BY_USER])
+    assert out.users == set()  # concerns no user funnel: nothing to rebuild
+
+    # The newest user id wins; the user left behind is rebuilt too.
+    out = apply_all(state, [as_user(ev(6, "page", 5), "bob")], 5, funnels=[BY_USER])
+    at = ms_to_datetime(T0 + 5 * MIN)
+    assert out.identities == [("p", "bob", "v", at, 0), ("p", "alice", "v", at, 1)]
+    assert out.users == {("p", "alice"), ("p", "bob")}
+    # An older event with another user id changes nothing (the report's rule as well).
+    out = apply_all(state, [as_user(ev(7, "page", 4.5), "carol")], 6, funnels=[BY_USER])
+    assert out.identities == [] and out.users == set()
+    assert state.identity == (T0 + 5 * MIN, "bob")
+    restored = VisitorState.loads(state.dumps(), {"u": 2})
+    assert restored.identity == state.identity
 
 
 def test_an_exclusion_takes_the_live_level_back_down() -> None:

@@ -354,7 +354,8 @@ def test_names_and_labels() -> None:
         ({"order": "strict"}, None),
         ({"counting": "total"}, None),
         ({"steps": [{"event": "a"}, {"event": "b", "optional": True}]}, None),
-        ({"count_by": "user"}, "count_by='user' (a user's visitors span log partitions)"),
+        ({"count_by": "user"}, None),
+        ({"count_by": "user", "order": "strict", "hold_property": "plan"}, None),
         ({"count_by": "session"}, None),
         ({"count_by": "session", "order": "strict", "exclusions": [{"event": "x"}]}, None),
         (

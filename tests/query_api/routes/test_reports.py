@@ -164,7 +164,9 @@ def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHo
     report = client.get("/v1/funnels/windowed/report", params=RANGE, headers=READ).json()
     assert [s["visitors"] for s in report["steps"]] == [2, 0]  # cart came 5 s after view
     by_user = {**CHECKOUT, "id": "by_user", "count_by": "user"}
-    assert client.post("/v1/funnels", json=by_user, headers=READ).json()["live"] is False
-    r = client.get("/v1/funnels/by_user/live", headers=READ)
+    assert client.post("/v1/funnels", json=by_user, headers=READ).json()["live"] is True
+    held_sessions = {**CHECKOUT, "id": "held", "count_by": "session", "hold_property": "sku"}
+    assert client.post("/v1/funnels", json=held_sessions, headers=READ).json()["live"] is False
+    r = client.get("/v1/funnels/held/live", headers=READ)
     assert r.status_code == 409 and r.json()["detail"]["error"] == "live_not_supported"
-    assert "span log partitions" in r.json()["detail"]["message"]
+    assert "sessions cut across held values" in r.json()["detail"]["message"]
