@@ -19,8 +19,11 @@ class LiveFunnel:
     hold_property: str | None
 
     def held_value(self, props: dict[str, str]) -> str | None:
-        """The value attempts are split by (a missing property is ""); None: not held."""
-        return None if self.hold_property is None else props.get(self.hold_property, "")
+        """The value attempts are split by (a missing property is ""); None: not held, or
+        held inside sessions, where the value travels in the entries (`FoldRule.held`)."""
+        if self.hold_property is None or self.rule.held:
+            return None
+        return props.get(self.hold_property, "")
 
     def entries(self, name: str, props: dict[str, str], ts: int, event_id: str) -> list[Entry]:
         """The entries of one event ([] when it does not concern this funnel)."""
@@ -29,7 +32,8 @@ class LiveFunnel:
         # Strict order and sessions read every event: one matching nothing still breaks a
         # strict chain, or ends a session by its gap.
         every = self.rule.strict or self.rule.session_gap_ms is not None
-        return entries_for(ts, event_id, matched, excluded, other=every)
+        value = props.get(self.hold_property, "") if self.rule.held else None
+        return entries_for(ts, event_id, matched, excluded, other=every, value=value)
 
 
 # The reports split sessions at 30-minute gaps whatever the sessionizer's configured gap
@@ -51,6 +55,7 @@ def fold_rule(funnel: FunnelDefinition) -> FoldRule:
         count_attempts=funnel.counting == "total",
         any_order=funnel.order == "any",
         session_gap_ms=REPORT_SESSION_GAP_MS if funnel.count_by == "session" else None,
+        held=funnel.count_by == "session" and funnel.hold_property is not None,
     )
 
 

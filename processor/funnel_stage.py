@@ -84,6 +84,9 @@ class Entry:
     first_step: int
     # Tie-break between events with equal timestamp and first step (uuid_order).
     tie: int = field(default=0, compare=False, repr=False)
+    # count_by "session" with hold_property: the event's value of the held property (the
+    # fold splits a session's entries by it); None otherwise.
+    value: str | None = field(default=None, compare=False)
 
     def sort_key(self) -> tuple[int, int, int, int]:
         # Within one event: exclusions (ascending x), then steps deepest first.
@@ -98,18 +101,24 @@ def entries_for(
     exclusions: list[int] | None = None,
     *,
     other: bool = False,
+    value: str | None = None,
 ) -> list[Entry]:
     """One event's entries, in the order `fold` must see them. `other`: an event that
-    matches nothing still gets an entry (strict order reads every event)."""
+    matches nothing still gets an entry (strict order reads every event). `value`: the
+    held property's value, carried by each entry (sessions with a held property)."""
     excluded = exclusions or []
     if not steps and not excluded:
         if not other:
             return []
-        return [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id))]
+        return [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id), value)]
     first = -1 if excluded else min(steps)
     tie = uuid_order(event_id)
-    out = [Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie) for x in sorted(excluded)]
-    out += [Entry(timestamp_ms, s, event_id, first, tie) for s in sorted(steps, reverse=True)]
+    out = [
+        Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie, value) for x in sorted(excluded)
+    ]
+    out += [
+        Entry(timestamp_ms, s, event_id, first, tie, value) for s in sorted(steps, reverse=True)
+    ]
     return out
 
 
@@ -133,6 +142,9 @@ class FoldRule:
     # count_by "session": a gap this long between two events of the visitor starts a new
     # session, and so new attempts (see `_fold_sessions`). None: one entity per visitor.
     session_gap_ms: int | None = None
+    # count_by "session" with hold_property: inside a session, each held value (carried by
+    # the entries) has its own attempts, folded apart (see `_fold_held`).
+    held: bool = False
     # Neither of the two above: `fold_state` goes straight to the ordered fold (the
     # default funnel's hot path checks one flag).
     plain: bool = field(init=False, default=True)
@@ -161,6 +173,9 @@ class Folded:
     # (closed) sessions that reached it; else None and empty.
     last_ms: int | None = None
     sessions: list[int] = field(default_factory=list)
+    # `FoldRule.held`: the open session's slots per held value (`slots` is then, per step,
+    # the latest attempt among them); else empty.
+    values: dict[str, list[Slot]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, rule: FoldRule) -> Folded:
@@ -181,6 +196,7 @@ class Folded:
             self.latest.copy(),
             self.last_ms,
             self.sessions.copy(),
+            {v: slots.copy() for v, slots in self.values.items()},
         )
 
 
@@ -217,7 +233,7 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
         out.sessions = [0] * rule.steps
     gap = rule.session_gap_ms
     assert gap is not None
-    inner = _fold_any if rule.any_order else _fold_ordered
+    inner = _fold_any if rule.any_order else _fold_held if rule.held else _fold_ordered
     start = 0
     for i, entry in enumerate(entries):
         ts = entry.timestamp_ms
@@ -228,8 +244,28 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
                 out.sessions[k] += 1
             out.slots = [None] * rule.steps
             out.latest = []
+            out.values = {}
         out.last_ms = ts
     return inner(out, entries[start:], rule)
+
+
+def _fold_held(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+    """A held property inside one session: each value's entries fold on their own slots
+    (values never interact), and per step the attempt with the greatest (start, reached,
+    value) among the values holding it is the entity's, as the reference picks it."""
+    out = state.copy()
+    by_value: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_value.setdefault(entry.value or "", []).append(entry)
+    for value, own in by_value.items():
+        slots = out.values.get(value) or [None] * rule.steps
+        out.values[value] = _fold_ordered(Folded(slots), own, rule).slots
+    merged: list[Slot] = []
+    for k in range(rule.steps):
+        held = [(s[0], s[1], v, s) for v, slots in out.values.items() if (s := slots[k])]
+        merged.append(max(held)[3] if held else None)
+    out.slots = merged
+    return out
 
 
 def _fold_ordered(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
@@ -461,7 +497,11 @@ class FunnelProgress:
             }
         doc: dict[str, object] = {
             "c": list(self.checkpoint.slots),
-            "p": [[e.timestamp_ms, e.step, e.event_id, e.first_step] for e in self.pending],
+            "p": [
+                [e.timestamp_ms, e.step, e.event_id, e.first_step]
+                + ([] if e.value is None else [e.value])
+                for e in self.pending
+            ],
             "l": self.level,
             "s": list(self.current.slots),
         }
@@ -475,6 +515,8 @@ class FunnelProgress:
         if self.checkpoint.sessions or self.current.sessions:
             doc["cm"], doc["sm"] = self.checkpoint.last_ms, self.current.last_ms
             doc["cs"], doc["ss"] = self.checkpoint.sessions, self.current.sessions
+        if self.checkpoint.values or self.current.values:
+            doc["cv"], doc["sv"] = self.checkpoint.values, self.current.values
         return doc
 
     @classmethod
@@ -504,6 +546,11 @@ class FunnelProgress:
             raw = doc.get(key)
             return None if raw is None else int(str(raw))
 
+        def values(key: str) -> dict[str, list[Slot]]:
+            raw = doc.get(key, {})
+            assert isinstance(raw, dict)
+            return {str(v): _slots_of(slots) for v, slots in raw.items()}
+
         return cls(
             steps=steps,
             checkpoint=Folded(
@@ -513,10 +560,18 @@ class FunnelProgress:
                 _slots_of(doc.get("cl", [])),
                 millis("cm"),
                 counts("cs"),
+                values("cv"),
             ),
             pending=[
-                Entry(int(t), int(s), str(i), int(f), uuid_order(str(i)))
-                for t, s, i, f in pending_raw
+                Entry(
+                    int(p[0]),
+                    int(p[1]),
+                    str(p[2]),
+                    int(p[3]),
+                    uuid_order(str(p[2])),
+                    str(p[4]) if len(p) > 4 else None,
+                )
+                for p in pending_raw
             ],
             level=level,
             current=Folded(
@@ -526,6 +581,7 @@ class FunnelProgress:
                 _slots_of(doc.get("sl", [])),
                 millis("sm"),
                 counts("ss"),
+                values("sv"),
             ),
         )
 

@@ -117,10 +117,6 @@ class FunnelDefinition(BaseModel):
         optional steps, total attempts, a held property, sessions, users) is kept live; see
         docs/funnels.md, "Live".
         """
-        if self.count_by == "session" and self.hold_property is not None:
-            # Each held value folds its own events, but a session ends at a gap between
-            # any events of the visitor: every value would need every event.
-            return "count_by='session' with hold_property (sessions cut across held values)"
         return None
 
 

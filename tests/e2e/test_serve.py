@@ -249,6 +249,13 @@ LIVE_OPTIONS = [
         "steps": [{"event": "product_view"}, {"event": "add_to_cart"}],
     },
     {
+        "id": "same_product_per_session",
+        "count_by": "session",
+        "hold_property": "product_id",
+        "window_seconds": 3600,
+        "steps": [{"event": "product_view"}, {"event": "add_to_cart"}, {"event": "checkout"}],
+    },
+    {
         "id": "same_product",
         "window_seconds": 3600,
         "hold_property": "product_id",

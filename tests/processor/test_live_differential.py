@@ -34,11 +34,10 @@ EXAMPLES = int(os.environ.get("FUNNEL_DIFF_EXAMPLES", "300"))
 @st.composite
 def live_funnels(draw: st.DrawFn) -> FunnelDefinition:
     """Funnels of the report's differential suite, turned into ones kept live per visitor:
-    counted by visitor or session (by user: `test_live_user_state_equals_reference`; not by
-    session with a held property)."""
+    counted by visitor or session (by user: `test_live_user_state_equals_reference`)."""
     funnel = draw(funnels())
     live = funnel
-    if funnel.count_by == "user" or (funnel.count_by == "session" and funnel.hold_property):
+    if funnel.count_by == "user":
         live = funnel.model_copy(update={"count_by": "visitor"})
     assert validate_funnel(live) == [] and live.live_unsupported() is None
     return live

@@ -248,10 +248,23 @@ def test_late_event_merging_sessions_writes_a_deleted_row() -> None:
     assert [s.session_id for s in state.sessions] == [first]
 
 
-def test_funnel_the_live_state_cannot_hold_gets_no_live_rows() -> None:
-    out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "buy", 1)], funnels=[HELD_SESSIONS, FUNNEL])
-    assert set(out.funnel_states) == {("p", "f", "v")}
-    assert {t[1] for t in out.transitions} == {"f"}
+def test_sessions_with_a_held_property_split_each_session_by_value() -> None:
+    state = fresh()
+    out = apply_all(
+        state, [ev(1, "view", 0, sku="a"), ev(2, "buy", 1, sku="b")], funnels=[HELD_SESSIONS]
+    )
+    assert out.funnel_states[("p", "h", "v")][3] == 1  # a buy of another product
+    out = apply_all(state, [ev(3, "buy", 2, sku="a")], 2, funnels=[HELD_SESSIONS])
+    assert out.funnel_states[("p", "h", "v")][3] == 2  # a's attempt converts
+    # A 30-minute gap starts a new session.
+    out = apply_all(
+        state, [ev(4, "page", 3), ev(5, "view", 40, sku="a")], 3, funnels=[HELD_SESSIONS]
+    )
+    row = out.funnel_states[("p", "h", "v")]
+    assert row[3] == 1 and row[6] == [2, 1]  # sessions reaching each step: both, the first
+    restored = VisitorState.loads(state.dumps(), {"h": 2})
+    out = apply_all(restored, [ev(6, "buy", 41, sku="a")], 5, funnels=[HELD_SESSIONS])
+    assert out.funnel_states[("p", "h", "v")][6] == [2, 2]
 
 
 def as_user(event: Event, user: str) -> Event:
