@@ -67,6 +67,16 @@ PROCESSOR_WRITE_SECONDS = Histogram(
     "Time to write one batch to ClickHouse",
     registry=REGISTRY,
 )
+PROCESSOR_USERS_REBUILT = Counter(
+    "funnelstream_processor_users_rebuilt_total",
+    "Users whose count_by=user funnel state was rebuilt from stored events",
+    registry=REGISTRY,
+)
+PROCESSOR_USER_REBUILD_SECONDS = Histogram(
+    "funnelstream_processor_user_rebuild_seconds",
+    "Time to rebuild one batch's touched users (reads and fold)",
+    registry=REGISTRY,
+)
 PROCESSOR_WRITE_RETRIES = Counter(
     "funnelstream_processor_write_retries_total", "ClickHouse writes retried", registry=REGISTRY
 )

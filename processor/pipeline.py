@@ -400,6 +400,9 @@ class Processor:
         """Funnel-state and transition rows of touched users' `count_by: "user"` funnels
         (or of `only`), rebuilt from the stored events of the visitors counting for them.
         `fresh`: event ids whose transitions to write (None: all, for a backfill)."""
+        if not users:
+            return [], []
+        started = time.monotonic()
         by_project: dict[str, list[str]] = {}
         for project, user in sorted(users):
             by_project.setdefault(project, []).append(user)
@@ -435,6 +438,8 @@ class Processor:
                     transitions.extend(
                         transition_row(project, funnel.id, user, t, now_ms) for t in moved
                     )
+            metrics.PROCESSOR_USERS_REBUILT.inc(len(names))
+        metrics.PROCESSOR_USER_REBUILD_SECONDS.observe(time.monotonic() - started)
         return states, transitions
 
     # -- rebalance -------------------------------------------------------------------
