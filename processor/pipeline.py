@@ -75,6 +75,7 @@ from processor.transform import (
     Outputs,
     Timing,
     apply_event,
+    forget_visitor,
     funnel_state_row,
     transition_row,
 )
@@ -521,12 +522,7 @@ class Processor:
                 if funnel.count_by == "user" and state.identity is not None:
                     # Counted in its user's row, rebuilt below from every user's visitor.
                     users.add((funnel.project, state.identity[1]))
-                    if state.funnels.pop(funnel.id, None) is not None:
-                        out.pending_funnel_states[(funnel.project, funnel.id, state.visitor_id)] = (
-                            FunnelProgress(steps=len(funnel.steps)),
-                            state.applied_offset,
-                            now_ms,
-                        )
+                    if forget_visitor(state, funnel, state.applied_offset, now_ms, out):
                         dirty.append((partition, key, state))
                     continue
                 events = grouped.get((partition, state.visitor_id))

@@ -226,12 +226,23 @@ def _identify(
         return
     # First identify: the visitor no longer counts on its own in user funnels.
     for funnel in funnels:
-        if funnel.count_by == "user" and state.funnels.pop(funnel.id, None) is not None:
-            out.pending_funnel_states[(project, funnel.id, visitor)] = (
-                FunnelProgress(steps=len(funnel.steps)),
-                offset,
-                processed_at_ms,
-            )
+        if funnel.count_by == "user":
+            forget_visitor(state, funnel, offset, processed_at_ms, out)
+
+
+def forget_visitor(
+    state: VisitorState, funnel: FunnelDefinition, offset: int, processed_at_ms: int, out: Outputs
+) -> bool:
+    """Drop the visitor's own progress in a user funnel (it counts in its user's row now)
+    and empty its row; True if it had one."""
+    if state.funnels.pop(funnel.id, None) is None:
+        return False
+    out.pending_funnel_states[(state.project_id, funnel.id, state.visitor_id)] = (
+        FunnelProgress(steps=len(funnel.steps)),
+        offset,
+        processed_at_ms,
+    )
+    return True
 
 
 def _touch_user(
