@@ -83,6 +83,22 @@ async def run_until_idle(processor: Processor, log: EmbeddedLog, messages: int) 
     await task
 
 
+async def die_before_visitor_states(
+    log: EmbeddedLog, ch: ClickHouse, catalog: FunnelCatalog, config: ProcessorConfig
+) -> None:
+    """Run a processor whose visitor-state writes all fail, so it writes rows but never
+    commits, until it has retried a few; then cancel it (a crash at that point)."""
+    flaky = FlakyClickHouse(ch, {"processor_state": 10**9})
+    task = asyncio.create_task(Processor(log, flaky, catalog, config).run(asyncio.Event()))
+    for _ in range(400):
+        if flaky.fail_tables["processor_state"] < 10**9 - 2:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def levels(ch: ClickHouse) -> dict[int, int]:
     rows = ch.query_rows_sync("SELECT level, count() FROM funnel_state FINAL GROUP BY level")
     return {int(level): int(c) for level, c in rows}
@@ -158,22 +174,8 @@ async def test_crash_between_rows_and_state_replays_exactly(ch: ClickHouse, tmp_
     await append(log, [(e.partition_key(), encode(e)) for e in events])
     # First run: every row is written, then the visitor-state write fails for good and
     # the process "dies" (is cancelled) without committing.
-    flaky = FlakyClickHouse(ch, {"processor_state": 10**9})
-    first = Processor(
-        log,
-        flaky,
-        FunnelCatalog([FUNNEL]),
-        ProcessorConfig(batch_max_seconds=0.05, retry_initial_seconds=0.01),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(first.run(stop))
-    for _ in range(200):
-        if flaky.fail_tables["processor_state"] < 10**9 - 2:
-            break
-        await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    config = ProcessorConfig(batch_max_seconds=0.05, retry_initial_seconds=0.01)
+    await die_before_visitor_states(log, ch, FunnelCatalog([FUNNEL]), config)
     assert levels(ch) == {1: 10, 2: 10, 3: 10}  # rows landed before the "crash"
 
     second = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))

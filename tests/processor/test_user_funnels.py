@@ -26,7 +26,7 @@ from query_api import reference
 from query_api.sql.live import stage_counts_sql
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
-from tests.processor.test_pipeline import T0, FlakyClickHouse, append, run_until_idle
+from tests.processor.test_pipeline import T0, append, die_before_visitor_states, run_until_idle
 
 pytestmark = pytest.mark.clickhouse
 
@@ -159,17 +159,7 @@ async def test_user_funnels_exact_after_a_crash_before_the_visitor_states(
     await append(log, [(e.partition_key(), encode(e)) for e in events])
     # The first run writes rows and users, then every visitor-state write fails: it never
     # commits, and the next run replays everything on top of what is stored.
-    flaky = FlakyClickHouse(ch, {"processor_state": 10**9})
-    first = Processor(log, flaky, FunnelCatalog([BY_USER]), config())
-    stop = asyncio.Event()
-    task = asyncio.create_task(first.run(stop))
-    for _ in range(400):
-        if flaky.fail_tables["processor_state"] < 10**9 - 3:
-            break
-        await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await die_before_visitor_states(log, ch, FunnelCatalog([BY_USER]), config())
     assert live_levels(ch, BY_USER)  # user rows landed before the "crash"
 
     second = Processor(log, ch, FunnelCatalog([BY_USER]), config())
