@@ -16,11 +16,12 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.browser.harness import DESKTOP_UA, SNIPPET, WATCH_ERRORS, Shop, wait_until
-from tests.e2e.server import Server
+from tests.e2e.server import READ, Server
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
+EVER = {"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
 
 
 @pytest.fixture
@@ -101,3 +102,56 @@ def test_storefront_run_produces_the_funnel(
         "checkout_started",
         "purchase",
     ]
+
+
+def device(browser: Browser, shop: Shop, start: str, clicks: list[tuple[str, str]]) -> Page:
+    """A fresh browser profile (another device) opening `start`, then clicking through."""
+    context = browser.new_context(user_agent=DESKTOP_UA)
+    page: Page = context.new_page()
+    page.goto(f"{shop.url}/{start}")
+    for selector, url in clicks:
+        page.wait_for_function("window.funnelstream && window.funnelstream.loaded")
+        page.click(selector)
+        page.wait_for_url(url)
+    page.wait_for_function("window.funnelstream && window.funnelstream.loaded")
+    return page
+
+
+def test_one_customer_on_two_devices_counts_once_by_user(
+    browser: Browser, server: Server, real_shop: Shop
+) -> None:
+    """A customer adds to cart on one device and logs in; later logs in on another device
+    and pays there. By visitor that is two half funnels; by user one whole funnel, live
+    (the processor rebuilds the user from both devices' events) and in the report."""
+    steps = [{"event": s} for s in ("add_to_cart", "checkout_started", "purchase")]
+    for count_by in ("visitor", "user"):
+        definition = {"id": f"by_{count_by}", "steps": steps, "count_by": count_by}
+        r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
+        assert r.status_code == 201 and r.json()["live"] is True, r.text
+
+    laptop = device(
+        browser,
+        real_shop,
+        "index.html",
+        [("#to-product", "**/product.html"), ("#add-to-cart", "**/cart.html")],
+    )
+    laptop.evaluate("funnelstream('identify', 'customer-7')")
+    laptop.context.close()
+    phone = device(browser, real_shop, "cart.html", [])
+    phone.evaluate("funnelstream('identify', 'customer-7')")
+    phone.click("#checkout")
+    phone.wait_for_url("**/checkout.html")
+    phone.wait_for_function("window.funnelstream && window.funnelstream.loaded")
+    phone.click("#pay")
+    phone.wait_for_url("**/thank-you.html")
+    phone.wait_for_function("window.funnelstream && window.funnelstream.loaded")
+    phone.context.close()
+
+    def reached(funnel: str, want: list[int]) -> bool | None:
+        live = [s["reached"] for s in server.live(funnel)["stages"]]
+        report = [s["visitors"] for s in server.report(funnel, **EVER)["steps"]]
+        return True if live == report == want else None
+
+    wait_until(lambda: reached("by_user", [1, 1, 1]), 60, "one customer through the funnel")
+    # By visitor: the laptop added to cart; the phone never did, so its checkout is no step.
+    assert reached("by_visitor", [1, 0, 0])
