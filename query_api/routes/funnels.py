@@ -51,9 +51,10 @@ async def list_funnels(project: ReadProject, catalog: CatalogDep) -> list[dict[s
 async def save_funnel(
     body: dict[str, Any], project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
 ) -> dict[str, Any]:
-    """Funnels using options the live stage machine cannot hold yet (exclusions, per-step
-    windows, `count_by` other than visitor) are saved and reported from raw events, but
-    get no live state: `live` is false in the answer and `/live` answers 409."""
+    """Saves (or replaces) a definition. The processor keeps live state for every option
+    today, built from the stored events when saved (`live: true`); a definition it could
+    not hold would still be saved and reported from raw events, with `live: false` and
+    `/live` answering 409."""
     funnel = parse_definition(body, project.id)
     await funnel_store.save(ch, funnel)
     catalog.upsert(funnel)
