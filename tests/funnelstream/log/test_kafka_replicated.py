@@ -77,7 +77,15 @@ async def test_topic_is_replicated_three_ways(
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cluster3.bootstrap)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
+        # A new topic reaches every broker's metadata a moment after it is created: the
+        # broker answering may not list its partitions yet.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            if described["partitions"] or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
         (config,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     finally:
         await admin.close()
