@@ -10,12 +10,14 @@ per funnel, compute the same thing:
   one Int64, `(ms - from) * 64 + step`, and one pass per step runs over the whole array
   with vectorized array functions: an entry for step k succeeds if the attempt held at
   step k-1 just before it (a forward fill, `arrayFill`, of the previous pass's
-  successes) started within the window (and reached step k-1 within step k's
-  `within_seconds`). The held attempt of step k is the last success of pass k. This is
-  the fold read column-wise: an entry for step k only ever reads slot k-1, so the passes
-  can run one after another instead of entry by entry. When no event can match two
-  steps, the event id is never needed to order entries (events tied on timestamp and
-  step change the same slot to the same values), so entries sort as plain integers.
+  successes; for step 0 a running sum that restarts at each step-0 entry) started
+  within the window (and reached step k-1 within step k's `within_seconds`). The held
+  attempt of step k is the last success of pass k. This is the fold read column-wise:
+  an entry for step k only ever reads slot k-1, so the passes can run one after another
+  instead of entry by entry. When no event can match two steps, the event id is never
+  needed to order entries (events tied on timestamp and step change the same slot to the
+  same values), so entries sort as plain integers. The report reads one column per step
+  from these rows.
 * **Fold** (funnels with exclusions, which discard whole attempts across slots; strict
   order, where any other event breaks an attempt; optional steps, where an entry picks
   among several slots): an `arrayFold` over sorted entries, one slot array rebuilt per
@@ -35,6 +37,7 @@ twice; strict and any order are not kept live).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +47,9 @@ from schemas.funnels import FunnelDefinition
 # A per-step window that never binds.
 _NO_LIMIT = 1 << 62
 # Packed entry: (ms - from) * 64 + step; 32 steps fit in the low 6 bits.
+# Added to a running sum of packed differences (>= 0, < 2^62) it makes the sum negative,
+# so arrayCumSumNonNegative starts again from 0 there.
+_RESTART = (1 << 63) - 1
 
 
 def one_step_per_event(funnel: FunnelDefinition) -> bool:
@@ -195,15 +201,22 @@ def _passes_sql(
     )
     GROUP BY visitor_id"""
     window = funnel.window_seconds * 1000 * 64
+    # f0: the packed start of the latest attempt started at or before each entry. A forward
+    # fill done as a running sum that restarts at every step-0 entry (cheaper than
+    # arrayFill): entries' milliseconds never decrease and a start's low bits are 0, so the
+    # sum (x - f0) never goes below 0 after the first step-0 entry; before it, where a
+    # negative difference restarts the sum too, f0 is an entry of another step (low bits
+    # not 0), which no step-1 entry takes as a start.
     lines = [
-        "arrayMap(x -> if(bitAnd(x, 63) = 0, x, -1), e) AS s0",
-        "arrayFill(x -> x >= 0, s0) AS f0",
+        "arrayMap((x, g) -> x - g, e, arrayCumSumNonNegative(arrayMap((x, d) -> "
+        f"if(bitAnd(x, 63) = 0, {-_RESTART}, d), e, arrayDifference(e)))) AS f0, f0 AS g0",
     ]
     for k in range(1, n):
         within = funnel.steps[k].within_seconds
         # x: the entry; a: the packed start of the attempt held at step k-1 just before
         # it (low bits 0); b: that attempt's step k-1 entry (low bits k-1).
-        check = f"bitAnd(x, 63) = {k} AND a >= 0 AND x <= a + {window + k}"
+        held = "bitAnd(a, 63) = 0" if k == 1 else "a >= 0"
+        check = f"bitAnd(x, 63) = {k} AND {held} AND x <= a + {window + k}"
         if within is None:
             lines.append(f"arrayMap((x, a) -> if({check}, a, -1), e, f{k - 1}) AS s{k}")
         else:
@@ -220,14 +233,15 @@ def _passes_sql(
                     f"arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s{k}))"
                     f" AS g{k}"
                 )
-    lines[1] += ", f0 AS g0"
     if funnel.counting == "total":
-        # Attempts (distinct starts, by millisecond) that reached each step.
-        counts = ", ".join(
-            f"length(arrayDistinct(arrayFilter(x -> x >= 0, s{k})))" for k in range(n)
-        )
+        # Attempts (distinct starts, by millisecond) that reached each step; step-0
+        # successes are the step-0 entries themselves.
+        successes = ["arrayFilter(x -> bitAnd(x, 63) = 0, e)"]
+        successes += [f"arrayFilter(x -> x >= 0, s{k})" for k in range(1, n)]
+        counts = ", ".join(f"length(arrayDistinct({s}))" for s in successes)
         lines.append(f"[{counts}] AS attempts")
-    lines += [f"arrayLastIndex(x -> x >= 0, s{k}) AS i{k}" for k in range(n)]
+    lines.append("arrayLastIndex(x -> bitAnd(x, 63) = 0, e) AS i0")
+    lines += [f"arrayLastIndex(x -> x >= 0, s{k}) AS i{k}" for k in range(1, n)]
     if value is not None:
         # q{k}: position of the step-1 entry of the attempt each step-k success extends.
         lines.append("arrayMap((x, j) -> if(bitAnd(x, 63) = 0, j, 0), e, arrayEnumerate(e)) AS q0")
@@ -242,24 +256,32 @@ def _passes_sql(
     def unpack(packed: str, k: int) -> str:
         return f"if(i{k} > 0, bitShiftRight({packed}, 6) + {from_ms}, -1)"
 
-    starts = ", ".join(unpack(f"s{k}[i{k}]", k) for k in range(n))
-    reached = ", ".join(unpack(f"e[i{k}]", k) for k in range(n))
-
     def previous_entry(k: int) -> str:
         # The step k-1 entry the step-k entry at i{k} extended: the last step k-1 success
-        # before it (one lookup instead of carrying it forward through every entry).
-        if k == 0:
-            return "e[i0]"
+        # before it (one lookup instead of carrying it forward through every entry). For
+        # step 1 that is the attempt's start.
+        if k < 2:
+            return "e[i0]" if k == 0 else "s1[i1]"
         return f"e[arrayLastIndex(x -> x >= 0, arraySlice(s{k - 1}, 1, i{k}))]"
 
-    previous = ", ".join(unpack(previous_entry(k), k) for k in range(n))
-    exprs = ",\n       ".join(lines)
+    # One scalar column per step and value (st1, re1, pr1, ...; the report reads these),
+    # and the arrays st, re, pr of them.
+    scalars = []
+    for k in range(n):
+        start_entry = "e[i0]" if k == 0 else f"s{k}[i{k}]"
+        scalars.append(
+            f"{unpack(start_entry, k)} AS st{k + 1}, {unpack(f'e[i{k}]', k)} AS re{k + 1}, "
+            f"{unpack(previous_entry(k), k)} AS pr{k + 1}"
+        )
+    exprs = ",\n       ".join(lines + scalars)
+
+    def array(column: str) -> str:
+        return "[" + ", ".join(f"{column}{k}" for k in range(1, n + 1)) + f"] AS {column}"
+
     return f"""
 SELECT visitor_id,
        {exprs},
-       [{starts}] AS st,
-       [{reached}] AS re,
-       [{previous}] AS pr
+       {array("st")}, {array("re")}, {array("pr")}
 FROM ({entries}
 )""".strip()
 
@@ -524,9 +546,19 @@ def per_entity_sql(
         return _hold_sql(funnel, _passes_sql(funnel, project, start, end, params, value), value)
     if funnel.order == "any":
         return _any_order_sql(funnel, project, start, end, params, value)
-    if funnel.exclusions or funnel.order == "strict" or any(s.optional for s in funnel.steps):
+    if not _by_passes(funnel):
         return _fold_sql(funnel, project, start, end, params, value)
     return _passes_sql(funnel, project, start, end, params, value)
+
+
+def _by_passes(funnel: FunnelDefinition) -> bool:
+    """Whether per_entity_sql evaluates this funnel by level passes alone."""
+    return (
+        funnel.hold_property is None
+        and funnel.order == "ordered"
+        and not funnel.exclusions
+        and not any(s.optional for s in funnel.steps)
+    )
 
 
 def per_visitor_sql(
@@ -586,22 +618,55 @@ def report_sql(
     """
     params = Params()
     n = len(funnel.steps)
-    open_until = open_until_sql(funnel, params)
-    held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
+    window = params.bind(funnel.window_seconds * 1000, "Int64")
+    if _by_passes(funnel):
+        # Straight from the level passes' rows, one column per step and value (st1, re1,
+        # ...). Passes leave no hole below the deepest step, so level >= k is st_k >= 0
+        # and entities without any step count nowhere.
+        held = _passes_sql(funnel, project, start, end, params)
+
+        def at(column: str, k: int) -> str:
+            return f"{column}{k}"
+
+        def reached(k: int) -> str:
+            return f"st{k} >= 0"
+
+        def stopped(k: int) -> str:
+            return f"st{k} >= 0 AND st{k + 1} < 0"
+
+        def open_until(k: int) -> str:
+            return step_open_until_sql(funnel, window, k, at)
+    else:
+        until = open_until_sql(funnel, params, window)
+        held = held_sql(funnel, project, start, end, params, f", {until} AS open_until")
+
+        def at(column: str, k: int) -> str:
+            return f"{column}[{k}]"
+
+        def reached(k: int) -> str:
+            return f"level >= {k}"
+
+        def stopped(k: int) -> str:
+            return f"level = {k}"
+
+        def open_until(k: int) -> str:
+            return "open_until"
+
     now_ms = params.bind(_ms(now or end), "Int64")
-    entities = [f"countIf(level >= {k})" for k in range(1, n + 1)]
-    in_progress = [f"countIf(level = {k} AND {now_ms} <= open_until)" for k in range(1, n)]
+    entities = [f"countIf({reached(k)})" for k in range(1, n + 1)]
+    in_progress = [f"countIf({stopped(k)} AND {now_ms} <= {open_until(k)})" for k in range(1, n)]
     if funnel.counting == "total":
         # Attempts, not entities: every attempt held at step k that did not take step k+1
         # and can still take it is in progress.
         entities = [f"sum(attempts[{k}])" for k in range(1, n + 1)]
         in_progress = [
-            f"countIf(st[{k}] >= 0 AND st[{k + 1}] != st[{k}] AND "
-            f"{now_ms} <= {step_open_until_sql(funnel, params, k)})"
+            f"countIf({at('st', k)} >= 0 AND {at('st', k + 1)} != {at('st', k)} AND "
+            f"{now_ms} <= {step_open_until_sql(funnel, window, k, at)})"
             for k in range(1, n)
         ]
     quantiles: dict[str, list[str]] = {"s": ["[0, 0]"], "p": ["[0, 0]"]}
-    averages: dict[str, list[str]] = {"s": ["avgIf(0, st[1] >= 0)"], "p": ["avgIf(0, st[1] >= 0)"]}
+    first = f"avgIf(0, {at('st', 1)} >= 0)"
+    averages: dict[str, list[str]] = {"s": [first], "p": [first]}
     for k in range(2, n + 1):
         for base, column in (("s", "st"), ("p", "pr")):
             if base == "p" and k == 2:
@@ -610,7 +675,7 @@ def report_sql(
                 quantiles["p"].append("q_start[2]")
                 averages["p"].append("avg_start[2]")
                 continue
-            value, cond = f"re[{k}] - {column}[{k}]", f"st[{k}] >= 0"
+            value, cond = f"{at('re', k)} - {at(column, k)}", f"{at('st', k)} >= 0"
             quantiles[base].append(f"quantilesExactIf(0.5, 0.9)({value}, {cond})")
             averages[base].append(f"avgIf({value}, {cond})")
 
@@ -642,9 +707,10 @@ ORDER BY step""".strip()
     return sql, params.values
 
 
-def open_until_sql(funnel: FunnelDefinition, params: Params) -> str:
-    """Until when (ms) the entity's deepest attempt can still take its next step."""
-    window = params.bind(funnel.window_seconds * 1000, "Int64")
+def open_until_sql(funnel: FunnelDefinition, params: Params, window: str | None = None) -> str:
+    """Until when (ms) the entity's deepest attempt can still take its next step (`window`:
+    the window in ms, if already bound)."""
+    window = window or params.bind(funnel.window_seconds * 1000, "Int64")
     until = f"st[level] + {window}"
     if any(s.within_seconds is not None for s in funnel.steps):
         # Per level: the most lenient per-step window of the steps it can take next (the
@@ -663,12 +729,16 @@ def open_until_sql(funnel: FunnelDefinition, params: Params) -> str:
     return until
 
 
-def step_open_until_sql(funnel: FunnelDefinition, params: Params, k: int) -> str:
-    """Until when (ms) the attempt held at step k (1-based) can still take step k+1."""
-    until = f"st[{k}] + {params.bind(funnel.window_seconds * 1000, 'Int64')}"
+def step_open_until_sql(
+    funnel: FunnelDefinition, window: str, k: int, at: Callable[[str, int], str]
+) -> str:
+    """Until when (ms) the attempt held at step k (1-based) can still take step k+1.
+    `window`: the bound window in ms; `at(column, k)` reads the held attempt's `st` or `re`
+    at step k."""
+    until = f"{at('st', k)} + {window}"
     within = funnel.steps[k].within_seconds
     if within is not None:
-        until = f"least({until}, re[{k}] + {within * 1000})"
+        until = f"least({until}, {at('re', k)} + {within * 1000})"
     return until
 
 

@@ -18,12 +18,11 @@ FROM (
 FROM (
     SELECT visitor_id.1 AS entity, groupArray((st, re, pr, firsts, vals, visitor_id.2)) AS parts
     FROM (SELECT visitor_id,
-       arrayMap(x -> if(bitAnd(x, 63) = 0, x, -1), e) AS s0,
-       arrayFill(x -> x >= 0, s0) AS f0, f0 AS g0,
-       arrayMap((x, a) -> if(bitAnd(x, 63) = 1 AND a >= 0 AND x <= a + 5529600001, a, -1), e, f0) AS s1,
+       arrayMap((x, g) -> x - g, e, arrayCumSumNonNegative(arrayMap((x, d) -> if(bitAnd(x, 63) = 0, -9223372036854775807, d), e, arrayDifference(e)))) AS f0, f0 AS g0,
+       arrayMap((x, a) -> if(bitAnd(x, 63) = 1 AND bitAnd(a, 63) = 0 AND x <= a + 5529600001, a, -1), e, f0) AS s1,
        arrayFill(x -> x >= 0, s1) AS f1,
        arrayMap((x, a) -> if(bitAnd(x, 63) = 2 AND a >= 0 AND x <= a + 5529600002, a, -1), e, f1) AS s2,
-       arrayLastIndex(x -> x >= 0, s0) AS i0,
+       arrayLastIndex(x -> bitAnd(x, 63) = 0, e) AS i0,
        arrayLastIndex(x -> x >= 0, s1) AS i1,
        arrayLastIndex(x -> x >= 0, s2) AS i2,
        arrayMap((x, j) -> if(bitAnd(x, 63) = 0, j, 0), e, arrayEnumerate(e)) AS q0,
@@ -33,9 +32,10 @@ FROM (
        arrayMap((a, j) -> if(a >= 0, j, 0), s2, h1) AS q2,
        [v[q0[i0]], v[q1[i1]], v[q2[i2]]] AS firsts,
        [v[i0], v[i1], v[i2]] AS vals,
-       [if(i0 > 0, bitShiftRight(s0[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1)] AS st,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1)] AS re,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s0, 1, i1))], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s1, 1, i2))], 6) + {p6:Int64}, -1)] AS pr
+       if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS st1, if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS re1, if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS pr1,
+       if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1) AS st2, if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1) AS re2, if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1) AS pr2,
+       if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1) AS st3, if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1) AS re3, if(i2 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s1, 1, i2))], 6) + {p6:Int64}, -1) AS pr3,
+       [st1, st2, st3] AS st, [re1, re2, re3] AS re, [pr1, pr2, pr3] AS pr
 FROM (
     SELECT visitor_id,
            arrayMap(k -> toInt64(bitShiftRight(k, 198)) * 64 + 63 - toInt64(bitAnd(k, 63)),

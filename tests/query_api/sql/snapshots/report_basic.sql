@@ -8,38 +8,36 @@ SELECT step,
        avg_previous[step] AS avg_from_previous_ms,
        waiting[step] AS in_progress
 FROM (
-    SELECT [countIf(level >= 1),
-        countIf(level >= 2),
-        countIf(level >= 3)] AS reach,
+    SELECT [countIf(st1 >= 0),
+        countIf(st2 >= 0),
+        countIf(st3 >= 0)] AS reach,
        [[0, 0],
-        quantilesExactIf(0.5, 0.9)(re[2] - st[2], st[2] >= 0),
-        quantilesExactIf(0.5, 0.9)(re[3] - st[3], st[3] >= 0)] AS q_start,
-       [avgIf(0, st[1] >= 0),
-        avgIf(re[2] - st[2], st[2] >= 0),
-        avgIf(re[3] - st[3], st[3] >= 0)] AS avg_start,
+        quantilesExactIf(0.5, 0.9)(re2 - st2, st2 >= 0),
+        quantilesExactIf(0.5, 0.9)(re3 - st3, st3 >= 0)] AS q_start,
+       [avgIf(0, st1 >= 0),
+        avgIf(re2 - st2, st2 >= 0),
+        avgIf(re3 - st3, st3 >= 0)] AS avg_start,
        [[0, 0],
         q_start[2],
-        quantilesExactIf(0.5, 0.9)(re[3] - pr[3], st[3] >= 0)] AS q_previous,
-       [avgIf(0, st[1] >= 0),
+        quantilesExactIf(0.5, 0.9)(re3 - pr3, st3 >= 0)] AS q_previous,
+       [avgIf(0, st1 >= 0),
         avg_start[2],
-        avgIf(re[3] - pr[3], st[3] >= 0)] AS avg_previous,
-       [countIf(level = 1 AND {p11:Int64} <= open_until),
-        countIf(level = 2 AND {p11:Int64} <= open_until),
+        avgIf(re3 - pr3, st3 >= 0)] AS avg_previous,
+       [countIf(st1 >= 0 AND st2 < 0 AND {p11:Int64} <= st1 + {p0:Int64}),
+        countIf(st2 >= 0 AND st3 < 0 AND {p11:Int64} <= st2 + {p0:Int64}),
         0] AS waiting
-    FROM (
-    SELECT visitor_id, st, re, pr, arrayLastIndex(x -> x >= 0, st) AS level, st[level] + {p0:Int64} AS open_until
     FROM (SELECT visitor_id,
-       arrayMap(x -> if(bitAnd(x, 63) = 0, x, -1), e) AS s0,
-       arrayFill(x -> x >= 0, s0) AS f0, f0 AS g0,
-       arrayMap((x, a) -> if(bitAnd(x, 63) = 1 AND a >= 0 AND x <= a + 5529600001, a, -1), e, f0) AS s1,
+       arrayMap((x, g) -> x - g, e, arrayCumSumNonNegative(arrayMap((x, d) -> if(bitAnd(x, 63) = 0, -9223372036854775807, d), e, arrayDifference(e)))) AS f0, f0 AS g0,
+       arrayMap((x, a) -> if(bitAnd(x, 63) = 1 AND bitAnd(a, 63) = 0 AND x <= a + 5529600001, a, -1), e, f0) AS s1,
        arrayFill(x -> x >= 0, s1) AS f1,
        arrayMap((x, a) -> if(bitAnd(x, 63) = 2 AND a >= 0 AND x <= a + 5529600002, a, -1), e, f1) AS s2,
-       arrayLastIndex(x -> x >= 0, s0) AS i0,
+       arrayLastIndex(x -> bitAnd(x, 63) = 0, e) AS i0,
        arrayLastIndex(x -> x >= 0, s1) AS i1,
        arrayLastIndex(x -> x >= 0, s2) AS i2,
-       [if(i0 > 0, bitShiftRight(s0[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1)] AS st,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1)] AS re,
-       [if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1), if(i1 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s0, 1, i1))], 6) + {p6:Int64}, -1), if(i2 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s1, 1, i2))], 6) + {p6:Int64}, -1)] AS pr
+       if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS st1, if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS re1, if(i0 > 0, bitShiftRight(e[i0], 6) + {p6:Int64}, -1) AS pr1,
+       if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1) AS st2, if(i1 > 0, bitShiftRight(e[i1], 6) + {p6:Int64}, -1) AS re2, if(i1 > 0, bitShiftRight(s1[i1], 6) + {p6:Int64}, -1) AS pr2,
+       if(i2 > 0, bitShiftRight(s2[i2], 6) + {p6:Int64}, -1) AS st3, if(i2 > 0, bitShiftRight(e[i2], 6) + {p6:Int64}, -1) AS re3, if(i2 > 0, bitShiftRight(e[arrayLastIndex(x -> x >= 0, arraySlice(s1, 1, i2))], 6) + {p6:Int64}, -1) AS pr3,
+       [st1, st2, st3] AS st, [re1, re2, re3] AS re, [pr1, pr2, pr3] AS pr
 FROM (
     SELECT visitor_id, arraySort(groupArray(packed)) AS e
     FROM (
@@ -52,8 +50,7 @@ FROM (
     )
     WHERE step >= 0
     GROUP BY visitor_id
-))
-    WHERE level > 0
+)
     )
 )
 ARRAY JOIN arrayEnumerate(reach) AS step
