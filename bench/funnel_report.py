@@ -6,7 +6,8 @@ then times each query `--runs` times and reports medians. Writes a Markdown summ
 
     python bench/funnel_report.py --events 10000000 --visitors 1000000 --runs 5
 
-Data is kept in `--path` and reused when it already holds the requested size.
+Data is kept in `--path` and reused when it already holds the requested numbers of events
+and visitors (keep one path per size to iterate on a smaller data set).
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ch = ClickHouse(f"chdb://{args.path}")
     migrate(ch)
-    (have,) = ch.query_rows_sync("SELECT count() FROM events WHERE project_id = 'bench'")[0]
+    have = ch.query_rows_sync(
+        "SELECT count(), uniqExact(visitor_id) FROM events WHERE project_id = 'bench'"
+    )[0]
     generate_s = 0.0
-    if have != args.events:
+    if have != (args.events, args.visitors):
         ch.command_sync("TRUNCATE TABLE events")
         started = time.perf_counter()
         ch.command_sync(GENERATE, {"events": args.events, "visitors": args.visitors})
