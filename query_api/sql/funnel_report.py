@@ -31,8 +31,8 @@ visitor's events in the range (`entity_sql`).
 
 Only the project's events in the time range with the funnel's event names (all names,
 for strict order) are read, before any per-entity work. Levels agree with the live
-processor (and with ClickHouse's `windowFunnel` for funnels whose steps no event matches
-twice; strict and any order are not kept live).
+processor for every option (and with ClickHouse's `windowFunnel` for funnels whose
+steps no event matches twice).
 """
 
 from __future__ import annotations
