@@ -251,8 +251,11 @@ class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
     reaches the caller before its partition's state is restored or after it was flushed.
     `epoch` counts revocations: records fetched by a `getmany` during which one started
     are dropped, since the caller may already have flushed and committed that partition.
-    Dropping loses nothing: aiokafka gives every new assignment fresh positions, read from
-    the committed offsets, so those records come again to whichever member owns them next.
+    A new assignment starts from the committed offsets, so those records come again to
+    whichever member owns them next; but when the same partition was assigned again
+    before that `getmany` returned, its records may come from the new assignment, whose
+    position then already moved past them: `KafkaConsumer._rewind` seeks such partitions
+    back to their committed offsets (a replay the processor skips per visitor).
     aiokafka logs and swallows callback errors; we keep the first one and `poll` raises it,
     so a processor that could not flush or restore stops instead of going on wrongly.
     """
@@ -383,6 +386,7 @@ class KafkaConsumer(LogConsumer):
             except _UNAVAILABLE as exc:
                 raise LogUnavailable(f"kafka poll of {self._topic!r} failed: {exc!r}") from exc
             if self._membership.epoch != epoch:
+                await self._rewind(batches)
                 continue
             return [
                 LogMessage(
@@ -395,6 +399,28 @@ class KafkaConsumer(LogConsumer):
                 for tp, messages in batches.items()
                 for m in messages
             ]
+
+    async def _rewind(self, dropped: Mapping[TopicPartition, list[Any]]) -> None:
+        """After dropping what a fetch returned while a revocation started: the records of
+        a partition assigned again during that fetch may be among them, and the fetch
+        moved its position past them. Nothing of the new assignment has reached the
+        caller yet, so start those partitions again from their committed offsets."""
+        consumer = self._started()
+        again = [tp for tp, records in dropped.items() if records and tp in consumer.assignment()]
+        if not again:
+            return
+        try:
+            for tp in again:
+                # Not `seek_to_committed`: it leaves a partition without a commit where it is.
+                offset = await consumer.committed(tp)
+                if offset is not None and offset >= 0:
+                    consumer.seek(tp, offset)
+                else:
+                    await consumer.seek_to_beginning(tp)  # auto_offset_reset="earliest"
+        except IllegalStateError:
+            pass  # revoked again meanwhile: the next assignment starts from the commit
+        except _UNAVAILABLE as exc:
+            raise LogUnavailable(f"kafka seek to committed failed: {exc!r}") from exc
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         if not offsets:
