@@ -74,7 +74,7 @@ PROCESSOR_USERS_REBUILT = Counter(
 )
 PROCESSOR_USER_REBUILD_SECONDS = Histogram(
     "funnelstream_processor_user_rebuild_seconds",
-    "Time to rebuild one batch's touched users (reads and fold)",
+    "Time to rebuild the users one batch touched in one project (reads and fold)",
     registry=REGISTRY,
 )
 PROCESSOR_WRITE_RETRIES = Counter(

@@ -84,14 +84,20 @@ class Entry:
     first_step: int
     # Tie-break between events with equal timestamp and first step (uuid_order).
     tie: int = field(default=0, compare=False, repr=False)
-    # count_by "session" with hold_property: the event's value of the held property (the
-    # fold splits a session's entries by it); None otherwise.
-    value: str | None = field(default=None, compare=False)
 
     def sort_key(self) -> tuple[int, int, int, int]:
         # Within one event: exclusions (ascending x), then steps deepest first.
         within = self.step if self.step < 0 else -self.step
         return (self.timestamp_ms, self.first_step, self.tie, within)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEntry(Entry):
+    """An entry of a funnel counted by session with a held property: it carries the
+    event's value of that property (`_fold_held` splits a session's entries by it). A
+    subclass, so the entries of every other funnel stay as small and cheap to build."""
+
+    value: str = field(default="", compare=False)
 
 
 def entries_for(
@@ -110,16 +116,21 @@ def entries_for(
     if not steps and not excluded:
         if not other:
             return []
-        return [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id), value)]
-    first = -1 if excluded else min(steps)
-    tie = uuid_order(event_id)
-    out = [
-        Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie, value) for x in sorted(excluded)
+        entries = [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id))]
+    else:
+        first = -1 if excluded else min(steps)
+        tie = uuid_order(event_id)
+        entries = [
+            Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie) for x in sorted(excluded)
+        ]
+        entries += [
+            Entry(timestamp_ms, s, event_id, first, tie) for s in sorted(steps, reverse=True)
+        ]
+    if value is None:
+        return entries
+    return [
+        HeldEntry(e.timestamp_ms, e.step, e.event_id, e.first_step, e.tie, value) for e in entries
     ]
-    out += [
-        Entry(timestamp_ms, s, event_id, first, tie, value) for s in sorted(steps, reverse=True)
-    ]
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +186,7 @@ class Folded:
     sessions: list[int] = field(default_factory=list)
     # `FoldRule.held`: the open session's slots per held value (`slots` is then, per step,
     # the latest attempt among them); else empty.
-    values: dict[str, list[Slot]] = field(default_factory=dict)
+    values: dict[str, list[Slot]] | None = None
 
     @classmethod
     def empty(cls, rule: FoldRule) -> Folded:
@@ -196,7 +207,7 @@ class Folded:
             self.latest.copy(),
             self.last_ms,
             self.sessions.copy(),
-            {v: slots.copy() for v, slots in self.values.items()},
+            {v: slots.copy() for v, slots in self.values.items()} if self.values else None,
         )
 
 
@@ -244,7 +255,7 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
                 out.sessions[k] += 1
             out.slots = [None] * rule.steps
             out.latest = []
-            out.values = {}
+            out.values = None
         out.last_ms = ts
     return inner(out, entries[start:], rule)
 
@@ -254,15 +265,16 @@ def _fold_held(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
     (values never interact), and per step the attempt with the greatest (start, reached,
     value) among the values holding it is the entity's, as the reference picks it."""
     out = state.copy()
+    values = out.values = out.values or {}
     by_value: dict[str, list[Entry]] = {}
     for entry in entries:
-        by_value.setdefault(entry.value or "", []).append(entry)
+        by_value.setdefault(entry.value if isinstance(entry, HeldEntry) else "", []).append(entry)
     for value, own in by_value.items():
-        slots = out.values.get(value) or [None] * rule.steps
-        out.values[value] = _fold_ordered(Folded(slots), own, rule).slots
+        slots = values.get(value) or [None] * rule.steps
+        values[value] = _fold_ordered(Folded(slots), own, rule).slots
     merged: list[Slot] = []
     for k in range(rule.steps):
-        held = [(s[0], s[1], v, s) for v, slots in out.values.items() if (s := slots[k])]
+        held = [(s[0], s[1], v, s) for v, slots in values.items() if (s := slots[k])]
         merged.append(max(held)[3] if held else None)
     out.slots = merged
     return out
@@ -499,7 +511,7 @@ class FunnelProgress:
             "c": list(self.checkpoint.slots),
             "p": [
                 [e.timestamp_ms, e.step, e.event_id, e.first_step]
-                + ([] if e.value is None else [e.value])
+                + ([e.value] if isinstance(e, HeldEntry) else [])
                 for e in self.pending
             ],
             "l": self.level,
@@ -546,8 +558,10 @@ class FunnelProgress:
             raw = doc.get(key)
             return None if raw is None else int(str(raw))
 
-        def values(key: str) -> dict[str, list[Slot]]:
-            raw = doc.get(key, {})
+        def values(key: str) -> dict[str, list[Slot]] | None:
+            raw = doc.get(key)
+            if raw is None:
+                return None
             assert isinstance(raw, dict)
             return {str(v): _slots_of(slots) for v, slots in raw.items()}
 
@@ -563,15 +577,10 @@ class FunnelProgress:
                 values("cv"),
             ),
             pending=[
-                Entry(
-                    int(p[0]),
-                    int(p[1]),
-                    str(p[2]),
-                    int(p[3]),
-                    uuid_order(str(p[2])),
-                    str(p[4]) if len(p) > 4 else None,
-                )
-                for p in pending_raw
+                Entry(int(t), int(s), str(i), int(f), uuid_order(str(i)))
+                if not held
+                else HeldEntry(int(t), int(s), str(i), int(f), uuid_order(str(i)), str(held[0]))
+                for t, s, i, f, *held in pending_raw
             ],
             level=level,
             current=Folded(

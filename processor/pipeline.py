@@ -76,16 +76,14 @@ from processor.transform import (
     Timing,
     apply_event,
     forget_visitor,
-    funnel_state_row,
     transition_row,
 )
 from processor.user_funnels import (
-    SNAPSHOT_SQL,
     VISITORS_SQL,
     group_by_user,
-    rebuild_user,
     user_events_sql,
     user_funnels,
+    user_rows,
 )
 from schemas.events import InvalidMessage, decode
 from schemas.funnels import FunnelDefinition
@@ -401,9 +399,6 @@ class Processor:
         """Funnel-state and transition rows of touched users' `count_by: "user"` funnels
         (or of `only`), rebuilt from the stored events of the visitors counting for them.
         `fresh`: event ids whose transitions to write (None: all, for a backfill)."""
-        if not users:
-            return [], []
-        started = time.monotonic()
         by_project: dict[str, list[str]] = {}
         for project, user in sorted(users):
             by_project.setdefault(project, []).append(user)
@@ -413,10 +408,12 @@ class Processor:
             funnels = [only] if only else user_funnels(self._catalog.for_project(project))
             if not funnels:
                 continue
+            started = time.monotonic()
             # The version is when the reads begin, on ClickHouse's clock: the newest row
             # of a user then covers every write that finished before any rebuild of it.
-            ((version,),) = await self._ch.query_rows(SNAPSHOT_SQL)
-            members = await self._ch.query_rows(VISITORS_SQL, {"project": project, "users": names})
+            ((version, members),) = await self._ch.query_rows(
+                VISITORS_SQL, {"project": project, "users": names}
+            )
             visitors = sorted({str(v) for _, v in members})
             sql, events = user_events_sql(funnels)
             rows = (
@@ -426,21 +423,19 @@ class Processor:
                 if visitors
                 else []
             )
-            per_user = group_by_user(members, rows)
-            now_ms = int(time.time() * 1000)
-            for funnel in funnels:
-                for user in names:
-                    progress, moved = rebuild_user(
-                        funnel, per_user.get(user, []), self.config.timing.lateness_ms, fresh
-                    )
-                    states.append(
-                        funnel_state_row(project, funnel.id, user, progress, int(version), now_ms)
-                    )
-                    transitions.extend(
-                        transition_row(project, funnel.id, user, t, now_ms) for t in moved
-                    )
+            user_states, user_transitions = user_rows(
+                project,
+                funnels,
+                group_by_user(names, members, rows),
+                int(version),
+                self.config.timing.lateness_ms,
+                fresh,
+                int(time.time() * 1000),
+            )
+            states += user_states
+            transitions += user_transitions
             metrics.PROCESSOR_USERS_REBUILT.inc(len(names))
-        metrics.PROCESSOR_USER_REBUILD_SECONDS.observe(time.monotonic() - started)
+            metrics.PROCESSOR_USER_REBUILD_SECONDS.observe(time.monotonic() - started)
         return states, transitions
 
     # -- rebalance -------------------------------------------------------------------
@@ -487,8 +482,6 @@ class Processor:
         held = consumer.assignment()
         todo = []
         for funnel in self._catalog.all():
-            if funnel.live_unsupported() is not None:
-                continue
             digest = definition_hash(funnel)
             key = (funnel.project, funnel.id)
             parts = [p for p in sorted(held) if self._backfilled.get(p, {}).get(key) != digest]

@@ -196,9 +196,8 @@ def apply_event(
     _sessionize(state, event, props, offset, timing, out)
     identified = state.identity is not None
     for funnel in funnels:
-        # Funnels the stage machine cannot hold yet are served from raw events only; an
-        # identified visitor's user funnels are rebuilt per user after the write.
-        if funnel.live_unsupported() is None and not (identified and funnel.count_by == "user"):
+        # An identified visitor's user funnels are rebuilt per user after the write.
+        if not (identified and funnel.count_by == "user"):
             _advance(state, event, props, funnel, offset, horizon, processed_at_ms, out)
 
 

@@ -31,12 +31,14 @@ from typing import Any
 
 from processor.backfill import rebuild_progress
 from processor.funnel_stage import FunnelProgress, Transition
+from processor.rows import Row
+from processor.transform import funnel_state_row, transition_row
 from schemas.funnels import FunnelDefinition
 
-SNAPSHOT_SQL = "SELECT toUnixTimestamp64Micro(now64(6))"
-
+# One row: the version (the query's start on ClickHouse's clock, `now64` is fixed per
+# query) and the (user, visitor) pairs counting now.
 VISITORS_SQL = """
-SELECT user_id, visitor_id
+SELECT toUnixTimestamp64Micro(now64(6)), groupArray((user_id, visitor_id))
 FROM visitor_identities FINAL
 WHERE project_id = {project:String} AND user_id IN {users:Array(String)}
 """
@@ -56,7 +58,7 @@ EventRow = tuple[str, str, int, dict[str, str]]
 
 def user_funnels(funnels: Iterable[FunnelDefinition]) -> list[FunnelDefinition]:
     """The funnels whose live state is rebuilt per user."""
-    return [f for f in funnels if f.count_by == "user" and f.live_unsupported() is None]
+    return [f for f in funnels if f.count_by == "user"]
 
 
 def user_events_sql(funnels: list[FunnelDefinition]) -> tuple[str, list[str]]:
@@ -68,15 +70,16 @@ def user_events_sql(funnels: list[FunnelDefinition]) -> tuple[str, list[str]]:
 
 
 def group_by_user(
-    members: Iterable[tuple[Any, Any]], rows: Iterable[tuple[Any, ...]]
+    users: Iterable[str], members: Iterable[tuple[Any, Any]], rows: Iterable[tuple[Any, ...]]
 ) -> dict[str, list[EventRow]]:
-    """Rows of USER_EVENTS_SQL per user, from (user, visitor) rows of VISITORS_SQL. The
-    events table is read without FINAL: a row written twice (a replay) is dropped here."""
+    """Rows of USER_EVENTS_SQL per user of `users` (one without visitors or events gets
+    none), from the (user, visitor) pairs of VISITORS_SQL. The events table is read
+    without FINAL: a row written twice (a replay) is dropped here."""
     user_of = {str(visitor): str(user) for user, visitor in members}
-    out: dict[str, dict[str, EventRow]] = {str(user): {} for user, _ in members}
+    out: dict[str, dict[str, EventRow]] = {user: {} for user in users}
     for visitor, event_id, name, ts, props in rows:
         user = user_of.get(str(visitor))
-        if user is not None:
+        if user in out:
             out[user][str(event_id)] = (str(event_id), str(name), int(ts), dict(props))
     return {user: list(events.values()) for user, events in out.items()}
 
@@ -97,3 +100,24 @@ def rebuild_user(
     if fresh_event_ids is None:
         return shown, transitions
     return shown, [t for t in transitions if t.event_id in fresh_event_ids]
+
+
+def user_rows(
+    project: str,
+    funnels: list[FunnelDefinition],
+    per_user: dict[str, list[EventRow]],
+    version: int,
+    lateness_ms: int,
+    fresh_event_ids: set[str] | None,
+    now_ms: int,
+) -> tuple[list[Row], list[Row]]:
+    """Funnel-state rows (versioned `version`) and transition rows of every user in
+    `per_user` (also those left without events: their row is emptied)."""
+    states: list[Row] = []
+    transitions: list[Row] = []
+    for funnel in funnels:
+        for user, events in per_user.items():
+            progress, moved = rebuild_user(funnel, events, lateness_ms, fresh_event_ids)
+            states.append(funnel_state_row(project, funnel.id, user, progress, version, now_ms))
+            transitions.extend(transition_row(project, funnel.id, user, t, now_ms) for t in moved)
+    return states, transitions

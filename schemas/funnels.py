@@ -109,16 +109,6 @@ class FunnelDefinition(BaseModel):
         """Steps an attempt holding step k can take next (k+1, and past optional ones)."""
         return [m for m in range(k + 1, len(self.steps)) if k in self.sources(m)]
 
-    def live_unsupported(self) -> str | None:
-        """Why the processor cannot keep this funnel's live state (None: it can).
-
-        Such funnels are reported from raw events only; `/live` answers 409 with this
-        reason. Every other option (strict and any order, exclusions, per-step windows,
-        optional steps, total attempts, a held property, sessions, users) is kept live; see
-        docs/funnels.md, "Live".
-        """
-        return None
-
 
 class FunnelValidationError(ValueError):
     def __init__(self, code: str, message: str, field: str) -> None:

@@ -51,11 +51,9 @@ async def list_funnels(project: ReadProject, catalog: CatalogDep) -> list[dict[s
 async def save_funnel(
     body: dict[str, Any], project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
 ) -> dict[str, Any]:
-    """Saves (or replaces) a definition. The processor keeps live state for every option
-    today, built from the stored events when saved (`live: true`); a definition it could
-    not hold would still be saved and reported from raw events, with `live: false` and
-    `/live` answering 409."""
+    """Saves (or replaces) a definition. The processor keeps live state for every option,
+    built from the stored events when the funnel is saved: `live` is always true."""
     funnel = parse_definition(body, project.id)
     await funnel_store.save(ch, funnel)
     catalog.upsert(funnel)
-    return {**funnel.model_dump(), "live": funnel.live_unsupported() is None}
+    return {**funnel.model_dump(), "live": True}

@@ -63,17 +63,6 @@ class LiveOut(BaseModel):
     query_ms: float
 
 
-def live_funnel(catalog: CatalogDep, project: str, funnel_id: str) -> FunnelDefinition:
-    funnel = get_funnel(catalog, project, funnel_id)
-    reason = funnel.live_unsupported()
-    if reason is not None:
-        raise HTTPException(
-            409,
-            {"error": "live_not_supported", "message": f"no live state for funnels with {reason}"},
-        )
-    return funnel
-
-
 @router.get("/{funnel_id}/live", response_model=LiveOut, summary="Visitors at each stage now")
 async def live_stages(
     funnel_id: str,
@@ -84,10 +73,9 @@ async def live_stages(
 ) -> LiveOut:
     """Visitors at each stage of a saved funnel now (all time, as the processor holds
     them), and per step the visitors who reached it in the last `minutes` (by event time;
-    0 skips that query). Funnels the processor cannot hold live answer 409
-    `live_not_supported`."""
+    0 skips that query). Every saved funnel has live state, whatever its options."""
     started = time.monotonic()
-    funnel = live_funnel(catalog, project.id, funnel_id)
+    funnel = get_funnel(catalog, project.id, funnel_id)
     recent: list[tuple[Any, ...]] = []
     attempts: list[tuple[Any, ...]] = []
     # Attempts or sessions are counted per visitor by the processor (step_attempts).
@@ -228,7 +216,7 @@ async def live_stream(
     reconnecting client sends `Last-Event-ID` (the write time in epoch ms) and resumes
     from there; `since` starts from an earlier write time. The stream ends when the
     client disconnects."""
-    funnel = live_funnel(catalog, project.id, funnel_id)
+    funnel = get_funnel(catalog, project.id, funnel_id)
     now = datetime.now(UTC)
     resume = last_event_id if last_event_id and last_event_id.isdigit() else since
     after = parse_time(resume, now, "since")

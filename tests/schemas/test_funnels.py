@@ -343,25 +343,3 @@ def test_names_and_labels() -> None:
     assert f.event_names() == ["buy", "pay", "refund", "view"]
     assert [s.label() for s in f.steps] == ["view", "pay | buy"]
     assert FunnelStep(event="x").matchers()[0].event == "x"
-
-
-@pytest.mark.parametrize(
-    ("overrides", "reason"),
-    [
-        ({}, None),
-        ({"exclusions": [{"event": "x"}]}, None),
-        ({"steps": [{"event": "a"}, {"event": "b", "within_seconds": 9}]}, None),
-        ({"order": "strict"}, None),
-        ({"counting": "total"}, None),
-        ({"steps": [{"event": "a"}, {"event": "b", "optional": True}]}, None),
-        ({"count_by": "user"}, None),
-        ({"count_by": "user", "order": "strict", "hold_property": "plan"}, None),
-        ({"count_by": "session"}, None),
-        ({"count_by": "session", "order": "strict", "exclusions": [{"event": "x"}]}, None),
-        ({"count_by": "session", "hold_property": "plan"}, None),
-        ({"order": "any"}, None),
-        ({"hold_property": "plan"}, None),
-    ],
-)
-def test_live_unsupported(overrides: dict[str, Any], reason: str | None) -> None:
-    assert funnel(**overrides).live_unsupported() == reason
