@@ -47,7 +47,25 @@ PROCESSOR_DUPLICATES = Counter(
 )
 PROCESSOR_TOO_LATE = Counter(
     "funnelstream_processor_too_late_events_total",
-    "Events stored but older than the allowed lateness for live state",
+    "Events older than the allowed lateness behind their visitor's newest: stored, and "
+    "their visitor re-folded from the stored events",
+    registry=REGISTRY,
+)
+PROCESSOR_REFOLDED_VISITORS = Counter(
+    "funnelstream_processor_refolded_visitors_total",
+    "Visitors re-folded from their stored events after a late event",
+    registry=REGISTRY,
+)
+PROCESSOR_REFOLD_SECONDS = Histogram(
+    "funnelstream_processor_refold_seconds",
+    "Time to re-fold one batch's late visitors (reads, fold, correction writes)",
+    registry=REGISTRY,
+)
+PROCESSOR_CORRECTIONS = Counter(
+    "funnelstream_processor_transition_corrections_total",
+    "Transition rows written by re-folds: retracted (no longer made) or corrected (made "
+    "instead); counted apart from transitions as they happened",
+    ["kind"],
     registry=REGISTRY,
 )
 PROCESSOR_DEAD_LETTERS = Counter(

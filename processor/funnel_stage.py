@@ -371,6 +371,31 @@ class Transition:
     reached_at_ms: int
     chain_started_at_ms: int
     event_id: str
+    # "reached": made as the event arrived; "retracted": one made before that a late event
+    # shows never happened in timestamp order; "corrected": the one made instead.
+    kind: str = field(default="reached", compare=False)
+
+    def as_kind(self, kind: str) -> Transition:
+        return Transition(
+            self.step, self.reached_at_ms, self.chain_started_at_ms, self.event_id, kind
+        )
+
+    def same(self, other: Transition) -> bool:
+        return (self.reached_at_ms, self.chain_started_at_ms, self.event_id) == (
+            other.reached_at_ms,
+            other.chain_started_at_ms,
+            other.event_id,
+        )
+
+
+def _transition_of(raw: object) -> Transition:
+    assert isinstance(raw, list)
+    step, reached, started, event_id = raw
+    return Transition(int(step), int(reached), int(started), str(event_id))
+
+
+def _transition_json(t: Transition) -> list[object]:
+    return [t.step, t.reached_at_ms, t.chain_started_at_ms, t.event_id]
 
 
 def _slots_of(raw: object) -> list[Slot]:
@@ -397,6 +422,12 @@ class FunnelProgress:
     current: Folded = field(default_factory=lambda: Folded([]))
     by_value: dict[str, FunnelProgress] | None = None
     retired_level: int = 0
+    # The transitions table's row per step as of the checkpoint (`marks`), and what was
+    # emitted since, with the timestamp of the event that emitted it (`emitted`): a
+    # re-sort of pending entries re-emits from the checkpoint in timestamp order and
+    # corrects the difference, so the table ends as in-order arrival leaves it.
+    marks: dict[int, Transition] = field(default_factory=dict)
+    emitted: list[tuple[int, Transition]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.checkpoint.slots:
@@ -441,12 +472,20 @@ class FunnelProgress:
         )
         for entry in entries:
             bisect.insort(self.pending, entry, key=Entry.sort_key)
-        closed_before = self.current.sessions[0] if self.current.sessions else 0
         if appended_in_order:
-            self.current = fold_state(self.current, entries, rule)
+            transitions = self._fold_in(entries, rule)
+            if transitions:
+                ts = entries[0].timestamp_ms
+                self.emitted.extend((ts, t) for t in transitions)
         else:
-            self.current = fold_state(self.checkpoint, self.pending, rule)
+            transitions = self._refold_pending(rule)
         self._advance_checkpoint(horizon_ms, rule)
+        return transitions
+
+    def _fold_in(self, entries: list[Entry], rule: FoldRule) -> list[Transition]:
+        """Fold one event's entries into `current`; the steps newly reached."""
+        closed_before = self.current.sessions[0] if self.current.sessions else 0
+        self.current = fold_state(self.current, entries, rule)
         new_level = level_of(self.current.slots)
         old_level = self.level
         if self.current.sessions and self.current.sessions[0] > closed_before:
@@ -460,6 +499,41 @@ class FunnelProgress:
                 transitions.append(Transition(step, slot[1], slot[0], slot[2]))
         self.level = new_level
         return transitions
+
+    def _refold_pending(self, rule: FoldRule) -> list[Transition]:
+        """An event landed between pending ones: fold the pending events again from the
+        checkpoint one by one, as in-order arrival would have, and return what changes
+        in the table: steps newly reached, and corrections of rows emitted before."""
+        before = self.table()
+        self.current = self.checkpoint.copy()
+        self.level = level_of(self.checkpoint.slots)
+        self.emitted = []
+        start = 0
+        pending = self.pending
+        for i in range(1, len(pending) + 1):
+            if i < len(pending) and pending[i].event_id == pending[start].event_id:
+                continue
+            ts = pending[start].timestamp_ms
+            self.emitted.extend((ts, t) for t in self._fold_in(pending[start:i], rule))
+            start = i
+        after = self.table()
+        moves: list[Transition] = []
+        for step in sorted(set(before) | set(after)):
+            old, new = before.get(step), after.get(step)
+            if old is not None and new is not None and old.same(new):
+                continue
+            if old is not None:
+                moves.append(old.as_kind("retracted"))
+            if new is not None:
+                moves.append(new.as_kind("reached" if old is None else "corrected"))
+        return moves
+
+    def table(self) -> dict[int, Transition]:
+        """Per step, the transition the table holds now (the last one emitted)."""
+        out = dict(self.marks)
+        for _, t in self.emitted:
+            out[t.step] = t
+        return out
 
     def _add_held(
         self, value: str, entries: list[Entry], rule: FoldRule, horizon_ms: int
@@ -496,6 +570,13 @@ class FunnelProgress:
         if cut:
             self.checkpoint = fold_state(self.checkpoint, self.pending[:cut], rule)
             del self.pending[:cut]
+        done = 0
+        while done < len(self.emitted) and self.emitted[done][0] < horizon_ms:
+            t = self.emitted[done][1]
+            self.marks[t.step] = t
+            done += 1
+        if done:
+            del self.emitted[:done]
 
     def to_json(self) -> dict[str, object]:
         if self.by_value is not None:
@@ -529,6 +610,9 @@ class FunnelProgress:
             doc["cs"], doc["ss"] = self.checkpoint.sessions, self.current.sessions
         if self.checkpoint.values or self.current.values:
             doc["cv"], doc["sv"] = self.checkpoint.values, self.current.values
+        doc["m"] = [_transition_json(t) for _, t in sorted(self.marks.items())]
+        if self.emitted:
+            doc["e"] = [[ts, *_transition_json(t)] for ts, t in self.emitted]
         return doc
 
     @classmethod
@@ -565,10 +649,25 @@ class FunnelProgress:
             assert isinstance(raw, dict)
             return {str(v): _slots_of(slots) for v, slots in raw.items()}
 
+        checkpoint_slots = _slots_of(doc["c"])
+        raw_marks = doc.get("m")
+        if isinstance(raw_marks, list):
+            marks = {t.step: t for t in map(_transition_of, raw_marks)}
+        else:
+            # Saved before marks were kept: the checkpoint's slots are what was emitted.
+            marks = {
+                k + 1: Transition(k + 1, s[1], s[0], s[2])
+                for k, s in enumerate(checkpoint_slots[: level_of(checkpoint_slots)])
+                if s is not None
+            }
+        raw_emitted = doc.get("e", [])
+        assert isinstance(raw_emitted, list)
         return cls(
             steps=steps,
+            marks=marks,
+            emitted=[(int(e[0]), _transition_of(e[1:])) for e in raw_emitted],
             checkpoint=Folded(
-                _slots_of(doc["c"]),
+                checkpoint_slots,
                 str(doc.get("ct", "")),
                 counts("ca"),
                 _slots_of(doc.get("cl", [])),

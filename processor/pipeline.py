@@ -59,6 +59,16 @@ from processor.backfill import (
 )
 from processor.catalog import FunnelCatalog
 from processor.funnel_stage import FunnelProgress
+from processor.refold import (
+    VISITOR_EVENTS_SQL,
+    VISITOR_SESSIONS_SQL,
+    VISITOR_TRANSITIONS_SQL,
+    Corrections,
+    corrections,
+    group_events,
+    refold,
+    stored_transitions_by_visitor,
+)
 from processor.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
@@ -377,9 +387,14 @@ class Processor:
         await self._ch.insert(
             "funnel_state", list(out.funnel_states.values()) + user_states, FUNNEL_STATE_COLUMNS
         )
-        await self._ch.insert(
-            "funnel_transitions", out.transitions + user_transitions, TRANSITION_COLUMNS
-        )
+        # Three inserts: as they happened, retractions, rows after corrections (transform.py).
+        inserts = out.transition_inserts()
+        inserts[0] = inserts[0] + user_transitions
+        for rows in inserts:
+            await self._ch.insert("funnel_transitions", rows, TRANSITION_COLUMNS)
+        if out.refold:
+            # After every row of the batch, so the re-fold reads them and its rows win.
+            await self._refold(batch)
         await self._ch.insert("dead_letters", batch.dead_letters, DEAD_LETTER_COLUMNS)
         if batch.dead_letter_records and self._dead_letter_producer is not None:
             # At least once, like the table: a replay after a crash may repeat a record.
@@ -389,6 +404,62 @@ class Processor:
             for key, (partition, state) in batch.dirty.items()
         ]
         await self._ch.insert("processor_state", state_rows, STATE_COLUMNS)
+
+    async def _refold(self, batch: _Batch) -> None:
+        """Re-fold the visitors that received an event too late for their live state from
+        their stored events; write the corrections; replace their states (refold.py)."""
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        by_project: dict[str, list[str]] = {}
+        for project, visitor in sorted(batch.outputs.refold):
+            by_project.setdefault(project, []).append(visitor)
+        fixes = Corrections()
+        replaced: dict[str, tuple[int, VisitorState]] = {}
+        for project, visitors in by_project.items():
+            funnels = self._catalog.for_project(project)
+            params = {
+                "project": project,
+                "visitors": visitors,
+                "funnels": [f.id for f in funnels],
+            }
+            events = group_events(await self._ch.query_rows(VISITOR_EVENTS_SQL, params))
+            sessions: dict[str, set[str]] = {}
+            for visitor, session_id in await self._ch.query_rows(VISITOR_SESSIONS_SQL, params):
+                sessions.setdefault(str(visitor), set()).add(str(session_id))
+            stored = stored_transitions_by_visitor(
+                await self._ch.query_rows(VISITOR_TRANSITIONS_SQL, params) if funnels else []
+            )
+            for visitor in visitors:
+                key = visitor_key(project, visitor)
+                partition, old = batch.dirty[key]
+                new = refold(old, events.get(visitor, []), funnels, self.config.timing, now_ms)
+                fixes.extend(
+                    corrections(
+                        old,
+                        new,
+                        sessions.get(visitor, set()),
+                        stored.get(visitor, {}),
+                        funnels,
+                        old.applied_offset,
+                        now_ms,
+                    )
+                )
+                replaced[key] = (partition, new.state)
+        await self._ch.insert("sessions", fixes.sessions, SESSION_COLUMNS)
+        await self._ch.insert("funnel_state", fixes.funnel_states, FUNNEL_STATE_COLUMNS)
+        # Retractions first, in their own insert: the correction that follows shares
+        # their key in funnel_transitions, and the later insert is the one kept.
+        await self._ch.insert("funnel_transitions", fixes.retractions, TRANSITION_COLUMNS)
+        await self._ch.insert("funnel_transitions", fixes.transitions, TRANSITION_COLUMNS)
+        for key, (partition, state) in replaced.items():
+            batch.dirty[key] = (partition, state)
+            held = self._states.get(partition)
+            if held is not None and key in held:
+                held[key] = state
+        metrics.PROCESSOR_REFOLDED_VISITORS.inc(len(replaced))
+        metrics.PROCESSOR_CORRECTIONS.labels("retracted").inc(len(fixes.retractions))
+        metrics.PROCESSOR_CORRECTIONS.labels("corrected").inc(len(fixes.transitions))
+        metrics.PROCESSOR_REFOLD_SECONDS.observe(time.monotonic() - started)
 
     async def _rebuild_users(
         self,
@@ -531,10 +602,10 @@ class Processor:
                     state.applied_offset,
                     now_ms,
                 )
-                out.transitions.extend(
-                    transition_row(funnel.project, funnel.id, state.visitor_id, t, now_ms)
-                    for t in transitions
-                )
+                for t in transitions:
+                    out.add_transition(
+                        transition_row(funnel.project, funnel.id, state.visitor_id, t, now_ms)
+                    )
                 dirty.append((partition, key, state))
         state_rows = [
             (self.config.group, p, key, state.dumps().decode(), state.applied_offset)
@@ -550,9 +621,10 @@ class Processor:
             await self._ch.insert(
                 "funnel_state", list(out.funnel_states.values()) + user_states, FUNNEL_STATE_COLUMNS
             )
-            await self._ch.insert(
-                "funnel_transitions", out.transitions + user_transitions, TRANSITION_COLUMNS
-            )
+            inserts = out.transition_inserts()
+            inserts[0] = inserts[0] + user_transitions
+            for rows in inserts:
+                await self._ch.insert("funnel_transitions", rows, TRANSITION_COLUMNS)
             await self._ch.insert("processor_state", state_rows, STATE_COLUMNS)
             # The marker goes last: a crash before it redoes this (identical) backfill.
             await self._ch.insert("funnel_backfills", markers, BACKFILL_COLUMNS)

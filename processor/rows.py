@@ -58,6 +58,7 @@ TRANSITION_COLUMNS = (
     "chain_started_at",
     "event_id",
     "processed_at",
+    "kind",
 )
 IDENTITY_COLUMNS = ("project_id", "user_id", "visitor_id", "identified_at", "is_deleted")
 STATE_COLUMNS = ("consumer_group", "log_partition", "visitor_key", "state", "applied_offset")

@@ -37,9 +37,15 @@ class Outputs:
     event would be wasted work."""
 
     events: list[Row] = field(default_factory=list)
+    # funnel_transitions rows in three inserts, in this order (`add_transition`).
     transitions: list[Row] = field(default_factory=list)
+    retractions: list[Row] = field(default_factory=list)
+    late_transitions: dict[tuple[str, str, str, int], Row] = field(default_factory=dict)
     duplicates: int = 0
+    # Events older than the lateness behind their visitor's newest: stored, and their
+    # visitors (project, visitor) re-folded from the stored events after the write.
     too_late: int = 0
+    refold: set[tuple[str, str]] = field(default_factory=set)
     # Rows of visitor_identities: a visitor now counting for a user (or no longer).
     identities: list[Row] = field(default_factory=list)
     # (project, user) whose `count_by: "user"` progress must be rebuilt after the write:
@@ -52,10 +58,33 @@ class Outputs:
     pending_funnel_states: dict[tuple[str, str, str], tuple[FunnelProgress, int, int]] = field(
         default_factory=dict
     )
+    # Keys (project, funnel, visitor, step) retracted or corrected in this batch.
+    _corrected: set[tuple[str, str, str, int]] = field(default_factory=set)
+
+    def add_transition(self, row: Row) -> None:
+        """Place a funnel_transitions row so the batch's inserts leave each key's last row
+        right. The table keeps the last row per (funnel, visitor, step) by insert order, so
+        rows written as they happened go first; a retraction goes in a second insert; the
+        row a key ends on after a correction goes last (one per key: rows superseded within
+        the batch were never written, nobody saw them)."""
+        kind = row[-1]
+        key = (row[0], row[1], row[2], row[3])
+        if kind == "retracted":
+            self.retractions.append(row)
+            self.late_transitions.pop(key, None)
+            self._corrected.add(key)
+        elif kind == "corrected" or key in self._corrected:
+            self.late_transitions[key] = row
+            self._corrected.add(key)
+        else:
+            self.transitions.append(row)
+
+    def transition_inserts(self) -> list[list[Row]]:
+        return [self.transitions, self.retractions, list(self.late_transitions.values())]
 
     @property
     def sessions(self) -> dict[str, Row]:
-        return {sid: _session_row(*p) for sid, p in self.pending_sessions.items()}
+        return {sid: session_row(*p) for sid, p in self.pending_sessions.items()}
 
     @property
     def funnel_states(self) -> dict[tuple[str, str, str], Row]:
@@ -66,8 +95,12 @@ class Outputs:
         self.pending_sessions.clear()
         self.pending_funnel_states.clear()
         self.transitions.clear()
+        self.retractions.clear()
+        self.late_transitions.clear()
+        self._corrected.clear()
         self.identities.clear()
         self.users.clear()
+        self.refold.clear()
         self.duplicates = 0
         self.too_late = 0
 
@@ -77,13 +110,21 @@ class Outputs:
             + len(self.pending_sessions)
             + len(self.pending_funnel_states)
             + len(self.transitions)
+            + len(self.retractions)
+            + len(self.late_transitions)
             + len(self.identities)
         )
 
 
 def transition_row(
-    project: str, funnel_id: str, visitor: str, t: Transition, processed_at_ms: int
+    project: str,
+    funnel_id: str,
+    visitor: str,
+    t: Transition,
+    processed_at_ms: int,
 ) -> Row:
+    """A funnel_transitions row; its kind: reached (as it happened), or retracted /
+    corrected when a late event changed what in-order arrival makes."""
     return (
         project,
         funnel_id,
@@ -93,10 +134,11 @@ def transition_row(
         ms_to_datetime(t.chain_started_at_ms),
         as_uuid(t.event_id),
         ms_to_datetime(processed_at_ms),
+        t.kind,
     )
 
 
-def _session_row(project: str, visitor: str, s: Session, offset: int, deleted: bool) -> Row:
+def session_row(project: str, visitor: str, s: Session, offset: int, deleted: bool) -> Row:
     return (
         project,
         visitor,
@@ -187,9 +229,13 @@ def apply_event(
 
     horizon = state.newest_ms - timing.lateness_ms
     if state.newest_ms and event.timestamp_ms < horizon:
-        # Stored for retroactive SQL reports; too late to place in live state exactly.
+        # Too late to place from the state alone: stored, then its visitor is re-folded
+        # from every stored event after the batch's write (processor/refold.py).
         out.too_late += 1
+        out.refold.add((event.project_id, event.visitor_id))
         return
+    # Newer than every event before it (ties may still sort before one of them).
+    newest = event.timestamp_ms > state.newest_ms
     state.newest_ms = max(state.newest_ms, event.timestamp_ms)
     horizon = state.newest_ms - timing.lateness_ms
 
@@ -198,7 +244,7 @@ def apply_event(
     for funnel in funnels:
         # An identified visitor's user funnels are rebuilt per user after the write.
         if not (identified and funnel.count_by == "user"):
-            _advance(state, event, props, funnel, offset, horizon, processed_at_ms, out)
+            _advance(state, event, props, funnel, offset, horizon, newest, processed_at_ms, out)
 
 
 def _identify(
@@ -296,6 +342,7 @@ def _advance(
     funnel: FunnelDefinition,
     offset: int,
     horizon: int,
+    newest: bool,
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
@@ -307,9 +354,15 @@ def _advance(
     if progress is None:
         progress = state.funnels[funnel.id] = FunnelProgress(steps=len(funnel.steps))
     before = progress.slots if entries[0].step == OTHER else None
-    transitions = progress.add(entries, live.rule, horizon, live.held_value(props))
+    value = live.held_value(props)
+    if value is not None and not newest and progress.by_value:
+        # Attempts split by a held value keep no single checkpoint to re-sort from: an
+        # event that may land between earlier ones re-folds the visitor from the stored
+        # events instead (processor/refold.py).
+        out.refold.add((event.project_id, event.visitor_id))
+    transitions = progress.add(entries, live.rule, horizon, value)
     for t in transitions:
-        out.transitions.append(
+        out.add_transition(
             transition_row(event.project_id, funnel.id, event.visitor_id, t, processed_at_ms)
         )
     if before is not None and before == progress.slots:

@@ -145,12 +145,14 @@ async def transition_stream(
     poll_seconds: float = 1.0,
 ) -> AsyncIterator[str]:
     """Server-sent events: one `transition` per visitor reaching a step, written by the
-    processor at or after `after`, in write order; a comment line as heartbeat. Ends when
-    the client disconnects. Each (visitor, step) is sent once: a funnel's visitor reaches
-    each step once."""
+    processor at or after `after`, in write order; one `correction` when a late event's
+    re-fold changed a visitor's transitions (`retracted`: transitions sent before that no
+    longer hold; `corrected`: the ones made instead; a consumer that acted on a retracted
+    transition decides itself what to undo); a comment line as heartbeat. Ends when the
+    client disconnects. Each row is sent once."""
     StreamCounter.open += 1
     cursor = after
-    sent: dict[tuple[str, int], datetime] = {}
+    sent: dict[tuple[str, int, str, int], datetime] = {}
     quiet_since = time.monotonic()
     labels = [s.label() for s in funnel.steps]
     try:
@@ -165,10 +167,11 @@ async def transition_stream(
                 rows = []
                 yield ": clickhouse unavailable, retrying\n\n"
             fresh = 0
-            for visitor, step, reached_at, started_at, processed_at in rows:
+            corrections: dict[tuple[str, datetime], dict[str, Any]] = {}
+            for visitor, step, reached_at, started_at, processed_at, kind in rows:
                 written = _utc(processed_at)
                 cursor = max(cursor, written)
-                key = (str(visitor), int(step))
+                key = (str(visitor), int(step), str(kind), _ms(_utc(reached_at)))
                 if key in sent:
                     continue
                 sent[key] = written
@@ -181,7 +184,24 @@ async def transition_stream(
                     "attempt_started_at": _utc(started_at).isoformat(),
                     "processed_at": written.isoformat(),
                 }
-                yield sse_message(data, "transition", str(_ms(written)))
+                if kind == "reached":
+                    yield sse_message(data, "transition", str(_ms(written)))
+                    continue
+                # A late event's re-fold: its retractions and replacements for one visitor
+                # share a write time and go out as one `correction`.
+                group = corrections.setdefault(
+                    (key[0], written),
+                    {
+                        "visitor_id": key[0],
+                        "processed_at": written.isoformat(),
+                        "retracted": [],
+                        "corrected": [],
+                    },
+                )
+                del data["visitor_id"], data["processed_at"]
+                group[str(kind)].append(data)
+            for (_, written), group in corrections.items():
+                yield sse_message(group, "correction", str(_ms(written)))
             horizon = cursor - STREAM_OVERLAP
             for key in [k for k, written in sent.items() if written < horizon]:
                 del sent[key]

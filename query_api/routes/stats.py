@@ -22,7 +22,9 @@ async def project_stats(project: ReadProject, ch: ClickHouseDep) -> dict[str, An
         "SELECT count() FROM sessions FINAL WHERE project_id = {p:String}", params
     )
     ((transitions,),) = await ch.query_rows(
-        "SELECT count() FROM funnel_transitions FINAL WHERE project_id = {p:String}", params
+        "SELECT count() FROM funnel_transitions FINAL "
+        "WHERE project_id = {p:String} AND kind != 'retracted'",
+        params,
     )
     ((dead_letters,),) = await ch.query_rows("SELECT count() FROM dead_letters FINAL")
     return {

@@ -38,12 +38,14 @@ def recent_transitions_sql(
     project: str, funnel_id: str, since: datetime
 ) -> tuple[str, dict[str, Any]]:
     """Rows (step 1-based, transitions): visitors who reached each step at or after
-    `since` (by the time of the event that took them there)."""
+    `since` (by the time of the event that took them there). A transition a late event's
+    re-fold retracted is not counted (its key's last row is the retraction)."""
     sql = """
 SELECT step, count() AS transitions
 FROM funnel_transitions_by_time FINAL
 WHERE project_id = {project:String} AND funnel_id = {funnel:String}
   AND reached_at >= {since:DateTime64(3, 'UTC')}
+  AND kind != 'retracted'
 GROUP BY step""".strip()
     return sql, {"project": project, "funnel": funnel_id, "since": since}
 
@@ -54,7 +56,7 @@ def transitions_after_sql(
     """Transitions written at or after `after` (processed_at), oldest write first: what the
     stream sends. Not FINAL: the stream deduplicates by (visitor, step) itself."""
     sql = """
-SELECT visitor_id, step, reached_at, chain_started_at, processed_at
+SELECT visitor_id, step, reached_at, chain_started_at, processed_at, kind
 FROM funnel_transitions_by_time
 WHERE project_id = {project:String} AND funnel_id = {funnel:String}
   AND processed_at >= {after:DateTime64(3, 'UTC')}

@@ -134,38 +134,48 @@ def test_live_state_equals_reference(
     delays = data.draw(st.lists(st.integers(0, lateness), min_size=len(events)))
     in_order = sorted(events, key=lambda e: (e.timestamp_ms, e.event_id))
     shuffled = [events[i] for i in arrival_order(events, delays)]
-    held, attempts = expected(funnel, events)
     for stream in (in_order, shuffled):
-        states = feed(funnel, stream, lateness)
-        for visitor, state in states.items():
-            progress = state.funnels.get(funnel.id)
-            slots = held.get(visitor, [None] * len(funnel.steps))
-            want_slots = [
-                None if h is None else (h.started_ms, h.reached_ms, h.event_id) for h in slots
-            ]
-            want_level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
-            if progress is None:
-                assert want_level == 0, (visitor, funnel)
-                continue
-            assert progress.level == want_level, (visitor, funnel)
-            if funnel.hold_property is None and funnel.order != "any":
-                # Held values whose attempts can no longer move keep only their level;
-                # any order keeps levels only (the latest attempt needs a window's events).
-                assert progress.slots == want_slots, (visitor, funnel)
-            if visitor in attempts:
-                assert progress.attempts == attempts[visitor], (visitor, funnel)
-            # Saving the funnel later rebuilds the same state from the stored events.
-            rows = [
-                (e.event_id, e.event, e.timestamp_ms, dict(e.properties))
-                for e in events
-                if e.visitor_id == visitor
-            ]
-            rebuilt, _ = rebuild_progress(funnel, rows, state.newest_ms, lateness)
-            assert rebuilt is not None
-            assert rebuilt.level == progress.level
-            if funnel.hold_property is None:
-                assert rebuilt.slots == progress.slots
-            assert rebuilt.attempts == progress.attempts
+        assert_live_equals_reference(funnel, events, feed(funnel, stream, lateness), lateness)
+
+
+def assert_live_equals_reference(
+    funnel: FunnelDefinition,
+    events: list[reference.RefEvent],
+    states: dict[str, VisitorState],
+    lateness: int,
+) -> None:
+    """Each visitor's live progress is the reference's over `events` (and a backfill of the
+    same events rebuilds it)."""
+    held, attempts = expected(funnel, events)
+    for visitor, state in states.items():
+        progress = state.funnels.get(funnel.id)
+        slots = held.get(visitor, [None] * len(funnel.steps))
+        want_slots = [
+            None if h is None else (h.started_ms, h.reached_ms, h.event_id) for h in slots
+        ]
+        want_level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
+        if progress is None:
+            assert want_level == 0, (visitor, funnel)
+            continue
+        assert progress.level == want_level, (visitor, funnel)
+        if funnel.hold_property is None and funnel.order != "any":
+            # Held values whose attempts can no longer move keep only their level;
+            # any order keeps levels only (the latest attempt needs a window's events).
+            assert progress.slots == want_slots, (visitor, funnel)
+        if visitor in attempts:
+            assert progress.attempts == attempts[visitor], (visitor, funnel)
+        # Saving the funnel later rebuilds the same state from the stored events.
+        rows = [
+            (e.event_id, e.event, e.timestamp_ms, dict(e.properties))
+            for e in events
+            if e.visitor_id == visitor
+        ]
+        rebuilt, _ = rebuild_progress(funnel, rows, state.newest_ms, lateness)
+        assert rebuilt is not None
+        assert rebuilt.level == progress.level
+        if funnel.hold_property is None:
+            assert rebuilt.slots == progress.slots
+        assert rebuilt.attempts == progress.attempts
 
 
 @st.composite

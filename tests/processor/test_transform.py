@@ -142,9 +142,9 @@ def test_funnel_rows_for_each_step_reached() -> None:
     out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "cart", 1), ev(3, "other", 2)])
     assert out.transitions == [
         ("p", "f", "v", 1, ms_to_datetime(T0), ms_to_datetime(T0), eid(1),
-         ms_to_datetime(PROCESSED_AT)),
+         ms_to_datetime(PROCESSED_AT), "reached"),
         ("p", "f", "v", 2, ms_to_datetime(T0 + MIN), ms_to_datetime(T0), eid(2),
-         ms_to_datetime(PROCESSED_AT)),
+         ms_to_datetime(PROCESSED_AT), "reached"),
     ]  # fmt: skip
     assert out.funnel_states == {
         ("p", "f", "v"): (
@@ -214,6 +214,7 @@ def test_too_late_event_is_stored_but_not_placed() -> None:
     apply_all(state, [ev(1, "view", 60)])
     out = apply_all(state, [ev(2, "cart", 49.99)], first_offset=1)  # 10m01s behind
     assert out.too_late == 1
+    assert out.refold == {("p", "v")}  # placed by a re-fold after the write
     assert len(out.events) == 1
     assert out.sessions == {}
     assert out.funnel_states == {}

@@ -80,9 +80,14 @@ def state(
 
 
 def transition(
-    ch: ClickHouse, visitor: str, step: int, reached: datetime, written: datetime
+    ch: ClickHouse,
+    visitor: str,
+    step: int,
+    reached: datetime,
+    written: datetime,
+    kind: str = "reached",
 ) -> None:
-    row = ("shop", "checkout", visitor, step, reached, reached, uuid.uuid4(), written)
+    row = ("shop", "checkout", visitor, step, reached, reached, uuid.uuid4(), written, kind)
     ch.insert_sync("funnel_transitions", [row], TRANSITION_COLUMNS)
 
 
@@ -95,6 +100,9 @@ def test_stages_read_the_latest_state_and_recent_transitions(
     transition(ch, "v1", 2, now - timedelta(minutes=5), now)
     transition(ch, "v1", 2, now - timedelta(minutes=5), now)  # a replay writes it again
     transition(ch, "v3", 3, now - timedelta(minutes=50), now)
+    # v2's step 2 was retracted by a late event's re-fold: not counted.
+    transition(ch, "v2", 2, now - timedelta(minutes=7), now)
+    transition(ch, "v2", 2, now - timedelta(minutes=7), now, "retracted")
     r = client.get("/v1/funnels/checkout/live", params={"minutes": 30}, headers=READ)
     assert r.status_code == 200, r.text
     stages = r.json()["stages"]
@@ -167,6 +175,10 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             yield parsed
 
 
+def second_reached(data: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(data["reached_at"])
+
+
 def test_stream_sends_new_transitions_and_ends_when_the_client_leaves(
     server: str, ch: ClickHouse
 ) -> None:
@@ -184,6 +196,15 @@ def test_stream_sends_new_transitions_and_ends_when_the_client_leaves(
         transition(ch, "v2", 2, datetime.now(UTC), datetime.now(UTC))
         second = next(events)  # the next poll (1 s) picks it up; v2's step 1 is not resent
         assert (second["visitor_id"], second["index"], second["event"]) == ("v2", 1, "cart")
+        # A late event's re-fold moves v2's step 2 earlier: one correction event.
+        fixed_at = datetime.now(UTC)
+        earlier = (fixed_at - timedelta(minutes=3)).replace(microsecond=0)
+        transition(ch, "v2", 2, second_reached(second), fixed_at, "retracted")
+        transition(ch, "v2", 2, earlier, fixed_at, "corrected")
+        third = next(events)
+        assert third["visitor_id"] == "v2"
+        assert [(t["index"], t["event"]) for t in third["retracted"]] == [(1, "cart")]
+        assert [t["reached_at"] for t in third["corrected"]] == [earlier.isoformat()]
         assert StreamCounter.open == 1
     deadline = time.monotonic() + 5
     while StreamCounter.open and time.monotonic() < deadline:

@@ -2,6 +2,7 @@ SELECT step, count() AS transitions
 FROM funnel_transitions_by_time FINAL
 WHERE project_id = {project:String} AND funnel_id = {funnel:String}
   AND reached_at >= {since:DateTime64(3, 'UTC')}
+  AND kind != 'retracted'
 GROUP BY step
 
 -- project = 'shop'

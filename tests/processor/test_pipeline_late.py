@@ -1,0 +1,169 @@
+"""Any arrival order through the real processor, embedded log and ClickHouse engine.
+
+Random histories and funnel definitions, delivered in a random order with a share of the
+events hours or days late, in several appends (so in several batches): at the end the
+stored events, the sessions table, the live stage rows, the transitions table's end state
+and the funnel report all equal what the reference computes from the events (for
+transitions: what in-timestamp-order delivery leaves). CI runs a short seeded profile;
+`LATE_PIPELINE_EXAMPLES` raises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from funnelstream.clickhouse import ClickHouse
+from funnelstream.log import LogRecord
+from funnelstream.log.embedded import EmbeddedLog
+from processor.catalog import FunnelCatalog
+from processor.pipeline import Processor, ProcessorConfig
+from processor.rows import ms_to_datetime
+from processor.sessionize import reference_sessions
+from processor.transform import Timing
+from query_api import reference
+from query_api.sql.funnel_report import report_sql
+from schemas.events import Event, encode
+from schemas.funnels import FunnelDefinition
+from tests.processor.test_live_differential import expected, live_funnels
+from tests.processor.test_refold import GAP_MS, deliver, late_orders
+from tests.query_api.test_report_differential import END, START, streams
+
+pytestmark = pytest.mark.clickhouse
+
+EXAMPLES = int(os.environ.get("LATE_PIPELINE_EXAMPLES", "12"))
+LATENESS_MS = 10 * 60 * 1000
+_runs = itertools.count()
+
+
+def _truncate(ch: ClickHouse) -> None:
+    for (name,) in ch.query_rows_sync(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND name != 'schema_migrations' AND engine NOT LIKE '%View%'"
+    ):
+        ch.command_sync(f"TRUNCATE TABLE {name}")
+
+
+async def _process(
+    path: Path, ch: ClickHouse, funnel: FunnelDefinition, chunks: list[list[reference.RefEvent]]
+) -> None:
+    log = EmbeddedLog(path, default_partitions=2)
+    producer = log.producer("events")
+    await producer.start()
+    config = ProcessorConfig(
+        batch_max_seconds=0.02,
+        timing=Timing(session_gap_ms=GAP_MS, lateness_ms=LATENESS_MS),
+    )
+    processor = Processor(log, ch, FunnelCatalog([funnel]), config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    sent = 0
+    for chunk in chunks:
+        records = []
+        for e in chunk:
+            event = Event(
+                "p",
+                e.event_id,
+                e.event,
+                e.visitor_id,
+                e.timestamp_ms,
+                e.timestamp_ms,
+                user_id=e.user_id,
+            )
+            event.properties.update(e.properties)
+            records.append(LogRecord(event.partition_key(), encode(event), e.timestamp_ms))
+        await producer.append(records)
+        sent += len(records)
+        # Let each chunk be its own batch (or batches): late events meet written ones.
+        for _ in range(400):
+            if processor.processed_messages >= sent:
+                break
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    await producer.stop()
+    await log.close()
+    assert processor.processed_messages == sent
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(live_funnels(), streams(), st.data())
+def test_stored_live_and_reports_agree_in_any_arrival_order(
+    ch: ClickHouse,
+    tmp_path: Path,
+    funnel: FunnelDefinition,
+    events: list[reference.RefEvent],
+    data: st.DataObject,
+) -> None:
+    _truncate(ch)
+    funnel = funnel.model_copy(update={"project": "p"})
+    arrived = data.draw(late_orders(events))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(arrived)), max_size=3)))
+    bounds = [0, *cuts, len(arrived)]
+    chunks = [arrived[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    asyncio.run(_process(tmp_path / f"log{next(_runs)}", ch, funnel, chunks))
+
+    # Stored events: each once.
+    ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
+    assert stored == len(events)
+
+    # Sessions: the batch answer.
+    rows = ch.query_rows_sync(
+        "SELECT visitor_id, toUnixTimestamp64Milli(started_at), "
+        "toUnixTimestamp64Milli(ended_at), event_count FROM sessions FINAL"
+    )
+    got_sessions = sorted((str(v), int(a), int(b), int(c)) for v, a, b, c in rows)
+    want_sessions = sorted(
+        (v, *s)
+        for v in {e.visitor_id for e in events}
+        for s in reference_sessions([e.timestamp_ms for e in events if e.visitor_id == v], GAP_MS)
+    )
+    assert got_sessions == want_sessions
+
+    # Live stage rows: the reference's level per visitor.
+    held, _ = expected(funnel, events)
+    want_levels = {
+        v: lvl
+        for v, slots in held.items()
+        if (lvl := max((k + 1 for k, s in enumerate(slots) if s is not None), default=0))
+    }
+    rows = ch.query_rows_sync("SELECT visitor_id, level FROM funnel_state FINAL WHERE level > 0")
+    assert {str(v): int(lvl) for v, lvl in rows} == want_levels
+
+    # Transitions: the end state in-order delivery leaves.
+    in_order = sorted(events, key=lambda e: (e.timestamp_ms, e.event_id))
+    _, tables = deliver(funnel, in_order, LATENESS_MS)
+    want_transitions = {
+        (k[0], k[1], k[2]): (int(v[0].timestamp() * 1000), str(v[2]))
+        for k, v in tables.transition_end_state().items()
+    }
+    rows = ch.query_rows_sync(
+        "SELECT funnel_id, visitor_id, step, toUnixTimestamp64Milli(reached_at), "
+        "toString(event_id) FROM funnel_transitions FINAL WHERE kind != 'retracted'"
+    )
+    got_transitions = {(str(f), str(v), int(s)): (int(r), str(i)) for f, v, s, r, i in rows}
+    assert got_transitions == want_transitions
+
+    # The report over the stored events: the reference's counts per step.
+    now_ms = END + 3600_000
+    sql, params = report_sql(
+        funnel, "p", ms_to_datetime(START), ms_to_datetime(END), ms_to_datetime(now_ms)
+    )
+    by_step = {int(r[0]): int(r[1]) for r in ch.query_rows_sync(sql, params)}
+    for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
+        assert by_step.get(k + 1, 0) == want.entities, k
