@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import orjson
 import uvicorn
 
 from funnelstream.config import (
@@ -113,63 +107,27 @@ def _demo(base: str, write_key: str, read_key: str) -> None:
             )
 
 
-def _read_events(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        if fmt == "ndjson":
-            for line in fh:
-                if line.strip():
-                    yield orjson.loads(line)
-            return
-        for row in csv.DictReader(fh):
-            event: dict[str, Any] = {}
-            props: dict[str, Any] = {}
-            for key, value in row.items():
-                if value in (None, ""):
-                    continue
-                if key == "properties":
-                    props.update(json.loads(value))
-                elif key.startswith("properties."):
-                    props[key.removeprefix("properties.")] = value
-                else:
-                    event[key] = value
-            if props:
-                event["properties"] = props
-            yield event
-
-
 def _import(args: argparse.Namespace) -> int:
-    """Send a history file through ingest, exactly like live traffic, in timestamp order."""
-    path = Path(args.file)
-    fmt = args.format or ("csv" if ".csv" in path.suffixes else "ndjson")
-    events = list(_read_events(path, fmt))
-    # Sorting lets the processor place every event in live state (see allowed lateness).
-    events.sort(key=lambda e: str(e.get("timestamp", "")).zfill(30))
-    headers = {"Authorization": f"Bearer {args.write_key}"}
-    sent = rejected = 0
-    with httpx.Client(base_url=args.host, timeout=60) as client:
-        for i in range(0, len(events), IMPORT_BATCH):
-            batch = events[i : i + IMPORT_BATCH]
-            for attempt in range(30):
-                response = client.post("/v1/events", json={"batch": batch}, headers=headers)
-                if response.status_code not in (429, 503):
-                    break
-                time.sleep(float(response.headers.get("Retry-After", "1")) * (1 + attempt / 10))
-            if response.status_code >= 400 and response.status_code != 207:
-                print(
-                    f"import: batch at {i}: {response.status_code} {response.text}", file=sys.stderr
-                )
-                return 1
-            body = response.json()
-            sent += body.get("accepted", 0)
-            for error in body.get("errors", []):
-                rejected += 1
-                print(
-                    f"import: event {i + error['index']}: {error['field']} {error['message']}",
-                    file=sys.stderr,
-                )
-    print(f"imported {sent} events ({rejected} rejected) from {path}")
-    return 0 if rejected == 0 else 1
+    """Send a history file through ingest, exactly like live traffic (funnelstream.importer)."""
+    from funnelstream.importer import Importer, Options
+
+    try:
+        importer = Importer(
+            Options(
+                path=Path(args.file),
+                host=args.host,
+                write_key=args.write_key,
+                fmt=args.format,
+                concurrency=args.concurrency,
+                batch_size=args.batch_size,
+                give_up_after=args.give_up_after,
+                quiet=args.quiet,
+            )
+        )
+    except ValueError as exc:  # batch size or concurrency out of range
+        print(f"funnelstream import: {exc}", file=sys.stderr)
+        return 2
+    return importer.run()
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -203,11 +161,44 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="send demo traffic, print a funnel")
     for name, port in (("ingest", 8081), ("process", 8082), ("query-api", 8083)):
         _server_args(sub.add_parser(name, help=f"run only the {name} part"), port)
-    imp = sub.add_parser("import", help="send a CSV or NDJSON history file through ingest")
-    imp.add_argument("file")
-    imp.add_argument("--host", default="http://127.0.0.1:8080")
-    imp.add_argument("--write-key", required=True)
-    imp.add_argument("--format", choices=["csv", "ndjson"])
+    imp = sub.add_parser(
+        "import",
+        help="send a CSV or NDJSON history file (optionally .gz) through ingest",
+        description=(
+            "Stream a history file through ingest, like live traffic: CSV whose header "
+            "names event, visitor_id, timestamp and optionally event_id, user_id, "
+            "session_id, properties (a JSON object) and properties.NAME columns, or NDJSON "
+            "with the same fields; .gz is read as gzip. Timestamps: ISO 8601 (offsets, Z, "
+            "fractions, date only; no zone = UTC) or epoch numbers (below 1e11 seconds, "
+            "else milliseconds). Lines without event_id get one derived from their line "
+            "number and content, so rerunning the same file stores nothing twice. Bad lines "
+            "are listed on stderr by line number and skipped."
+        ),
+        epilog=(
+            "exit codes: 0 all lines stored; 1 some lines were bad; 2 file unreadable or "
+            "bad arguments; 3 stopped because a batch could not be delivered (rerun to resume)"
+        ),
+    )
+    imp.add_argument("file", help="a .csv, .ndjson or .jsonl file, optionally .gz")
+    imp.add_argument("--host", default="http://127.0.0.1:8080", help="ingest base URL")
+    imp.add_argument("--write-key", required=True, help="the project's write key")
+    imp.add_argument("--format", choices=["csv", "ndjson"], help="default: from the file name")
+    imp.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight at once (default 4)"
+    )
+    imp.add_argument(
+        "--batch-size", type=int, default=500, help="events per request, 1-1000 (default 500)"
+    )
+    imp.add_argument(
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="keep retrying a batch on 429/503/connection errors this long (default 600)",
+    )
+    imp.add_argument(
+        "--quiet", action="store_true", help="no periodic progress (bad lines still shown)"
+    )
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--data-dir", dest="data_dir")
     mig.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")

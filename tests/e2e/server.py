@@ -44,7 +44,8 @@ def free_port() -> int:
 
 class Server:
     """`funnelstream serve` by default; `command` and `args` run another part (split mode:
-    `ingest`, `process`, `query-api`) or add flags such as `--log-backend kafka`."""
+    `ingest`, `process`, `query-api`) or add flags such as `--log-backend kafka`. `cwd` and
+    a PYTHONPATH in `env` run another tree of the code (an older release)."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class Server:
         *,
         command: str = "serve",
         args: Sequence[str] = (),
+        cwd: Path | None = None,
         **env: str,
     ) -> None:
         self.command = command
@@ -64,6 +66,7 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = env
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / ("server.log" if command == "serve" else f"{command}.log")
 
@@ -86,6 +89,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

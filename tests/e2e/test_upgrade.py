@@ -1,0 +1,141 @@
+"""A data directory made by the previous release is migrated forward on start.
+
+The previous release's own code (extracted from this repository's history) serves a
+fresh data directory and absorbs a storefront history; then the current code starts on
+that directory and must report the same funnel, hold the same live state, and go on:
+a resent old event is not counted twice, an old visitor's funnel continues.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from funnelstream.demo import STEPS, storefront
+from tests.e2e.server import Server, stats
+
+pytestmark = pytest.mark.clickhouse
+
+# The last release. Bump it at each release (to that release's commit), so every
+# release is tested to upgrade the data directory of the one before it.
+PREVIOUS_RELEASE = "31246a9ff1a456643c69d14c376b3f117edede54"
+
+REPO = Path(__file__).resolve().parents[2]
+FROM = "2020-01-01T00:00:00Z"
+TO = "2100-01-01T00:00:00Z"
+
+
+def extract_release(commit: str, into: Path) -> Path:
+    """The tree of `commit` as files (git archive), from the repository under test."""
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        pytest.fail(
+            f"previous release {commit} is not in the repository at {REPO}: this test needs "
+            "the full history (git fetch --unshallow) to build its data directory"
+        )
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    ).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def snapshot(server: Server) -> dict[str, Any]:
+    counts = stats(server)
+    return {
+        "report": [
+            (s["visitors"], s["conversion_from_start"])
+            for s in server.report(**{"from": FROM, "to": TO})["steps"]
+        ],
+        "live": [s["reached"] for s in server.live()["stages"]],
+        "events": counts["events"],
+        "visitors": counts["visitors"],
+    }
+
+
+def test_a_previous_release_data_dir_is_migrated_forward(tmp_path: Path) -> None:
+    release = extract_release(PREVIOUS_RELEASE, tmp_path / "release")
+    data = tmp_path / "data"
+    env = {"PYTHONPATH": str(release)}
+    # Make sure the old server would import the old code, not this checkout's.
+    where = subprocess.run(
+        [sys.executable, "-c", "import funnelstream; print(funnelstream.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=release,
+        env={**os.environ, **env},
+        check=True,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(release), where
+
+    traffic = storefront(visitors=300, start_ms=int(time.time() * 1000) - 3 * 3600_000, seed=9)
+    old = Server(data, cwd=release, **env).start()
+    try:
+        for i in range(0, len(traffic.events), 500):
+            r = old.post({"batch": traffic.events[i : i + 500]})
+            assert r.status_code == 202, r.text
+        old.wait_processed()
+        before = snapshot(old)
+    finally:
+        old.stop()
+    assert old.proc is not None and old.proc.returncode is not None
+    assert [visitors for visitors, _ in before["report"]] == traffic.reached
+    assert before["live"] == traffic.reached
+    assert before["events"] == len(traffic.events)
+
+    new = Server(data).start()
+    try:
+        new.wait_processed()
+        assert httpx.get(f"{new.base}/healthz", timeout=5).status_code == 200
+        assert snapshot(new) == before
+
+        # An old visitor who stopped after product_view goes on to add_to_cart; one old
+        # event is sent again with its event_id; a new visitor arrives.
+        depth = Counter(str(e["visitor_id"]) for e in traffic.events)
+        walker = next(v for v, n in depth.items() if n == 2)
+        last = max(int(str(e["timestamp"])) for e in traffic.events if e["visitor_id"] == walker)
+        resent = traffic.events[len(traffic.events) // 2]
+        r = new.post(
+            {
+                "batch": [
+                    {"event": STEPS[2], "visitor_id": walker, "timestamp": last + 60_000},
+                    resent,
+                    {"event": STEPS[0], "visitor_id": "after-upgrade", "timestamp": last},
+                ]
+            }
+        )
+        assert r.status_code == 202, r.text
+        new.wait_processed()
+        expected = list(traffic.reached)
+        expected[0] += 1  # the new visitor
+        expected[2] += 1  # the old visitor's funnel continued
+        deadline = time.monotonic() + 30
+        while True:
+            after = snapshot(new)
+            if after["live"] == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert after["live"] == expected
+        assert [visitors for visitors, _ in after["report"]] == expected
+        assert after["events"] == before["events"] + 2  # the resent event counted once
+        assert after["visitors"] == before["visitors"] + 1
+    finally:
+        new.stop()
