@@ -93,9 +93,9 @@ def build_app(
             if roles & {"processor", "query"}:
                 ch = ClickHouse(settings.resolved_clickhouse_dsn())
                 await asyncio.to_thread(migrate, ch)
-                funnels = await asyncio.to_thread(funnel_store.load_all_sync, ch, project_config)
+                loaded = await asyncio.to_thread(funnel_store.load_all_sync, ch, project_config)
                 app.state.clickhouse = ch
-                app.state.catalog = FunnelCatalog(funnels)
+                app.state.catalog = FunnelCatalog(loaded.funnels, loaded.quarantined)
                 if roles != ROLES:
                     tasks.append(asyncio.create_task(_refresh_catalog(app, ch, stop)))
             if "ingest" in roles:
@@ -207,9 +207,9 @@ async def _refresh_catalog(app: FastAPI, ch: ClickHouse, stop: asyncio.Event) ->
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), CATALOG_REFRESH_SECONDS)
         try:
-            funnels = await asyncio.to_thread(
+            loaded = await asyncio.to_thread(
                 funnel_store.load_all_sync, ch, app.state.project_config
             )
-            app.state.catalog.replace(funnels)
+            app.state.catalog.replace(loaded.funnels, loaded.quarantined)
         except Exception as exc:  # keep the last good catalog
             log.warning("funnel catalog refresh failed: %s", exc)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.funnels import FunnelDefinition, validate_funnel
@@ -73,7 +73,9 @@ class ProcessorSettings(CommonSettings):
 
 
 class QueryApiSettings(CommonSettings):
-    pass
+    # Saved funnels (config ones included) one project may hold; replacing one is always
+    # allowed. Every funnel is advanced live for every event, so this bounds that work.
+    max_funnels_per_project: int = Field(default=100, ge=1)
 
 
 @dataclass(frozen=True, slots=True)

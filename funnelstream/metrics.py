@@ -126,6 +126,14 @@ PROCESSOR_VISITORS = Gauge(
     "funnelstream_processor_visitors_in_memory", "Visitor states held", registry=REGISTRY
 )
 
+# funnel catalog
+FUNNELS_QUARANTINED = Gauge(
+    "funnelstream_funnels_quarantined",
+    "Stored funnel definitions that no longer load and are left out (1 each), by code",
+    ["project", "funnel", "code"],
+    registry=REGISTRY,
+)
+
 # query api
 QUERY_SECONDS = Histogram(
     "funnelstream_query_seconds",

@@ -1,37 +1,89 @@
-"""The funnels the processor advances, per project; replaced whole when definitions change."""
+"""The funnels the processor advances, per project; replaced whole when definitions change.
+
+Stored definitions that no longer load (invalid under today's rules) are kept out and
+listed as quarantined, so one bad row never stops start-up or the catalog refresh.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from funnelstream import metrics
 from schemas.funnels import FunnelDefinition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedFunnel:
+    """A stored definition left out of the catalog, and why (`code` is stable)."""
+
+    project: str
+    funnel_id: str
+    code: str
+    reason: str
 
 
 class FunnelCatalog:
-    def __init__(self, funnels: Iterable[FunnelDefinition] = ()) -> None:
+    def __init__(
+        self,
+        funnels: Iterable[FunnelDefinition] = (),
+        quarantined: Iterable[QuarantinedFunnel] = (),
+    ) -> None:
         self._by_project: dict[str, list[FunnelDefinition]] = {}
+        self._quarantined: tuple[QuarantinedFunnel, ...] = ()
         # Bumped on every change, so the processor notices funnels to backfill.
         self.version = 0
-        self.replace(funnels)
+        self.replace(funnels, quarantined)
 
-    def replace(self, funnels: Iterable[FunnelDefinition]) -> None:
+    def replace(
+        self,
+        funnels: Iterable[FunnelDefinition],
+        quarantined: Iterable[QuarantinedFunnel] | None = None,
+    ) -> None:
+        """`quarantined`: the stored definitions left out; None keeps the current list."""
         by_project: dict[str, list[FunnelDefinition]] = {}
         for f in funnels:
             by_project.setdefault(f.project, []).append(f)
         if by_project != self._by_project:
             self.version += 1
         self._by_project = by_project
+        if quarantined is not None:
+            self._set_quarantined(tuple(quarantined))
+
+    def _set_quarantined(self, quarantined: tuple[QuarantinedFunnel, ...]) -> None:
+        if quarantined == self._quarantined:
+            return  # refreshed every few seconds: log and count a change once
+        for q in set(quarantined) - set(self._quarantined):
+            log.warning(
+                "stored funnel %s/%s quarantined (%s): %s", q.project, q.funnel_id, q.code, q.reason
+            )
+        self._quarantined = quarantined
+        metrics.FUNNELS_QUARANTINED.clear()
+        for q in quarantined:
+            metrics.FUNNELS_QUARANTINED.labels(q.project, q.funnel_id, q.code).set(1)
 
     def upsert(self, funnel: FunnelDefinition) -> None:
+        key = (funnel.project, funnel.id)
         self.replace(
-            [f for f in self.all() if (f.project, f.id) != (funnel.project, funnel.id)] + [funnel]
+            [f for f in self.all() if (f.project, f.id) != key] + [funnel],
+            # A good definition saved under a quarantined id replaces the bad row.
+            [q for q in self._quarantined if (q.project, q.funnel_id) != key],
         )
 
     def remove(self, project: str, funnel_id: str) -> None:
-        self.replace([f for f in self.all() if (f.project, f.id) != (project, funnel_id)])
+        self.replace(
+            [f for f in self.all() if (f.project, f.id) != (project, funnel_id)],
+            [q for q in self._quarantined if (q.project, q.funnel_id) != (project, funnel_id)],
+        )
 
     def for_project(self, project: str) -> list[FunnelDefinition]:
         return self._by_project.get(project, [])
+
+    def quarantined(self, project: str) -> list[QuarantinedFunnel]:
+        return [q for q in self._quarantined if q.project == project]
 
     def get(self, project: str, funnel_id: str) -> FunnelDefinition | None:
         return next((f for f in self.for_project(project) if f.id == funnel_id), None)

@@ -1,60 +1,90 @@
 """Does an event match a funnel step? Pure; mirrors query_api/sql/filters.py.
 
 Properties are compared as ClickHouse stores them: every value flattened to a string
-(`schemas.properties.flatten`), numbers compared after parsing as floats.
+(`schemas.properties.flatten`), numbers compared as Float64 and regexes run by RE2 with
+ClickHouse match()'s options (both in `schemas.filter_values`).
+
+Each filter is compiled once per definition (`compile_filter`): lists become frozensets,
+the numeric bound a float, the pattern an RE2 program. Matching an event is lookups only.
 """
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import re2
+
+from schemas.filter_values import (
+    compile_regex,
+    list_values,
+    number_bound,
+    property_number,
+    regex_text,
+)
 from schemas.funnels import FunnelStep, PropertyFilter
 from schemas.properties import flatten_value
 
-
-@lru_cache(maxsize=1024)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+Properties = Mapping[str, str]
+Matcher = Callable[[Properties], bool]
 
 
-def _as_float(text: str | None) -> float | None:
-    # Python's float() also takes ' 12', '1_000' and non-ASCII digits; toFloat64OrNull
-    # does not, and the SQL report must agree with the live state.
-    if text is None or not text.isascii() or "_" in text or text != text.strip():
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def _never(properties: Properties) -> bool:
+    return False
 
 
-def filter_matches(f: PropertyFilter, properties: dict[str, str]) -> bool:
-    # A missing property reads as '' like ClickHouse's Map lookup; is_set tells them apart.
-    present = f.property in properties
-    actual = properties.get(f.property, "")
+def compile_filter(f: PropertyFilter) -> Matcher:
+    """`f` as a function of an event's properties. Never raises, whatever the definition:
+    validation refuses what cannot be matched, and a definition that got past it (an old
+    stored one) matches nothing rather than stopping the processor."""
+    key = f.property
     if f.op == "is_set":
-        return present
+        return lambda p: key in p
     if f.op == "is_not_set":
-        return not present
+        return lambda p: key not in p
     if f.op in ("gt", "lt"):
-        number = _as_float(actual) if present else None
-        if number is None:
-            return False
-        return number > float(f.value) if f.op == "gt" else number < float(f.value)
+        bound = number_bound(f.value)
+        if bound is None:
+            return _never
+        if f.op == "gt":
+
+            def greater(p: Properties) -> bool:
+                number = property_number(p.get(key))
+                return number is not None and number > bound
+
+            return greater
+
+        def less(p: Properties) -> bool:
+            number = property_number(p.get(key))
+            return number is not None and number < bound
+
+        return less
+    # A missing property reads as '' like ClickHouse's Map lookup; is_set tells them apart.
     if f.op in ("in", "not_in"):
-        values = {flatten_value(v) for v in f.value}
-        return (actual in values) == (f.op == "in")
-    if f.op == "contains":
-        return flatten_value(f.value) in actual
+        members = frozenset(list_values(f.value))
+        if f.op == "in":
+            return lambda p: p.get(key, "") in members
+        return lambda p: p.get(key, "") not in members
     if f.op == "regex":
-        return _regex(str(f.value)).search(actual) is not None
+        try:
+            program = compile_regex(str(f.value))
+        except (re2.error, UnicodeEncodeError):
+            return _never
+        return lambda p: program.search(regex_text(p.get(key, ""))) is not None
     expected = flatten_value(f.value)
-    return (actual == expected) == (f.op == "eq")
+    if f.op == "contains":
+        return lambda p: expected in p.get(key, "")
+    if f.op == "eq":
+        return lambda p: p.get(key, "") == expected
+    return lambda p: p.get(key, "") != expected
 
 
-def step_matches(step: FunnelStep, event: str, properties: dict[str, str]) -> bool:
+def filter_matches(f: PropertyFilter, properties: Properties) -> bool:
+    """One filter, compiled for this call; the per-event path holds compiled ones."""
+    return compile_filter(f)(properties)
+
+
+def step_matches(step: FunnelStep, event: str, properties: Properties) -> bool:
     return any(
         m.event == event and all(filter_matches(f, properties) for f in m.filters)
         for m in step.matchers()
@@ -62,26 +92,26 @@ def step_matches(step: FunnelStep, event: str, properties: dict[str, str]) -> bo
 
 
 def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, Any]) -> list[int]:
-    return [i for i, s in enumerate(steps) if step_matches(s, event, props)]
+    return step_index(steps, steps).match(event, props)
 
 
 class StepIndex:
-    """A funnel's steps indexed by event name, built once per definition: the per-event
-    cost is one dict lookup plus the filters of the steps naming that event."""
+    """A funnel's steps indexed by event name, with every filter compiled, built once per
+    definition: the per-event cost is one dict lookup plus the compiled filters of the
+    steps naming that event."""
 
     def __init__(self, steps: tuple[FunnelStep, ...]) -> None:
-        self._by_event: dict[str, list[tuple[int, tuple[PropertyFilter, ...]]]] = {}
+        self._by_event: dict[str, list[tuple[int, tuple[Matcher, ...]]]] = {}
         for i, step in enumerate(steps):
             for m in step.matchers():
-                self._by_event.setdefault(m.event, []).append((i, m.filters))
+                compiled = tuple(compile_filter(f) for f in m.filters)
+                self._by_event.setdefault(m.event, []).append((i, compiled))
 
-    def match(self, event: str, properties: dict[str, str]) -> list[int]:
+    def match(self, event: str, properties: Properties) -> list[int]:
         candidates = self._by_event.get(event)
         if not candidates:
             return []
-        matched = {
-            i for i, filters in candidates if all(filter_matches(f, properties) for f in filters)
-        }
+        matched = {i for i, filters in candidates if all(f(properties) for f in filters)}
         return sorted(matched)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.config import Project, ProjectConfig
+from funnelstream.config import Project, ProjectConfig, QueryApiSettings
 from processor.catalog import FunnelCatalog
 
 
@@ -19,6 +19,15 @@ def get_clickhouse(request: Request) -> ClickHouse:
 def get_catalog(request: Request) -> FunnelCatalog:
     catalog: FunnelCatalog = request.app.state.catalog
     return catalog
+
+
+def get_settings(request: Request) -> QueryApiSettings:
+    """The query API's settings, read from the environment once per app."""
+    settings: QueryApiSettings | None = getattr(request.app.state, "query_settings", None)
+    if settings is None:
+        settings = QueryApiSettings()
+        request.app.state.query_settings = settings
+    return settings
 
 
 def read_project(request: Request) -> Project:
@@ -38,3 +47,4 @@ def read_project(request: Request) -> Project:
 ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
 CatalogDep = Annotated[FunnelCatalog, Depends(get_catalog)]
 ReadProject = Annotated[Project, Depends(read_project)]
+SettingsDep = Annotated[QueryApiSettings, Depends(get_settings)]

@@ -7,13 +7,28 @@ that the API returns, so clients can branch on the code rather than on prose.
 
 from __future__ import annotations
 
-import re
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.filter_values import list_values, number_problem, regex_problem
+from schemas.properties import flatten_value
+
 MAX_STEPS = 32
 MAX_WINDOW_SECONDS = 90 * 24 * 3600
+# Size limits, each refused by its own rule (stable code), so that no definition makes
+# saving, matching every event or building a report's SQL expensive without bound.
+MAX_FILTERS = 20  # per step, per any_of alternative, per exclusion
+MAX_ANY_OF = 20  # alternatives of one step
+MAX_EXCLUSIONS = 10
+MAX_LIST_VALUES = 10_000  # members of one in / not_in list
+MAX_LIST_CHARS = 1_000_000  # those members' text, added up
+MAX_FUNNEL_LIST_VALUES = 100_000  # members of all lists of one definition
+MAX_VALUE_CHARS = 4096  # one eq / neq / contains value or list member, as text
+MAX_REGEX_CHARS = 1000
+MAX_NAME_CHARS = 200  # event and property names
+MAX_LABEL_CHARS = 1000  # display names of funnels and steps
 FilterOp = Literal[
     "eq", "neq", "in", "not_in", "contains", "regex", "gt", "lt", "is_set", "is_not_set"
 ]
@@ -22,7 +37,7 @@ FilterOp = Literal[
 class PropertyFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    property: str = Field(min_length=1, max_length=200)
+    property: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     op: FilterOp = "eq"
     value: Any = None
 
@@ -32,7 +47,7 @@ class EventMatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event: str = Field(min_length=1, max_length=200)
+    event: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     filters: tuple[PropertyFilter, ...] = ()
 
 
@@ -41,10 +56,10 @@ class FunnelStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event: str = Field(default="", max_length=200)
+    event: str = Field(default="", max_length=MAX_NAME_CHARS)
     filters: tuple[PropertyFilter, ...] = ()
     any_of: tuple[EventMatch, ...] = ()
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
     # Max time from the previous step of the same attempt (inclusive); not on step 0.
     within_seconds: int | None = None
     optional: bool = False
@@ -65,7 +80,7 @@ class Exclusion(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event: str = Field(min_length=1, max_length=200)
+    event: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     filters: tuple[PropertyFilter, ...] = ()
     from_step: int = 0
     to_step: int | None = None
@@ -76,14 +91,14 @@ class FunnelDefinition(BaseModel):
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     project: str = Field(min_length=1, max_length=64)
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
     steps: tuple[FunnelStep, ...]
     window_seconds: int = 7 * 24 * 3600
     order: Literal["ordered", "strict", "any"] = "ordered"
     exclusions: tuple[Exclusion, ...] = ()
     count_by: Literal["visitor", "user", "session"] = "visitor"
     counting: Literal["unique", "total"] = "unique"
-    hold_property: str | None = Field(default=None, min_length=1, max_length=200)
+    hold_property: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
 
     def step_event_names(self) -> list[str]:
         return sorted({m.event for s in self.steps for m in s.matchers()})
@@ -314,22 +329,178 @@ def _filter_value_problem(f: PropertyFilter) -> str | None:
     if f.op in ("in", "not_in"):
         if not isinstance(f.value, list) or not f.value:
             return f"{f.op} needs a non-empty list"
+        # Nested lists or objects would be matched as their JSON text: never meant, and
+        # unbounded to flatten.
+        if any(isinstance(v, list | dict) for v in f.value):
+            return f"{f.op} takes strings, numbers, booleans or null"
         return None
     if f.op in ("gt", "lt"):
         if isinstance(f.value, bool) or not isinstance(f.value, int | float):
             return f"{f.op} needs a number"
         return None
     if f.op == "regex":
-        if not isinstance(f.value, str):
-            return "regex needs a string"
-        try:
-            re.compile(f.value)
-        except re.error as exc:
-            return f"invalid regex: {exc}"
-        return None
+        # Whether RE2 takes the pattern is RegexRule's question.
+        return None if isinstance(f.value, str) else "regex needs a string"
     if f.value is None or isinstance(f.value, dict | list):
         return f"{f.op} needs a string, number or boolean"
     return None
+
+
+def _filter_lists(funnel: FunnelDefinition) -> list[tuple[str, tuple[PropertyFilter, ...]]]:
+    """Every list of filters that must hold together, with its field path."""
+    out = []
+    for i, step in enumerate(funnel.steps):
+        out.append((f"steps[{i}].filters", step.filters))
+        alternatives = enumerate(step.any_of)
+        out += [(f"steps[{i}].any_of[{a}].filters", alt.filters) for a, alt in alternatives]
+    out += [(f"exclusions[{x}].filters", excl.filters) for x, excl in enumerate(funnel.exclusions)]
+    return out
+
+
+class FilterCountRule(FunnelRule):
+    code = "filters_too_many"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, filters in _filter_lists(funnel):
+            if len(filters) > MAX_FILTERS:
+                message = f"at most {MAX_FILTERS} filters per step, alternative or exclusion"
+                return FunnelValidationError(self.code, message, where)
+        return None
+
+
+class AnyOfCountRule(FunnelRule):
+    code = "any_of_too_many"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for i, step in enumerate(funnel.steps):
+            if len(step.any_of) > MAX_ANY_OF:
+                message = f"at most {MAX_ANY_OF} alternatives per step"
+                return FunnelValidationError(self.code, message, f"steps[{i}].any_of")
+        return None
+
+
+class ExclusionCountRule(FunnelRule):
+    code = "exclusions_too_many"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        if len(funnel.exclusions) > MAX_EXCLUSIONS:
+            message = f"at most {MAX_EXCLUSIONS} exclusions"
+            return FunnelValidationError(self.code, message, "exclusions")
+        return None
+
+
+class NumberRangeRule(FunnelRule):
+    """gt/lt bounds inside the number domain (schemas/filter_values.py); no NaN or
+    Infinity anywhere in a filter, since JSON storage cannot hold them."""
+
+    code = "number_out_of_range"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            if f.op in ("gt", "lt"):
+                problem = number_problem(f.value)
+                # A value that is no number at all is FilterValueRule's to report.
+                is_number = isinstance(f.value, int | float) and not isinstance(f.value, bool)
+                if problem is not None and is_number:
+                    return FunnelValidationError(self.code, f"{f.op} {problem}", f"{where}.value")
+                continue
+            members = f.value if isinstance(f.value, list) else [f.value]
+            for v in members:
+                if isinstance(v, float) and not math.isfinite(v):
+                    message = f"{f.op} cannot compare with NaN or Infinity"
+                    return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+class ListSizeRule(FunnelRule):
+    code = "list_too_large"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        total = 0
+        for where, f in _all_filters(funnel):
+            if f.op not in ("in", "not_in") or not isinstance(f.value, list):
+                continue
+            if len(f.value) > MAX_LIST_VALUES:
+                message = f"{f.op} takes at most {MAX_LIST_VALUES} values"
+                return FunnelValidationError(self.code, message, f"{where}.value")
+            total += len(f.value)
+            if total > MAX_FUNNEL_LIST_VALUES:
+                message = f"a funnel's in/not_in lists may hold {MAX_FUNNEL_LIST_VALUES} values"
+                return FunnelValidationError(self.code, message, f"{where}.value")
+            if sum(len(v) for v in list_values(f.value)) > MAX_LIST_CHARS:
+                message = f"{f.op} values may add up to at most {MAX_LIST_CHARS} characters"
+                return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+class ValueLengthRule(FunnelRule):
+    code = "value_too_long"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            if f.op in ("eq", "neq", "contains") and not isinstance(f.value, list | dict):
+                texts = [flatten_value(f.value)]
+            elif f.op in ("in", "not_in"):
+                texts = list_values(f.value)
+            else:
+                continue
+            if any(len(t) > MAX_VALUE_CHARS for t in texts):
+                message = f"a filter value may be at most {MAX_VALUE_CHARS} characters"
+                return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+class RegexLengthRule(FunnelRule):
+    code = "regex_too_long"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            if f.op == "regex" and isinstance(f.value, str) and len(f.value) > MAX_REGEX_CHARS:
+                message = f"a regex may be at most {MAX_REGEX_CHARS} characters"
+                return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+class RegexRule(FunnelRule):
+    """The pattern compiles under RE2 with ClickHouse match()'s options: what the report
+    would refuse is refused at save time, and the processor never backtracks."""
+
+    code = "regex_invalid"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            # Over-long patterns are RegexLengthRule's; not compiled at all.
+            if f.op != "regex" or not isinstance(f.value, str) or len(f.value) > MAX_REGEX_CHARS:
+                continue
+            problem = regex_problem(f.value)
+            if problem is not None:
+                return FunnelValidationError(self.code, problem, f"{where}.value")
+        return None
+
+
+class TextRule(FunnelRule):
+    """Filter values are valid Unicode: JSON can spell a lone surrogate, which cannot be
+    stored, written to ClickHouse or bound as a parameter. (Typed text fields are checked
+    by the schema itself.)"""
+
+    code = "text_invalid"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        for where, f in _all_filters(funnel):
+            members = f.value if isinstance(f.value, list) else [f.value]
+            for v in members:
+                if isinstance(v, str) and not _is_unicode(v):
+                    message = "not valid Unicode text (a lone surrogate)"
+                    return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 RULES: tuple[FunnelRule, ...] = (
@@ -342,6 +513,15 @@ RULES: tuple[FunnelRule, ...] = (
     ExclusionRangeRule(),
     ExclusionIsStepRule(),
     NotSupportedRule(),
+    FilterCountRule(),
+    AnyOfCountRule(),
+    ExclusionCountRule(),
+    NumberRangeRule(),
+    ListSizeRule(),
+    ValueLengthRule(),
+    RegexLengthRule(),
+    RegexRule(),
+    TextRule(),
 )
 
 

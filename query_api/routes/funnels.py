@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import ValidationError
 
+from processor.catalog import FunnelCatalog
 from query_api import funnel_store
-from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
+from query_api.deps import CatalogDep, ClickHouseDep, ReadProject, SettingsDep
 from schemas.funnels import FunnelDefinition, validate_funnel
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnels"])
@@ -44,16 +45,51 @@ def get_funnel(catalog: CatalogDep, project: str, funnel_id: str) -> FunnelDefin
 
 @router.get("", summary="List funnels")
 async def list_funnels(project: ReadProject, catalog: CatalogDep) -> list[dict[str, Any]]:
-    return [f.model_dump() for f in catalog.for_project(project.id)]
+    """Every funnel of the project: `status` "active", or "quarantined" for a stored
+    definition that no longer validates (with the rule's `code` and a `reason`); save a
+    corrected definition under the same id to replace it."""
+    active = [{**f.model_dump(), "status": "active"} for f in catalog.for_project(project.id)]
+    quarantined = [
+        {
+            "id": q.funnel_id,
+            "project": q.project,
+            "status": "quarantined",
+            "code": q.code,
+            "reason": q.reason,
+        }
+        for q in catalog.quarantined(project.id)
+    ]
+    return active + quarantined
+
+
+def check_funnel_limit(catalog: FunnelCatalog, funnel: FunnelDefinition, limit: int) -> None:
+    """One more funnel than the limit is refused; replacing an existing id never is."""
+    existing = catalog.for_project(funnel.project)
+    if len(existing) < limit or any(f.id == funnel.id for f in existing):
+        return
+    raise HTTPException(
+        409,
+        {
+            "error": "funnel_limit_reached",
+            "field": "id",
+            "message": f"a project holds at most {limit} funnels (max_funnels_per_project);"
+            " replace or delete one",
+        },
+    )
 
 
 @router.post("", status_code=201, summary="Save a funnel (advanced live from now on)")
 async def save_funnel(
-    body: dict[str, Any], project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
+    body: dict[str, Any],
+    project: ReadProject,
+    catalog: CatalogDep,
+    ch: ClickHouseDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     """Saves (or replaces) a definition. The processor keeps live state for every option,
     built from the stored events when the funnel is saved: `live` is always true."""
     funnel = parse_definition(body, project.id)
+    check_funnel_limit(catalog, funnel, settings.max_funnels_per_project)
     await funnel_store.save(ch, funnel)
     catalog.upsert(funnel)
     return {**funnel.model_dump(), "live": True}

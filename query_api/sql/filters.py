@@ -1,9 +1,13 @@
-"""Step conditions as ClickHouse expressions; mirrors processor/step_match.py exactly."""
+"""Step conditions as ClickHouse expressions; mirrors processor/step_match.py exactly.
+
+What a value means (the Float64 bound, the list's strings) comes from
+schemas/filter_values.py, which the processor reads too."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from schemas.filter_values import engine_pattern, list_values, number_bound
 from schemas.funnels import EventMatch, Exclusion, FunnelStep, PropertyFilter
 from schemas.properties import flatten_value
 
@@ -29,16 +33,19 @@ def filter_sql(f: PropertyFilter, params: Params) -> str:
         return f"NOT mapContains(properties, {key})"
     if f.op in ("gt", "lt"):
         sign = ">" if f.op == "gt" else "<"
-        bound = params.bind(float(f.value), "Float64")
+        number = number_bound(f.value)
+        if number is None:  # no Float64 bound: matches nothing, as in the processor
+            return "0"
+        bound = params.bind(number, "Float64")
         return f"ifNull(toFloat64OrNull({actual}) {sign} {bound}, 0)"
     if f.op in ("in", "not_in"):
-        values = params.bind([flatten_value(v) for v in f.value], "Array(String)")
+        values = params.bind(list_values(f.value), "Array(String)")
         negate = "NOT " if f.op == "not_in" else ""
         return f"{negate}has({values}, {actual})"
     if f.op == "contains":
         return f"position({actual}, {params.bind(flatten_value(f.value), 'String')}) > 0"
     if f.op == "regex":
-        return f"match({actual}, {params.bind(str(f.value), 'String')})"
+        return f"match({actual}, {params.bind(engine_pattern(str(f.value)), 'String')})"
     expected = params.bind(flatten_value(f.value), "String")
     return f"{actual} {'=' if f.op == 'eq' else '!='} {expected}"
 

@@ -13,6 +13,7 @@ from funnelstream.config import (
     ConfigError,
     IngestSettings,
     ProcessorSettings,
+    QueryApiSettings,
     load_config,
     local_config,
     parse_config,
@@ -115,6 +116,16 @@ def test_funnel_with_a_shapeless_step_is_a_config_error() -> None:
     )
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "9007199254740993"])
+def test_funnel_with_a_number_toml_allows_but_funnels_do_not(value: str) -> None:
+    # TOML spells NaN and the infinities; a gt bound must be a finite exact Float64.
+    step = f'{{ event = "buy", filters = [{{ property = "n", op = "gt", value = {value} }}] }}'
+    text = project() + FUNNEL.replace('{ event = "buy" }', step)
+    message = error(text)
+    assert message.startswith("funnels[0].steps[1].filters[0].value: gt needs a ")
+    assert message.endswith("(number_out_of_range)")
+
+
 def test_funnel_schema_error_names_the_funnel() -> None:
     text = project() + FUNNEL.replace('id = "checkout"', 'id = "has space"')
     message = error(text)
@@ -184,6 +195,15 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert ingest.resolved_clickhouse_dsn() == f"chdb://{(tmp_path / 'clickhouse').resolve()}"
     monkeypatch.setenv("FUNNELSTREAM_CLICKHOUSE_DSN", "http://ch:8123")
     assert IngestSettings().resolved_clickhouse_dsn() == "http://ch:8123"
+
+
+def test_funnels_per_project_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert QueryApiSettings().max_funnels_per_project == 100
+    monkeypatch.setenv("FUNNELSTREAM_MAX_FUNNELS_PER_PROJECT", "3")
+    assert QueryApiSettings().max_funnels_per_project == 3
+    monkeypatch.setenv("FUNNELSTREAM_MAX_FUNNELS_PER_PROJECT", "0")
+    with pytest.raises(ValueError, match="max_funnels_per_project"):
+        QueryApiSettings()
 
 
 def test_settings_refuse_an_unknown_mode(monkeypatch: pytest.MonkeyPatch) -> None:

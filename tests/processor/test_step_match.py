@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from processor.step_match import filter_matches, matching_steps, step_matches
+from processor.step_match import StepIndex, filter_matches, matching_steps, step_matches
 from schemas.funnels import FunnelStep, PropertyFilter
 from schemas.properties import flatten, flatten_value
 
@@ -177,3 +178,66 @@ def test_flattened_values_match_filters_on_them() -> None:
     assert filter_matches(f("eq", True, "vip"), props)
     assert filter_matches(f("is_set", None, "cart.coupon"), props)
     assert filter_matches(f("eq", "", "cart.coupon"), props)
+
+
+def unchecked(op: str, value: Any) -> PropertyFilter:
+    """A filter that never met validation, as an old stored definition might hold."""
+    return PropertyFilter.model_construct(property="k", op=op, value=value)
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        unchecked("gt", 10**400),  # float() overflows
+        unchecked("lt", float("nan")),
+        unchecked("gt", float("inf")),
+        unchecked("gt", "10"),
+        unchecked("regex", "(a)\\1"),  # RE2 refuses backreferences
+        unchecked("regex", "\ud800"),
+        unchecked("in", "not a list"),
+    ],
+)
+def test_a_filter_validation_refuses_matches_nothing_and_never_raises(
+    flt: PropertyFilter,
+) -> None:
+    index = StepIndex((FunnelStep.model_construct(event="e", filters=(flt,), any_of=()),))
+    for props in ({"k": "12"}, {"k": "aa"}, {"k": "n"}, {}):
+        assert index.match("e", props) == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("a.b", "a\nb", True),  # ClickHouse's match() sets dot_nl
+        ("^b", "a\nb", False),  # ^ and $ anchor the whole text, not lines
+        ("a$", "a\nb", False),
+        ("(?m)^b", "a\nb", True),
+        ("B", "abc", False),
+        ("(?i)B", "abc", True),
+        ("b", "abc", True),  # a search, unanchored
+        ("^\\p{Greek}+$", "αβγ", True),
+        ("^.$", "\U0001f600", True),  # one character, four UTF-8 bytes
+        ("", "anything", True),
+    ],
+)
+def test_regex_has_clickhouse_match_semantics(pattern: str, text: str, expected: bool) -> None:
+    assert filter_matches(f("regex", pattern), {"k": text}) is expected
+
+
+def test_catastrophic_pattern_is_linear() -> None:
+    text = "a" * 100_000 + "!"
+    start = time.perf_counter()
+    assert not filter_matches(f("regex", "(a+)+$"), {"k": text[:-1] + "b!"})
+    assert filter_matches(f("regex", "(a+)+!$"), {"k": text})
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_huge_list_is_built_once_per_definition() -> None:
+    # Far beyond the saved limit, to show the per-event cost is a lookup, not a rebuild.
+    members = [str(i) for i in range(500_000)]
+    step = FunnelStep.model_construct(event="e", filters=(unchecked("in", members),), any_of=())
+    index = StepIndex((step,))
+    start = time.perf_counter()
+    hits = sum(bool(index.match("e", {"k": str(i * 97)})) for i in range(20_000))
+    assert hits == sum(i * 97 < 500_000 for i in range(20_000))
+    assert time.perf_counter() - start < 1.0

@@ -43,6 +43,15 @@ def test_rule_codes_are_stable_and_unique() -> None:
         "exclusion_range_invalid",
         "exclusion_is_step",
         "option_not_supported",
+        "filters_too_many",
+        "any_of_too_many",
+        "exclusions_too_many",
+        "number_out_of_range",
+        "list_too_large",
+        "value_too_long",
+        "regex_too_long",
+        "regex_invalid",
+        "text_invalid",
     ]
 
 
@@ -124,8 +133,8 @@ def test_filter_value_invalid(op: str, value: Any, message: str) -> None:
 def test_invalid_regex_names_the_problem() -> None:
     step = {"event": "buy", "filters": [{"property": "x", "op": "regex", "value": "("}]}
     [(code, field, message)] = problems(steps=[{"event": "view"}, step])
-    assert (code, field) == ("filter_value_invalid", "steps[1].filters[0].value")
-    assert message.startswith("invalid regex: missing ), unterminated subpattern")
+    assert (code, field) == ("regex_invalid", "steps[1].filters[0].value")
+    assert message == "RE2 refuses the pattern: missing ): ("
 
 
 @pytest.mark.parametrize(
