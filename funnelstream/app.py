@@ -34,6 +34,7 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
+from query_api.errors import install_error_handlers
 from query_api.routes.analysis import router as analysis_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.live import router as live_router
@@ -68,6 +69,8 @@ def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
         ),
         batch_max_messages=settings.batch_max_messages,
         batch_max_seconds=settings.batch_max_seconds,
+        retry_initial_seconds=settings.retry_initial_seconds,
+        retry_max_seconds=settings.retry_max_seconds,
     )
 
 
@@ -158,6 +161,7 @@ def build_app(
     if "ingest" in roles:
         app.include_router(ingest_router)
     if "query" in roles:
+        install_error_handlers(app)
         app.include_router(funnels_router)
         app.include_router(reports_router)
         app.include_router(live_router)
