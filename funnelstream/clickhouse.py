@@ -16,10 +16,114 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.driver import exceptions as driver_errors
 
 
 class ClickHouseUnavailable(Exception):
-    """ClickHouse did not take a write or answer a query: retry later, never drop."""
+    """ClickHouse did not take a write or answer a query for a reason that passes
+    (down, overloaded, a timeout): retry later, never drop."""
+
+
+class ClickHouseQueryError(Exception):
+    """ClickHouse refused the statement itself (syntax, unknown identifier, bad argument,
+    type mismatch): a bug or a bad input that no retry can fix."""
+
+    def __init__(self, code: int | None, message: str, sql: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.sql = sql
+
+
+# Server error codes that mean "try later" (src/Common/ErrorCodes.cpp in ClickHouse):
+# overload, limits that drain, timeouts, network and replication trouble. Every other
+# code is an error in the statement or its data.
+TRANSIENT_CODES = frozenset(
+    {
+        95,  # CANNOT_READ_FROM_SOCKET
+        96,  # CANNOT_WRITE_TO_SOCKET
+        159,  # TIMEOUT_EXCEEDED
+        173,  # CANNOT_ALLOCATE_MEMORY
+        198,  # DNS_ERROR
+        201,  # QUOTA_EXPIRED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        216,  # QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        244,  # UNEXPECTED_ZOOKEEPER_ERROR
+        252,  # TOO_MANY_PARTS
+        254,  # NO_ACTIVE_REPLICAS
+        265,  # NO_AVAILABLE_REPLICA
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        285,  # TOO_FEW_LIVE_REPLICAS
+        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+        289,  # REPLICA_IS_NOT_IN_QUORUM
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        364,  # RECEIVED_ERROR_TOO_MANY_REQUESTS
+        369,  # ALL_REPLICAS_ARE_STALE
+        373,  # SESSION_IS_LOCKED
+        384,  # PART_IS_TEMPORARILY_LOCKED
+        394,  # QUERY_WAS_CANCELLED (e.g. the server is shutting down)
+        410,  # EXTERNAL_SERVER_IS_NOT_RESPONDING
+        415,  # ALL_REPLICAS_LOST
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        473,  # DEADLOCK_AVOIDED
+        700,  # USER_SESSION_LIMIT_EXCEEDED
+        733,  # TABLE_IS_BEING_RESTARTED
+        745,  # SERVER_OVERLOADED
+        749,  # TCP_CONNECTION_LIMIT_REACHED
+        762,  # HTTP_CONNECTION_LIMIT_REACHED
+        776,  # RESOURCE_LIMIT_EXCEEDED
+        777,  # MEMORY_RESERVATION_KILLED
+        778,  # MEMORY_RESERVATION_FAILED
+        904,  # TOO_MANY_UNAVAILABLE_SHARDS
+        999,  # KEEPER_EXCEPTION
+    }
+)
+# Raised by the client before or instead of a server answer because of what was sent
+# (a value the column type cannot take, a misused API): retrying sends the same again.
+_CLIENT_SIDE = (
+    driver_errors.ProgrammingError,
+    driver_errors.DataError,
+    driver_errors.NotSupportedError,
+    driver_errors.InterfaceError,
+    ValueError,
+    TypeError,
+)
+# chdb's own errors (and server messages) read "Code: 62. DB::Exception: ...".
+_CODE_IN_MESSAGE = re.compile(r"\bCode:\s*(\d+)\.")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of a driver or chdb error, if it carries one."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    for err in (exc, exc.__cause__):
+        if err is not None and (match := _CODE_IN_MESSAGE.search(str(err))):
+            return int(match.group(1))
+    return None
+
+
+def classify(exc: Exception, sql: str) -> ClickHouseUnavailable | ClickHouseQueryError:
+    """The one place a driver error becomes ours: transient or not."""
+    code = error_code(exc)
+    if code is not None:
+        if code in TRANSIENT_CODES:
+            return ClickHouseUnavailable(f"{type(exc).__name__}: {exc}")
+        return ClickHouseQueryError(code, str(exc), sql)
+    if isinstance(exc, _CLIENT_SIDE):
+        return ClickHouseQueryError(None, f"{type(exc).__name__}: {exc}", sql)
+    # No code and not about the statement: connection refused or reset, a timeout, a
+    # proxy's 502/503, a dropped stream.
+    return ClickHouseUnavailable(f"{type(exc).__name__}: {exc}")
 
 
 def _open(dsn: str) -> Any:
@@ -32,33 +136,43 @@ class ClickHouse:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.embedded = dsn.startswith("chdb://")
-        self._client = _open(dsn)
+        try:
+            self._client = _open(dsn)
+        except Exception as exc:  # the client connects (and asks the version) on open
+            raise classify(exc, "-- connect") from exc
         self._lock = threading.Lock()
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`sql`: the statement, kept on a `ClickHouseQueryError` for the log."""
         try:
             if self.embedded:
                 with self._lock:
                     return fn(*args, **kwargs)
             return fn(*args, **kwargs)
-        except Exception as exc:  # the driver raises many types; all mean "not done"
-            raise ClickHouseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise classify(exc, sql) from exc
 
     # blocking API (worker threads, CLI)
     def query_rows_sync(
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        result = self._call(self._client.query, sql, parameters=parameters or {})
+        result = self._call(sql, self._client.query, sql, parameters=parameters or {})
         return [tuple(r) for r in result.result_rows]
 
     def command_sync(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
-        self._call(self._client.command, sql, parameters=parameters or {})
+        self._call(sql, self._client.command, sql, parameters=parameters or {})
 
     def insert_sync(
         self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
     ) -> None:
         if rows:
-            self._call(self._client.insert, table, list(rows), column_names=list(columns))
+            self._call(
+                f"INSERT INTO {table}",
+                self._client.insert,
+                table,
+                list(rows),
+                column_names=list(columns),
+            )
 
     # async API (services)
     async def query_rows(

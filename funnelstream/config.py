@@ -70,6 +70,10 @@ class ProcessorSettings(CommonSettings):
     lateness_seconds: int = 10 * 60
     batch_max_messages: int = 5000
     batch_max_seconds: float = 0.25
+    # The shared backoff (funnelstream/backoff.py): ClickHouse and log retries, and the
+    # restarts of crashed background tasks. Doubles from the first to the second.
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 10.0
 
 
 class QueryApiSettings(CommonSettings):

@@ -6,6 +6,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# supervision (funnelstream/supervise.py)
+COMPONENT_UP = Gauge(
+    "funnelstream_component_up",
+    "1 when the component (a background task, or ClickHouse or the log as seen from here)"
+    " is ready, 0 when it has failed",
+    ["component"],
+    registry=REGISTRY,
+)
+COMPONENT_RESTARTS = Counter(
+    "funnelstream_component_restarts_total",
+    "Background tasks restarted by the supervisor after a crash",
+    ["component"],
+    registry=REGISTRY,
+)
+
 # ingest
 INGEST_EVENTS = Counter(
     "funnelstream_ingest_events_total",

@@ -40,6 +40,7 @@ from typing import TypeVar
 import orjson
 
 from funnelstream import metrics
+from funnelstream.backoff import Backoff, BackoffPolicy, retry_forever
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.log import (
     Log,
@@ -122,6 +123,9 @@ class ProcessorConfig:
     retry_max_seconds: float = 10.0
     # A commit or lag lookup that takes longer is treated as failed (broker down).
     log_timeout_seconds: float = 10.0
+    # Log calls failing for this long make the "log" component not ready (`problems`);
+    # shorter blips (a rebalance, a broker restart) are ridden out by retries.
+    log_unready_after_seconds: float = 30.0
     # Where undecodable messages go besides the dead_letters table ("" = "<topic>.dead-letters").
     dead_letter_topic: str = ""
 
@@ -163,8 +167,17 @@ class Processor:
         self._flush_lock = asyncio.Lock()
         # Written to ClickHouse, not committed yet: partition → next offset.
         self._uncommitted: dict[int, int] = {}
-        self._commit_backoff = _Backoff(self.config)
-        self._poll_backoff = _Backoff(self.config)
+        self._policy = BackoffPolicy(
+            self.config.retry_initial_seconds, self.config.retry_max_seconds
+        )
+        self._commit_backoff = Backoff(self._policy)
+        self._poll_backoff = Backoff(self._policy)
+        # Why ClickHouse is being retried right now; per log call ("start", "poll",
+        # "commit"): since when it fails and why. Read by `problems()`.
+        self._clickhouse_problem: str | None = None
+        self._log_problems: dict[str, tuple[float, str]] = {}
+        # Set when `run` fails: nothing more is written or committed (see `run`).
+        self._crashed = False
         self.processed_messages = 0
         # Per partition: (project, funnel) → definition hash whose live state is built.
         self._backfilled: dict[int, dict[tuple[str, str], str]] = {}
@@ -185,6 +198,11 @@ class Processor:
             while not stop.is_set():
                 await self.step(consumer)
             await self.flush()
+        except BaseException:
+            # The batch may be half-applied (a fold raised) or unwritable (a query error):
+            # leaving, write and commit nothing, so the restarted processor replays it.
+            self._crashed = True
+            raise
         finally:
             await consumer.stop()
             self._consumer = None
@@ -193,7 +211,7 @@ class Processor:
                 self._dead_letter_producer = None
 
     async def _start(self, consumer: LogConsumer, stop: asyncio.Event) -> None:
-        backoff = _Backoff(self.config)
+        backoff = Backoff(self._policy)
         while not stop.is_set():
             try:
                 if self._dead_letter_producer is None:
@@ -203,8 +221,10 @@ class Processor:
                     await producer.start()
                     self._dead_letter_producer = producer
                 await consumer.start()
+                self._log_problems.pop("start", None)
                 return
             except LogUnavailable as exc:
+                self._log_problem("start", exc)
                 log.warning("log consumer did not start, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
 
@@ -223,11 +243,13 @@ class Processor:
         except LogUnavailable as exc:
             # Nothing was applied; what is batched stays batched and is flushed below.
             metrics.PROCESSOR_LOG_ERRORS.labels("poll").inc()
+            self._log_problem("poll", exc)
             log.warning("poll failed, retrying in %.1fs: %s", self._poll_backoff.delay, exc)
             await self._poll_backoff.wait()
             messages = []
         else:
             self._poll_backoff.reset()
+            self._log_problems.pop("poll", None)
         if messages:
             self._apply(messages)
         if self._backfill_due or self._catalog.version != self._catalog_version:
@@ -348,6 +370,7 @@ class Processor:
                 await consumer.commit(offsets)
         except (LogUnavailable, TimeoutError) as exc:
             metrics.PROCESSOR_LOG_ERRORS.labels("commit").inc()
+            self._log_problem("commit", exc)
             self._commit_backoff.failed()
             log.warning(
                 "commit of %s failed; kept pending, retry in %.1fs: %s",
@@ -357,22 +380,20 @@ class Processor:
             )
             return
         self._commit_backoff.reset()
+        self._log_problems.pop("commit", None)
         for partition, offset in offsets.items():
             if self._uncommitted.get(partition) == offset:
                 del self._uncommitted[partition]
             metrics.PROCESSOR_COMMITTED_OFFSET.labels(str(partition)).set(offset)
 
     async def _write_with_retry(self, batch: _Batch) -> None:
-        delay = self.config.retry_initial_seconds
-        while True:
-            try:
-                await self._write(batch)
-                return
-            except (ClickHouseUnavailable, LogUnavailable) as exc:
-                metrics.PROCESSOR_WRITE_RETRIES.inc()
-                log.warning("batch write failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_seconds)
+        # The dead-letter topic is written in the batch too, hence LogUnavailable.
+        await self._retry(
+            "batch write",
+            lambda: self._write(batch),
+            (ClickHouseUnavailable, LogUnavailable),
+            metrics.PROCESSOR_WRITE_RETRIES.inc,
+        )
 
     async def _write(self, batch: _Batch) -> None:
         out = batch.outputs
@@ -535,16 +556,50 @@ class Processor:
             self._states.setdefault(partition, {})[key] = state
         log.info("assigned partitions %s, restored %d visitors", sorted(partitions), len(rows))
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a ClickHouse call with backoff until it succeeds (infrastructure errors)."""
-        delay = self.config.retry_initial_seconds
-        while True:
-            try:
-                return await call()
-            except ClickHouseUnavailable as exc:
-                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_seconds)
+    async def _retry(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        retry_on: tuple[type[Exception], ...] = (ClickHouseUnavailable,),
+        on_retry: Callable[[], object] | None = None,
+    ) -> T:
+        """Retry a call with the shared backoff until it succeeds. Only infrastructure
+        errors are retried: a `ClickHouseQueryError` (or any bug) propagates and fails
+        the processor loudly; its supervisor restarts it."""
+
+        def retrying(exc: BaseException, delay: float) -> None:
+            if isinstance(exc, ClickHouseUnavailable):
+                self._clickhouse_problem = f"{what} failing, retrying in {delay:.1f}s: {exc}"
+            else:
+                self._log_problem(what, exc)
+            if on_retry is not None:
+                on_retry()
+
+        result = await retry_forever(self._policy, what, call, retry_on, retrying)
+        self._clickhouse_problem = None
+        self._log_problems.pop(what, None)
+        return result
+
+    def _log_problem(self, call: str, exc: BaseException) -> None:
+        since = self._log_problems.get(call, (time.monotonic(), ""))[0]
+        self._log_problems[call] = (since, f"{call} failing: {exc}")
+
+    def problems(self) -> dict[str, str]:
+        """Parts this processor depends on that are failing now, with the reason:
+        "clickhouse" while a read or write is being retried, "log" once a log call has
+        failed for `log_unready_after_seconds`."""
+        out = {}
+        if self._clickhouse_problem is not None:
+            out["clickhouse"] = self._clickhouse_problem
+        now = time.monotonic()
+        long = [
+            reason
+            for since, reason in self._log_problems.values()
+            if now - since >= self.config.log_unready_after_seconds
+        ]
+        if long:
+            out["log"] = "; ".join(sorted(long))
+        return out
 
     async def _backfill(self, consumer: LogConsumer) -> None:
         """Build live state for funnels defined after their events were stored."""
@@ -642,22 +697,19 @@ class Processor:
         )
 
     async def _load_states(self, partitions: frozenset[int]) -> list[tuple[int, str, str]]:
-        delay = self.config.retry_initial_seconds
-        while True:
-            try:
-                rows = await self._ch.query_rows(
-                    "SELECT log_partition, visitor_key, state FROM processor_state FINAL "
-                    "WHERE consumer_group = {g:String} AND log_partition IN {p:Array(UInt32)}",
-                    {"g": self.config.group, "p": sorted(partitions)},
-                )
-                return [(int(p), str(k), str(s)) for p, k, s in rows]
-            except ClickHouseUnavailable as exc:
-                log.warning("loading state failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_seconds)
+        rows = await self._retry(
+            "loading state",
+            lambda: self._ch.query_rows(
+                "SELECT log_partition, visitor_key, state FROM processor_state FINAL "
+                "WHERE consumer_group = {g:String} AND log_partition IN {p:Array(UInt32)}",
+                {"g": self.config.group, "p": sorted(partitions)},
+            ),
+        )
+        return [(int(p), str(k), str(s)) for p, k, s in rows]
 
     async def _on_revoked(self, partitions: frozenset[int]) -> None:
-        await self.flush(revoking=partitions)
+        if not self._crashed:
+            await self.flush(revoking=partitions)
         lost = {p: o for p, o in self._uncommitted.items() if p in partitions}
         if lost:
             # The last commit for them failed. If another member owns them already, no
@@ -696,29 +748,3 @@ class Processor:
     def assignment(self) -> frozenset[int]:
         """The partitions this processor holds now."""
         return self._consumer.assignment() if self._consumer is not None else frozenset()
-
-
-class _Backoff:
-    """Exponential delay between retries of one kind of failing call."""
-
-    def __init__(self, config: ProcessorConfig) -> None:
-        self._initial = config.retry_initial_seconds
-        self._max = config.retry_max_seconds
-        self.delay = self._initial
-        self._next_at = 0.0
-
-    def failed(self) -> None:
-        self._next_at = time.monotonic() + self.delay
-        self.delay = min(self.delay * 2, self._max)
-
-    def due(self) -> bool:
-        return time.monotonic() >= self._next_at
-
-    async def wait(self) -> None:
-        delay = self.delay
-        self.failed()
-        await asyncio.sleep(delay)
-
-    def reset(self) -> None:
-        self.delay = self._initial
-        self._next_at = 0.0

@@ -12,7 +12,6 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from funnelstream import metrics
-from funnelstream.clickhouse import ClickHouseUnavailable
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from query_api.routes.funnels import get_funnel
@@ -35,10 +34,8 @@ To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")
 
 
 async def _rows(ch: ClickHouseDep, query: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
-    try:
-        return await ch.query_rows(*query)
-    except ClickHouseUnavailable as exc:
-        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
+    return await ch.query_rows(*query)
 
 
 def _step(funnel: FunnelDefinition, step: int, field: str, last_ok: bool = True) -> int:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -80,15 +80,13 @@ async def live_stages(
     attempts: list[tuple[Any, ...]] = []
     # Attempts or sessions are counted per visitor by the processor (step_attempts).
     per_visitor_counts = funnel.counting == "total" or funnel.count_by == "session"
-    try:
-        rows = await ch.query_rows(*stage_counts_sql(project.id, funnel.id))
-        if per_visitor_counts:
-            attempts = await ch.query_rows(*attempt_counts_sql(project.id, funnel.id))
-        if minutes:
-            since = datetime.now(UTC) - timedelta(minutes=minutes)
-            recent = await ch.query_rows(*recent_transitions_sql(project.id, funnel.id, since))
-    except ClickHouseUnavailable as exc:
-        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
+    rows = await ch.query_rows(*stage_counts_sql(project.id, funnel.id))
+    if per_visitor_counts:
+        attempts = await ch.query_rows(*attempt_counts_sql(project.id, funnel.id))
+    if minutes:
+        since = datetime.now(UTC) - timedelta(minutes=minutes)
+        recent = await ch.query_rows(*recent_transitions_sql(project.id, funnel.id, since))
     at_level = {int(level): int(count) for level, count in rows}
     reached = compute.reached_per_step(at_level, len(funnel.steps))
     if per_visitor_counts:

@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from funnelstream import metrics
-from funnelstream.clickhouse import ClickHouseUnavailable
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from query_api.routes.funnels import get_funnel, parse_definition
@@ -93,10 +92,8 @@ async def run_report(
     started = time.monotonic()
     now = datetime.now(UTC)
     sql, params = report_sql(funnel, funnel.project, start, end, min(now, end))
-    try:
-        rows = await ch.query_rows(sql, params)
-    except ClickHouseUnavailable as exc:
-        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
+    rows = await ch.query_rows(sql, params)
     got = compute.steps_from_rows(rows, len(funnel.steps))
     steps = compute.build_steps(
         [s.label() for s in funnel.steps],
@@ -181,10 +178,8 @@ async def funnel_trend(
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
     sql, params = trend_sql(funnel, funnel.project, start, end, interval)
-    try:
-        rows = await ch.query_rows(sql, params)
-    except ClickHouseUnavailable as exc:
-        raise HTTPException(503, {"error": "clickhouse_unavailable", "message": str(exc)}) from exc
+    # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
+    rows = await ch.query_rows(sql, params)
     points = compute.trend_points(rows, interval, end, datetime.now(UTC))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("trend").observe(elapsed)
