@@ -1,7 +1,9 @@
 """The funnels the processor advances, per project; replaced whole when definitions change.
 
 Stored definitions that no longer load (invalid under today's rules) are kept out and
-listed as quarantined, so one bad row never stops start-up or the catalog refresh.
+listed as quarantined, so one bad row never stops start-up or the catalog refresh. So is
+a definition that fails while the processor runs it (`quarantine`): it stays out until it
+is replaced by another definition, and every other funnel and event goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ class FunnelCatalog:
         quarantined: Iterable[QuarantinedFunnel] = (),
     ) -> None:
         self._by_project: dict[str, list[FunnelDefinition]] = {}
+        self._defined: list[FunnelDefinition] = []
         self._quarantined: tuple[QuarantinedFunnel, ...] = ()
+        # Definitions that failed at run time, with why: out until the definition changes.
+        self._failed: dict[tuple[str, str], tuple[FunnelDefinition, QuarantinedFunnel]] = {}
         # Bumped on every change, so the processor notices funnels to backfill.
         self.version = 0
         self.replace(funnels, quarantined)
@@ -44,9 +49,14 @@ class FunnelCatalog:
         quarantined: Iterable[QuarantinedFunnel] | None = None,
     ) -> None:
         """`quarantined`: the stored definitions left out; None keeps the current list."""
+        self._defined = list(funnels)
+        defined = {(f.project, f.id): f for f in self._defined}
+        # A run-time failure ends when its definition is replaced (or deleted).
+        self._failed = {k: v for k, v in self._failed.items() if defined.get(k) == v[0]}
         by_project: dict[str, list[FunnelDefinition]] = {}
-        for f in funnels:
-            by_project.setdefault(f.project, []).append(f)
+        for f in self._defined:
+            if (f.project, f.id) not in self._failed:
+                by_project.setdefault(f.project, []).append(f)
         if by_project != self._by_project:
             self.version += 1
         self._by_project = by_project
@@ -61,21 +71,37 @@ class FunnelCatalog:
                 "stored funnel %s/%s quarantined (%s): %s", q.project, q.funnel_id, q.code, q.reason
             )
         self._quarantined = quarantined
+        self._export()
+
+    def _export(self) -> None:
         metrics.FUNNELS_QUARANTINED.clear()
-        for q in quarantined:
+        for q in self._quarantined + tuple(q for _, q in self._failed.values()):
             metrics.FUNNELS_QUARANTINED.labels(q.project, q.funnel_id, q.code).set(1)
+
+    def quarantine(self, funnel: FunnelDefinition, reason: str) -> None:
+        """Take a definition that failed at run time out of the catalog, with why."""
+        key = (funnel.project, funnel.id)
+        if key in self._failed:
+            return
+        log.error("funnel %s/%s quarantined at run time: %s", funnel.project, funnel.id, reason)
+        self._failed[key] = (
+            funnel,
+            QuarantinedFunnel(funnel.project, funnel.id, "runtime_error", reason[:1000]),
+        )
+        self.replace(self._defined, None)
+        self._export()
 
     def upsert(self, funnel: FunnelDefinition) -> None:
         key = (funnel.project, funnel.id)
         self.replace(
-            [f for f in self.all() if (f.project, f.id) != key] + [funnel],
+            [f for f in self._defined if (f.project, f.id) != key] + [funnel],
             # A good definition saved under a quarantined id replaces the bad row.
             [q for q in self._quarantined if (q.project, q.funnel_id) != key],
         )
 
     def remove(self, project: str, funnel_id: str) -> None:
         self.replace(
-            [f for f in self.all() if (f.project, f.id) != (project, funnel_id)],
+            [f for f in self._defined if (f.project, f.id) != (project, funnel_id)],
             [q for q in self._quarantined if (q.project, q.funnel_id) != (project, funnel_id)],
         )
 
@@ -83,7 +109,8 @@ class FunnelCatalog:
         return self._by_project.get(project, [])
 
     def quarantined(self, project: str) -> list[QuarantinedFunnel]:
-        return [q for q in self._quarantined if q.project == project]
+        failed = [q for _, q in self._failed.values()]
+        return [q for q in (*self._quarantined, *failed) if q.project == project]
 
     def get(self, project: str, funnel_id: str) -> FunnelDefinition | None:
         return next((f for f in self.for_project(project) if f.id == funnel_id), None)

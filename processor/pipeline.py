@@ -325,6 +325,10 @@ class Processor:
                 batch.dirty[key] = (message.partition, state)
                 batch.received_ms.append(event.received_at_ms)
         metrics.PROCESSOR_MESSAGES.inc(len(messages))
+        for funnel, error in batch.outputs.failed.values():
+            log.error("funnel %s/%s failed on an event", funnel.project, funnel.id, exc_info=error)
+            self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
+        batch.outputs.failed.clear()
 
     # -- write + commit ----------------------------------------------------------------
 

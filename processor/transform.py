@@ -46,6 +46,8 @@ class Outputs:
     # visitors (project, visitor) re-folded from the stored events after the write.
     too_late: int = 0
     refold: set[tuple[str, str]] = field(default_factory=set)
+    # Funnels whose rule raised on an event: quarantined by the pipeline, with the error.
+    failed: dict[tuple[str, str], tuple[FunnelDefinition, Exception]] = field(default_factory=dict)
     # Rows of visitor_identities: a visitor now counting for a user (or no longer).
     identities: list[Row] = field(default_factory=list)
     # (project, user) whose `count_by: "user"` progress must be rebuilt after the write:
@@ -101,6 +103,7 @@ class Outputs:
         self.identities.clear()
         self.users.clear()
         self.refold.clear()
+        self.failed.clear()
         self.duplicates = 0
         self.too_late = 0
 
@@ -243,8 +246,14 @@ def apply_event(
     identified = state.identity is not None
     for funnel in funnels:
         # An identified visitor's user funnels are rebuilt per user after the write.
-        if not (identified and funnel.count_by == "user"):
+        if identified and funnel.count_by == "user":
+            continue
+        try:
             _advance(state, event, props, funnel, offset, horizon, newest, processed_at_ms, out)
+        except Exception as exc:
+            # A definition validation let through that fails on real data: it is taken
+            # out (quarantined, with this error) and no other funnel or event stops.
+            out.failed[(funnel.project, funnel.id)] = (funnel, exc)
 
 
 def _identify(

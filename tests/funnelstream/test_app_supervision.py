@@ -14,7 +14,6 @@ from httpx import Response
 from funnelstream.app import build_app
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import IngestSettings, ProcessorSettings
-from schemas.funnels import FunnelDefinition, FunnelStep, PropertyFilter
 from tests.e2e.server import CONFIG, WRITE
 
 pytestmark = pytest.mark.clickhouse
@@ -61,38 +60,40 @@ def test_a_crashing_processor_is_reported_and_restarted(tmp_path: Path, ch: Clic
         assert ready.json()["status"] == "ready" and "processor" in ready.json()["components"]
         restarts_before = metric(client, 'funnelstream_component_restarts_total{component="pro')
 
-        # A definition no validation would let through (saved by an older version, say):
-        # float(10**400) raises OverflowError when an event's price is compared with it.
-        overflow = PropertyFilter.model_construct(property="price", op="gt", value=10**400)
-        bad = FunnelDefinition(
-            id="bad",
-            project="shop",
-            steps=(FunnelStep(event="page_view", filters=(overflow,)), FunnelStep(event="buy")),
-        )
-        app.state.catalog.upsert(bad)
-        event = {"event": "page_view", "visitor_id": "v1", "properties": {"price": "5"}}
-        assert client.post("/v1/events", json=event, headers=WRITE).status_code == 202
+        # A real fault the processor cannot retry away: the table it writes events to is
+        # gone (an operator's mistake, a broken migration): UNKNOWN_TABLE, a query error.
+        ch.command_sync("RENAME TABLE events TO events_away")
+        try:
+            event = {"event": "page_view", "visitor_id": "v1", "properties": {"price": "5"}}
+            assert client.post("/v1/events", json=event, headers=WRITE).status_code == 202
+            failing = wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 503)
+            assert failing.json()["status"] == "failing"
+            assert "UNKNOWN_TABLE" in failing.json()["failed"]["processor"] or (
+                "events" in failing.json()["failed"]["processor"]
+            )
 
-        failing = wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 503)
-        assert failing.json()["status"] == "failing"
-        assert failing.json()["failed"]["processor"].startswith("OverflowError")
+            health = client.get("/healthz")
+            assert health.status_code == 200
+            body = health.json()
+            assert body["status"] == "degraded" and "processor" in body["failed"]
+            assert {"roles", "lag", "partitions", "processed"} <= body.keys()
 
-        health = client.get("/healthz")
-        assert health.status_code == 200
-        body = health.json()
-        assert body["status"] == "degraded" and "processor" in body["failed"]
-        assert {"roles", "lag", "partitions", "processed"} <= body.keys()
-
-        assert metric(client, 'funnelstream_component_up{component="processor"}') == 0
-        # Restarted with backoff, and crashing again on the same event each time.
-        wait_for(
-            lambda: client.get("/metrics"),
-            lambda _: (
-                metric(client, 'funnelstream_component_restarts_total{component="pro')
-                >= restarts_before + 2
-            ),
-        )
-        assert client.get("/readyz").status_code == 503
-        # Ingest still takes events (they wait in the log for a fixed processor).
-        assert client.post("/v1/events", json=event, headers=WRITE).status_code == 202
+            assert metric(client, 'funnelstream_component_up{component="processor"}') == 0
+            # Restarted with backoff, and failing again on the same batch each time.
+            wait_for(
+                lambda: client.get("/metrics"),
+                lambda _: (
+                    metric(client, 'funnelstream_component_restarts_total{component="pro')
+                    >= restarts_before + 2
+                ),
+            )
+            assert client.get("/readyz").status_code == 503
+            # Ingest still takes events (they wait in the log for a fixed processor).
+            assert client.post("/v1/events", json=event, headers=WRITE).status_code == 202
+        finally:
+            ch.command_sync("RENAME TABLE events_away TO events")
+        # Fixed: the next restart writes the waiting batch and the processor is ready again.
+        wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
+        assert stored == 2
     # Leaving the client ran the shutdown: restarts stop, the tasks end within the bound.
