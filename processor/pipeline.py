@@ -2,7 +2,9 @@
 
     poll      read messages from the log (per partition in offset order)
     decode    bytes → Event; undecodable or unknown schema → dead letter with a reason
-    apply     dedupe → sessionize → advance every funnel (processor/transform.py, pure)
+    dedupe    which events are resends of one accepted before: one lookup of the stored
+              events per poll (processor/dedupe.py)
+    apply     sessionize → advance every funnel (processor/transform.py, pure)
     batch     collect rows until `batch_max_messages` or `batch_max_seconds`, whichever first
     write     events, sessions, visitor identities; then users' progress rebuilt from
               what is stored (processor/user_funnels.py); funnel state, transitions,
@@ -59,6 +61,7 @@ from processor.backfill import (
     rebuild_progress,
 )
 from processor.catalog import FunnelCatalog
+from processor.dedupe import DedupeStore, Delivery, Key, Position
 from processor.funnel_stage import FunnelProgress
 from processor.refold import (
     VISITOR_EVENTS_SQL,
@@ -143,6 +146,8 @@ class _Batch:
     received_ms: list[int] = field(default_factory=list)
     messages: int = 0
     started: float = 0.0
+    # The batch's accepted events, for dedupe until they are written (processor/dedupe.py).
+    accepted: dict[Key, Position] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return self.messages == 0
@@ -159,6 +164,7 @@ class Processor:
         self._log = log_backend
         self._ch = clickhouse
         self._catalog = catalog
+        self._dedupe = DedupeStore(clickhouse)
         self.config = config or ProcessorConfig()
         self._states: dict[int, dict[str, VisitorState]] = {}
         self._batch = _Batch()
@@ -251,7 +257,16 @@ class Processor:
             self._poll_backoff.reset()
             self._log_problems.pop("poll", None)
         if messages:
-            self._apply(messages)
+            # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
+            # the apply: it would swap the batch whose pending ids the lookup checked
+            # against, and drop the states of revoked partitions.
+            async with self._flush_lock:
+                deliveries = self._decode(messages)
+                resends = await self._retry(
+                    "dedupe lookup",
+                    lambda: self._dedupe.seen(deliveries, self._batch.accepted),
+                )
+                self._apply(deliveries, resends)
         if self._backfill_due or self._catalog.version != self._catalog_version:
             await self._backfill(consumer)
         if not self._batch.empty() and (
@@ -263,13 +278,15 @@ class Processor:
             # An earlier commit failed and no new batch came to carry it: retry alone.
             await self.flush()
 
-    # -- decode + apply (pure work, no awaits) --------------------------------------
+    # -- decode, apply (pure work, no awaits) ----------------------------------------
 
-    def _apply(self, messages: list[LogMessage]) -> None:
+    def _decode(self, messages: list[LogMessage]) -> list[Delivery]:
+        """Count the messages into the batch; the undecodable go to dead letters."""
         batch = self._batch
         if batch.empty():
             batch.started = time.monotonic()
         now_ms = int(time.time() * 1000)
+        deliveries = []
         for message in messages:
             batch.messages += 1
             batch.next_offsets[message.partition] = message.offset + 1
@@ -305,6 +322,15 @@ class Processor:
                     )
                 )
                 continue
+            deliveries.append(Delivery(message.partition, message.offset, event))
+        metrics.PROCESSOR_MESSAGES.inc(len(messages))
+        return deliveries
+
+    def _apply(self, deliveries: list[Delivery], resends: set[Position]) -> None:
+        batch = self._batch
+        now_ms = int(time.time() * 1000)
+        for message in deliveries:
+            event = message.event
             states = self._states.setdefault(message.partition, {})
             key = visitor_key(event.project_id, event.visitor_id)
             state = states.get(key)
@@ -320,11 +346,11 @@ class Processor:
                 timing=self.config.timing,
                 processed_at_ms=now_ms,
                 out=batch.outputs,
+                duplicate=message.position in resends,
             )
             if state.applied_offset != before:
                 batch.dirty[key] = (message.partition, state)
                 batch.received_ms.append(event.received_at_ms)
-        metrics.PROCESSOR_MESSAGES.inc(len(messages))
         for funnel, error in batch.outputs.failed.values():
             log.error("funnel %s/%s failed on an event", funnel.project, funnel.id, exc_info=error)
             self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")

@@ -151,7 +151,6 @@ def refold(
             out=out,
         )
     state.applied_offset = old.applied_offset
-    state.seen = old.seen
     state.identity = old.identity
     if old.identity is not None:
         for funnel in funnels:

@@ -9,16 +9,12 @@ applied twice and the re-written rows are identical (ReplacingMergeTree collapse
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import orjson
 
 from processor.funnel_stage import FunnelProgress
 from processor.sessionize import Session
-
-# Event ids remembered per visitor for dedupe of client retries.
-SEEN_IDS = 512
 
 
 @dataclass(slots=True)
@@ -27,7 +23,6 @@ class VisitorState:
     visitor_id: str
     newest_ms: int = 0
     applied_offset: int = -1
-    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     sessions: list[Session] = field(default_factory=list)
     funnels: dict[str, FunnelProgress] = field(default_factory=dict)
     # (timestamp ms, user id) of the visitor's newest event that carried a user id: the
@@ -45,15 +40,6 @@ class VisitorState:
         previous = "" if old is None else old[1]
         return previous if previous != user_id else None
 
-    def remember(self, event_id: str) -> bool:
-        """Record an event id; False if it was seen already (a duplicate)."""
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = None
-        while len(self.seen) > SEEN_IDS:
-            self.seen.popitem(last=False)
-        return True
-
     def dumps(self) -> bytes:
         return orjson.dumps(
             {
@@ -61,7 +47,9 @@ class VisitorState:
                 "v": self.visitor_id,
                 "n": self.newest_ms,
                 "o": self.applied_offset,
-                "seen": list(self.seen),
+                # Always empty: the previous release requires the key (it kept the
+                # last ids here), so a rollback can still load states written now.
+                "seen": [],
                 "s": [s.to_json() for s in self.sessions],
                 "f": {fid: fp.to_json() for fid, fp in self.funnels.items()},
                 "u": list(self.identity) if self.identity else None,
@@ -76,9 +64,9 @@ class VisitorState:
             visitor_id=doc["v"],
             newest_ms=int(doc["n"]),
             applied_offset=int(doc["o"]),
-            seen=OrderedDict.fromkeys(doc["seen"]),
             sessions=[Session.from_json(s) for s in doc["s"]],
         )
+        # A previous release's "seen" ids are ignored: the stored events cover them.
         identity = doc.get("u")  # absent in states saved before identities were kept
         if identity:
             state.identity = (int(identity[0]), str(identity[1]))

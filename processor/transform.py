@@ -214,12 +214,14 @@ def apply_event(
     timing: Timing,
     processed_at_ms: int,
     out: Outputs,
+    duplicate: bool = False,
 ) -> None:
-    """Fold one event into the visitor's state and append the resulting rows to `out`."""
+    """Fold one event into the visitor's state and append the resulting rows to `out`.
+    `duplicate`: the event is a resend of one accepted before (processor/dedupe.py)."""
     if offset <= state.applied_offset:
         return  # absorbed before a crash; its rows are already written
     state.applied_offset = offset
-    if not state.remember(event.event_id):
+    if duplicate:
         out.duplicates += 1
         return
 

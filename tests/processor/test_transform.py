@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+import orjson
+
 from processor.rows import ms_to_datetime
 from processor.sessionize import new_session_id
-from processor.state import SEEN_IDS, VisitorState, visitor_key
+from processor.state import VisitorState, visitor_key
 from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
@@ -72,18 +74,25 @@ def apply_all(
     events: list[Event],
     first_offset: int = 0,
     funnels: list[FunnelDefinition] | None = None,
+    stored: dict[str, int] | None = None,
 ) -> Outputs:
+    """`stored`: event id → offset of the copy accepted first, standing in for the events
+    table the processor dedupes against (processor/dedupe.py); shared across calls to
+    dedupe across them. A copy at another offset is a resend; at its own, a replay."""
     out = Outputs()
+    stored = {} if stored is None else stored
     for k, event in enumerate(events):
+        offset = first_offset + k
         apply_event(
             state,
             event,
             partition=3,
-            offset=first_offset + k,
+            offset=offset,
             funnels=[FUNNEL] if funnels is None else funnels,
             timing=TIMING,
             processed_at_ms=PROCESSED_AT,
             out=out,
+            duplicate=stored.setdefault(event.event_id, offset) != offset,
         )
     return out
 
@@ -171,20 +180,43 @@ def test_duplicate_event_id_is_counted_and_writes_nothing() -> None:
 
 
 def test_duplicate_is_recognised_even_with_a_different_payload() -> None:
-    state = fresh()
-    apply_all(state, [ev(1, "view", 0)])
-    out = apply_all(state, [ev(1, "cart", 5)], first_offset=1)
+    state, stored = fresh(), dict[str, int]()
+    apply_all(state, [ev(1, "view", 0)], stored=stored)
+    out = apply_all(state, [ev(1, "cart", 5)], first_offset=1, stored=stored)
     assert out.duplicates == 1
     assert out.row_count() == 0
 
 
-def test_seen_ids_are_bounded() -> None:
+def test_state_does_not_grow_with_events() -> None:
+    # Events further apart than the lateness: state keeps what is within it, no more.
     state = fresh()
-    for n in range(SEEN_IDS + 1):
-        assert state.remember(eid(n))
-    assert len(state.seen) == SEEN_IDS
-    assert eid(0) not in state.seen
-    assert not state.remember(eid(SEEN_IDS))
+    apply_all(state, [ev(n, "view", n * 11) for n in range(1, 101)])
+    small = len(state.dumps())
+    apply_all(state, [ev(n, "view", n * 11) for n in range(101, 5001)], first_offset=100)
+    assert len(state.dumps()) <= small + 10  # a few more digits in offsets and times
+
+
+def test_state_of_the_previous_release_loads() -> None:
+    # Written by the release that kept the visitor's last 512 event ids ("seen"), after
+    # view, view and that view again at offsets 5, 6, 7.
+    old = (
+        '{"p":"p","v":"v","n":1760000060000,"o":7,"seen":["00000000-0000-0000-0000-0000000'
+        '00001","00000000-0000-0000-0000-000000000002"],"s":[["31ec2cc7-6f90-59af-9af5-3cf77'
+        '14aa685",1760000000000,1760000060000,2,{"url":"/","referrer":"","utm_source":"","ut'
+        'm_medium":"","utm_campaign":"","device":"desktop","browser":"Firefox","os":"Linux","'
+        'country":"SE"}]],"f":{"f":{"c":[null,null,null],"p":[[1760000000000,0,"00000000-000'
+        '0-0000-0000-000000000001",0],[1760000060000,0,"00000000-0000-0000-0000-000000000002'
+        '",0]],"l":1,"s":[[1760000060000,1760000060000,"00000000-0000-0000-0000-000000000002'
+        '"],null,null],"ct":"","st":"00000000-0000-0000-0000-000000000002"}},"u":null}'
+    )
+    restored = VisitorState.loads(old, {"f": 3})
+    same = fresh()
+    apply_all(same, [ev(1, "view", 0, url="/"), ev(2, "view", 1), ev(2, "view", 1)], 5)
+    assert restored == same
+    # It goes on from there, and keeps the key the previous release requires to load.
+    out = apply_all(restored, [ev(3, "cart", 2)], first_offset=8)
+    assert [t[3] for t in out.transitions] == [2]
+    assert orjson.loads(restored.dumps())["seen"] == []
 
 
 def test_replaying_applied_offsets_yields_no_rows() -> None:
@@ -351,15 +383,15 @@ def stream() -> list[Event]:
 def test_state_dump_and_load_in_the_middle_changes_nothing() -> None:
     events = stream()
     for cut in range(len(events) + 1):
-        whole = fresh()
-        apply_all(whole, events[:cut])
-        expected = apply_all(whole, events[cut:], first_offset=cut)
+        whole, stored = fresh(), dict[str, int]()
+        apply_all(whole, events[:cut], stored=stored)
+        expected = apply_all(whole, events[cut:], first_offset=cut, stored=stored)
 
-        head = fresh()
-        apply_all(head, events[:cut])
+        head, stored = fresh(), dict[str, int]()
+        apply_all(head, events[:cut], stored=stored)
         restored = VisitorState.loads(head.dumps(), {"f": 3})
         assert restored == head
-        got = apply_all(restored, events[cut:], first_offset=cut)
+        got = apply_all(restored, events[cut:], first_offset=cut, stored=stored)
 
         assert got == expected, cut
         assert restored.dumps() == whole.dumps()
