@@ -144,7 +144,8 @@ PROCESSOR_VISITORS = Gauge(
 # funnel catalog
 FUNNELS_QUARANTINED = Gauge(
     "funnelstream_funnels_quarantined",
-    "Stored funnel definitions that no longer load and are left out (1 each), by code",
+    "Funnel definitions left out (1 each), by code: stored ones that no longer load, or "
+    "runtime_error for one that failed while the processor ran it",
     ["project", "funnel", "code"],
     registry=REGISTRY,
 )

@@ -650,22 +650,27 @@ class FunnelProgress:
             return {str(v): _slots_of(slots) for v, slots in raw.items()}
 
         checkpoint_slots = _slots_of(doc["c"])
+        current_slots = _slots_of(doc["s"])
         raw_marks = doc.get("m")
+        marks: dict[int, Transition] = {}
+        emitted: list[tuple[int, Transition]] = []
         if isinstance(raw_marks, list):
             marks = {t.step: t for t in map(_transition_of, raw_marks)}
+            raw_emitted = doc.get("e", [])
+            assert isinstance(raw_emitted, list)
+            emitted = [(int(e[0]), _transition_of(e[1:])) for e in raw_emitted]
         else:
-            # Saved before marks were kept: the checkpoint's slots are what was emitted.
-            marks = {
-                k + 1: Transition(k + 1, s[1], s[0], s[2])
-                for k, s in enumerate(checkpoint_slots[: level_of(checkpoint_slots)])
+            # Saved before the table's rows were kept: the steps held now are the best
+            # account of what was emitted (each as if emitted when it was reached).
+            emitted = [
+                (s[1], Transition(k + 1, s[1], s[0], s[2]))
+                for k, s in enumerate(current_slots[:level])
                 if s is not None
-            }
-        raw_emitted = doc.get("e", [])
-        assert isinstance(raw_emitted, list)
+            ]
         return cls(
             steps=steps,
             marks=marks,
-            emitted=[(int(e[0]), _transition_of(e[1:])) for e in raw_emitted],
+            emitted=emitted,
             checkpoint=Folded(
                 checkpoint_slots,
                 str(doc.get("ct", "")),
@@ -683,7 +688,7 @@ class FunnelProgress:
             ],
             level=level,
             current=Folded(
-                _slots_of(doc["s"]),
+                current_slots,
                 str(doc.get("st", "")),
                 counts("sa"),
                 _slots_of(doc.get("sl", [])),

@@ -183,14 +183,15 @@ def test_from_json_reads_exact_fields() -> None:
     assert progress.pending == [Entry(5, 1, "b", 1)]
     assert progress.level == 1
     assert progress.slots == [(1, 2, "a"), None]
-    # Saved before the transitions table's rows were kept: the checkpoint's slots stand in.
-    assert progress.marks == {1: Transition(1, 2, 1, "a")}
+    # Saved before the transitions table's rows were kept: the steps held stand in.
+    assert progress.table() == {1: Transition(1, 2, 1, "a")}
     assert progress.to_json() == {
         "c": [(1, 2, "a"), None],
         "p": [[5, 1, "b", 1]],
         "l": 1,
         "s": [(1, 2, "a"), None],
-        "m": [[1, 2, 1, "a"]],
+        "m": [],
+        "e": [[2, 1, 2, 1, "a"]],
     }
     assert FunnelProgress.from_json(2, progress.to_json()) == progress
 

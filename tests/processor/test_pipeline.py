@@ -186,3 +186,39 @@ async def test_crash_between_rows_and_state_replays_exactly(ch: ClickHouse, tmp_
     assert transitions == 10 * 1 + 10 * 2 + 10 * 3
     ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
     assert stored == len(events)
+
+
+async def test_a_funnel_failing_at_run_time_is_quarantined_and_the_rest_flows(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    from funnelstream import metrics
+    from tests.processor.test_transform import broken_funnel
+
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    events = stream()
+    await append(log, [(e.partition_key(), encode(e)) for e in events])
+    broken = broken_funnel().model_copy(update={"project": "p"})
+    catalog = FunnelCatalog([FUNNEL, broken])
+    processor = Processor(log, ch, catalog, ProcessorConfig(batch_max_seconds=0.05))
+    await run_until_idle(processor, log, len(events))
+    await log.close()
+
+    rows = ch.query_rows_sync(
+        "SELECT level, count() FROM funnel_state FINAL WHERE funnel_id = 'f' GROUP BY level"
+    )
+    assert dict(rows) == {1: 10, 2: 10, 3: 10}  # the good funnel, every event
+    ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
+    assert stored == len(events)
+    assert [f.id for f in catalog.for_project("p")] == ["f"]
+    (quarantined,) = catalog.quarantined("p")
+    assert (quarantined.funnel_id, quarantined.code) == ("broken", "runtime_error")
+    assert quarantined.reason.startswith("TypeError")
+    gauge = metrics.REGISTRY.get_sample_value(
+        "funnelstream_funnels_quarantined",
+        {"project": "p", "funnel": "broken", "code": "runtime_error"},
+    )
+    assert gauge == 1
+    # A new definition under the same id lifts the quarantine.
+    catalog.upsert(FUNNEL.model_copy(update={"id": "broken"}))
+    assert sorted(f.id for f in catalog.for_project("p")) == ["broken", "f"]
+    assert catalog.quarantined("p") == []

@@ -7,12 +7,13 @@ import uuid
 
 import orjson
 
+from processor.funnel_stage import Transition
 from processor.rows import ms_to_datetime
 from processor.sessionize import new_session_id
 from processor.state import VisitorState, visitor_key
 from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event
-from schemas.funnels import FunnelDefinition
+from schemas.funnels import FunnelDefinition, FunnelStep
 
 T0 = 1_760_000_000_000
 MIN = 60_000
@@ -212,6 +213,10 @@ def test_state_of_the_previous_release_loads() -> None:
     restored = VisitorState.loads(old, {"f": 3})
     same = fresh()
     apply_all(same, [ev(1, "view", 0, url="/"), ev(2, "view", 1), ev(2, "view", 1)], 5)
+    # The transitions the table holds were not kept then: the steps held stand in.
+    assert restored.funnels["f"].table() == {1: Transition(1, T0 + MIN, T0 + MIN, eid(2))}
+    for progress in (restored.funnels["f"], same.funnels["f"]):
+        progress.marks, progress.emitted = {}, []
     assert restored == same
     # It goes on from there, and keeps the key the previous release requires to load.
     out = apply_all(restored, [ev(3, "cart", 2)], first_offset=8)
@@ -424,3 +429,25 @@ def test_loads_drops_funnels_deleted_or_redefined() -> None:
 
 def test_visitor_key() -> None:
     assert visitor_key("p", "v") == "p\x1fv"
+
+
+def broken_funnel() -> FunnelDefinition:
+    """A definition validation would refuse (a step window that is text), built around it
+    the way a definition saved by an older release could be: its fold raises on an event."""
+    cart = FunnelStep.model_construct(
+        event="cart", filters=(), any_of=(), name=None, within_seconds="5", optional=False
+    )
+    return FunnelDefinition.model_construct(
+        **{**FUNNEL.__dict__, "id": "broken", "steps": (FUNNEL.steps[0], cart, FUNNEL.steps[2])}
+    )
+
+
+def test_a_funnel_that_fails_on_an_event_is_reported_and_others_go_on() -> None:
+    state = fresh()
+    broken = broken_funnel()
+    out = apply_all(state, [ev(1, "view", 0), ev(2, "cart", 1)], funnels=[broken, FUNNEL])
+    assert set(out.failed) == {("p", "broken")}
+    funnel, error = out.failed[("p", "broken")]
+    assert funnel is broken and isinstance(error, TypeError)
+    assert state.funnels["f"].level == 2  # the good funnel advanced on the same events
+    assert len(out.events) == 2
