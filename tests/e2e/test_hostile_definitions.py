@@ -167,6 +167,16 @@ def test_hostile_but_valid_definitions_are_processed(server: Server) -> None:
     for fid in ("tiny", "edge", "list10k", "catastrophic"):
         assert server.report(fid, **window)["steps"][0]["visitors"] == 1, fid
 
+    # A restart loads every one of them again and comes back ready, with the same state.
+    server.stop()
+    server.start()
+    assert httpx.get(f"{server.base}/readyz", timeout=5).status_code == 200
+    listed = httpx.get(f"{server.base}/v1/funnels", headers=READ, timeout=30).json()
+    assert {f["id"] for f in listed if f["status"] == "active"} >= accepted.keys()
+    for fid in ("tiny", "edge", "list10k", "catastrophic"):
+        assert reached(server, fid) == 1, fid
+    probe.check()
+
 
 def test_funnels_per_project_are_limited(server: Server) -> None:
     listed = httpx.get(f"{server.base}/v1/funnels", headers=READ, timeout=30).json()
