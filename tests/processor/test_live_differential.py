@@ -54,31 +54,42 @@ def feed(
     states: dict[str, VisitorState] = {}
     for offset, e in enumerate(events):
         state = states.setdefault(e.visitor_id, VisitorState("p", e.visitor_id))
-        event = Event(
-            "p",
-            e.event_id,
-            e.event,
-            e.visitor_id,
-            e.timestamp_ms,
-            e.timestamp_ms,
-            user_id=e.user_id,
-        )
-        event.properties.update(e.properties)
-        out = Outputs()
-        apply_event(
-            state,
-            event,
-            partition=0,
-            offset=offset,
-            funnels=[funnel],
-            timing=timing,
-            processed_at_ms=0,
-            out=out,
-        )
+        out = apply_one(state, e, offset, funnel, timing)
         assert out.too_late == 0
         if users is not None:
             users.users |= out.users
     return states
+
+
+def as_event(e: reference.RefEvent) -> Event:
+    """A reference event as the processor decodes it (project "p")."""
+    event = Event(
+        "p", e.event_id, e.event, e.visitor_id, e.timestamp_ms, e.timestamp_ms, user_id=e.user_id
+    )
+    event.properties.update(e.properties)
+    return event
+
+
+def apply_one(
+    state: VisitorState,
+    e: reference.RefEvent,
+    offset: int,
+    funnel: FunnelDefinition,
+    timing: Timing,
+) -> Outputs:
+    """One event through `apply_event` as the processor runs it (processed at `offset`)."""
+    out = Outputs()
+    apply_event(
+        state,
+        as_event(e),
+        partition=0,
+        offset=offset,
+        funnels=[funnel],
+        timing=timing,
+        processed_at_ms=offset,
+        out=out,
+    )
+    return out
 
 
 def expected(

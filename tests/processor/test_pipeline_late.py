@@ -29,9 +29,9 @@ from processor.sessionize import reference_sessions
 from processor.transform import Timing
 from query_api import reference
 from query_api.sql.funnel_report import report_sql
-from schemas.events import Event, encode
+from schemas.events import encode
 from schemas.funnels import FunnelDefinition
-from tests.processor.test_live_differential import expected, live_funnels
+from tests.processor.test_live_differential import as_event, expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
 from tests.query_api.test_report_differential import END, START, streams
 
@@ -67,16 +67,7 @@ async def _process(
     for chunk in chunks:
         records = []
         for e in chunk:
-            event = Event(
-                "p",
-                e.event_id,
-                e.event,
-                e.visitor_id,
-                e.timestamp_ms,
-                e.timestamp_ms,
-                user_id=e.user_id,
-            )
-            event.properties.update(e.properties)
+            event = as_event(e)
             records.append(LogRecord(event.partition_key(), encode(event), e.timestamp_ms))
         await producer.append(records)
         sent += len(records)

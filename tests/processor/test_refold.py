@@ -27,12 +27,12 @@ from processor.refold import StoredEvent, TransitionKey, corrections, refold
 from processor.rows import Row
 from processor.sessionize import reference_sessions
 from processor.state import VisitorState
-from processor.transform import Outputs, Timing, apply_event
+from processor.transform import Timing
 from query_api import reference
-from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 from tests.processor.test_live_differential import (
     LATENESS_MS,
+    apply_one,
     assert_live_equals_reference,
     live_funnels,
 )
@@ -102,27 +102,7 @@ def deliver(
     tables = Tables()
     for offset, e in enumerate(events):
         state = states.setdefault(e.visitor_id, VisitorState("p", e.visitor_id))
-        event = Event(
-            "p",
-            e.event_id,
-            e.event,
-            e.visitor_id,
-            e.timestamp_ms,
-            e.timestamp_ms,
-            user_id=e.user_id,
-        )
-        event.properties.update(e.properties)
-        out = Outputs()
-        apply_event(
-            state,
-            event,
-            partition=0,
-            offset=offset,
-            funnels=[funnel],
-            timing=timing,
-            processed_at_ms=offset,
-            out=out,
-        )
+        out = apply_one(state, e, offset, funnel, timing)
         stored.setdefault(e.visitor_id, []).append(
             StoredEvent(e.event_id, e.event, e.timestamp_ms, dict(e.properties), {}, e.user_id, "")
         )
