@@ -23,7 +23,7 @@ from funnelstream.log import LogRecord
 from funnelstream.log.kafka import KafkaLog
 from schemas.events import Event, encode, parse_event
 from schemas.funnels import FunnelDefinition
-from tests.e2e.server import READ, Server
+from tests.e2e.server import CONFIG, READ, Server
 
 PROJECT = "shop"  # the project of tests/e2e/server.py's CONFIG
 PARTITIONS = 8
@@ -147,13 +147,16 @@ def kafka_server(
     bootstrap: str,
     topic: str,
     group: str = "funnelstream-processor",
+    config: str = CONFIG,
     **env: str,
 ) -> Server:
     """`funnelstream <command> --log-backend kafka` on its own port and data dir."""
     return Server(
         data_dir,
+        config,
         command=command,
         args=["--log-backend", "kafka", "--kafka-bootstrap", bootstrap],
+        cwd=None,
         FUNNELSTREAM_TOPIC=topic,
         FUNNELSTREAM_GROUP=group,
         FUNNELSTREAM_PARTITIONS=str(PARTITIONS),
