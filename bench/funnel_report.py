@@ -22,8 +22,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from funnel.sql.report import levels_sql, report_sql
 from funnelstream.clickhouse import ClickHouse, migrate
-from query_api.sql.funnel_report import levels_sql, report_sql
 from schemas.funnels import Exclusion, FunnelDefinition
 
 PROJECT = "bench"
@@ -42,7 +42,7 @@ FUNNEL = FunnelDefinition.model_validate(
 
 REPORT = "report (level passes: counts, times, in progress)"
 BARE = "bare windowFunnel (levels only)"
-# Funnel shapes that take the slower evaluations (query_api/sql/funnel_report.py).
+# Funnel shapes that take the slower evaluations (funnel/sql/report.py).
 VARIANTS = {
     "report, a step event repeated (passes, entries sorted with event ids)": FUNNEL.model_copy(
         update={"steps": (*FUNNEL.steps[:4], FUNNEL.steps[0])}

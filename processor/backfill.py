@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from processor.funnel_rules import live_funnel
-from processor.funnel_stage import Entry, FunnelProgress, Transition
+from funnel.compiled import live_funnel
+from funnel.fold import Entry, FunnelProgress, Transition
 from processor.state import VisitorState
 from schemas.funnels import FunnelDefinition
 

@@ -41,6 +41,7 @@ from typing import TypeVar
 
 import orjson
 
+from funnel.fold import FunnelProgress
 from funnelstream import metrics
 from funnelstream.backoff import Backoff, BackoffPolicy, retry_forever
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
@@ -62,7 +63,6 @@ from processor.backfill import (
 )
 from processor.catalog import FunnelCatalog
 from processor.dedupe import DedupeStore, Delivery, Key, Position
-from processor.funnel_stage import FunnelProgress
 from processor.refold import (
     VISITOR_EVENTS_SQL,
     VISITOR_SESSIONS_SQL,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.funnel_rules import live_funnel
-from processor.funnel_stage import OTHER, FunnelProgress, Transition
+from funnel.compiled import live_funnel
+from funnel.fold import OTHER, FunnelProgress, Transition
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,

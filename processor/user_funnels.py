@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from funnel.fold import FunnelProgress, Transition
 from processor.backfill import rebuild_progress
-from processor.funnel_stage import FunnelProgress, Transition
 from processor.rows import Row
 from processor.transform import funnel_state_row, transition_row
 from schemas.funnels import FunnelDefinition

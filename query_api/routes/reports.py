@@ -9,11 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from funnel.sql.report import report_sql, trend_sql
 from funnelstream import metrics
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from query_api.routes.funnels import get_funnel, parse_definition
-from query_api.sql.funnel_report import report_sql, trend_sql
 from schemas.funnels import FunnelDefinition
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])

@@ -1,4 +1,4 @@
-"""Funnel analyses built on the per-entity held attempts of query_api/sql/funnel_report.py:
+"""Funnel analyses built on the per-entity held attempts of funnel/sql/report.py:
 breakdowns with attribution, drop-off lists, what dropped visitors did next, the
 time-to-convert histogram and the open funnel (entry at any step).
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from query_api.sql.filters import Params, step_sql
-from query_api.sql.funnel_report import entity_sql, held_sql, open_until_sql
+from funnel.sql.filters import Params, step_sql
+from funnel.sql.report import entity_sql, held_sql, open_until_sql
 from schemas.funnels import FunnelDefinition
 
 # Session properties a breakdown can use (columns of the sessions table).

@@ -15,8 +15,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.fold import FunnelProgress
 from processor.backfill import rebuild_progress
-from processor.funnel_stage import FunnelProgress
 from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
 from processor.user_funnels import group_by_user, rebuild_user

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.sql.report import report_sql
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.log import LogRecord
 from funnelstream.log.embedded import EmbeddedLog
@@ -28,7 +29,6 @@ from processor.rows import ms_to_datetime
 from processor.sessionize import reference_sessions
 from processor.transform import Timing
 from query_api import reference
-from query_api.sql.funnel_report import report_sql
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
 from tests.processor.test_live_differential import expected, live_funnels

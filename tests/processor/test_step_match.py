@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from processor.step_match import StepIndex, filter_matches, matching_steps, step_matches
+from funnel.match import StepIndex, filter_matches, matching_steps, step_matches
 from schemas.funnels import FunnelStep, PropertyFilter
 from schemas.properties import flatten, flatten_value
 

@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 
 import pytest
 
+from funnel.compiled import fold_rule
+from funnel.fold import Entry, entries_for, fold
+from funnel.match import matching_steps
+from funnel.sql.filters import Params
+from funnel.sql.report import levels_sql, per_visitor_sql
 from funnelstream.clickhouse import ClickHouse
-from processor.funnel_rules import fold_rule
-from processor.funnel_stage import Entry, entries_for, fold
 from processor.rows import EVENT_COLUMNS
 from processor.state import VisitorState
-from processor.step_match import matching_steps
 from processor.transform import Outputs, Timing, apply_event
-from query_api.sql.filters import Params
-from query_api.sql.funnel_report import levels_sql, per_visitor_sql
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 

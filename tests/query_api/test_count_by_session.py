@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from funnel.sql.report import report_sql
 from funnelstream.clickhouse import ClickHouse
 from query_api.sql.analysis import dropped_sql, next_events_sql, open_funnel_sql
-from query_api.sql.funnel_report import report_sql
 from schemas.funnels import FunnelDefinition
 from tests.query_api.routes.test_analysis import events
 

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.sql.filters import Params
+from funnel.sql.report import per_visitor_sql, report_sql
 from funnelstream.clickhouse import ClickHouse
 from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
 from query_api import compute, reference
 from query_api.sql.analysis import Breakdown, breakdown_sql
-from query_api.sql.filters import Params
-from query_api.sql.funnel_report import per_visitor_sql, report_sql
 from schemas.funnels import FunnelDefinition, validate_funnel
 
 pytestmark = pytest.mark.clickhouse

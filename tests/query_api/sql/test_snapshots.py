@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from funnel.sql.report import levels_sql, report_sql
 from query_api.sql.analysis import (
     Breakdown,
     breakdown_sql,
@@ -22,7 +23,6 @@ from query_api.sql.analysis import (
     next_events_sql,
     open_funnel_sql,
 )
-from query_api.sql.funnel_report import levels_sql, report_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
 

@@ -1,4 +1,4 @@
-"""Does an event match a funnel step? Pure; mirrors query_api/sql/filters.py.
+"""Does an event match a funnel step? Pure; mirrors funnel/sql/filters.py.
 
 Properties are compared as ClickHouse stores them: every value flattened to a string
 (`schemas.properties.flatten`), numbers compared as Float64 and regexes run by RE2 with

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processor.funnel_stage import Entry, FoldRule, entries_for
-from processor.step_match import StepIndex
+from funnel.fold import Entry, FoldRule, entries_for
+from funnel.match import StepIndex
 from schemas.funnels import FunnelDefinition, FunnelStep
 
 
@@ -38,7 +38,7 @@ class LiveFunnel:
 
 
 # The reports split sessions at 30-minute gaps whatever the sessionizer's configured gap
-# (query_api/sql/funnel_report.py); live counts must equal the report's, so they do too.
+# (funnel/sql/report.py); live counts must equal the report's, so they do too.
 REPORT_SESSION_GAP_MS = 30 * 60 * 1000
 
 

@@ -1,6 +1,6 @@
 """The funnel-stage machine: how far one visitor got in one funnel. Pure Python.
 
-The rule (the same one the SQL report folds in ClickHouse, query_api/sql/funnel_report.py,
+The rule (the same one the SQL report folds in ClickHouse, funnel/sql/report.py,
 and the pure-Python reference states, query_api/reference.py):
 
 * Every event that matches step i yields an entry (timestamp, i); an event that matches

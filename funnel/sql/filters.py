@@ -1,4 +1,4 @@
-"""Step conditions as ClickHouse expressions; mirrors processor/step_match.py exactly.
+"""Step conditions as ClickHouse expressions; mirrors funnel/match.py exactly.
 
 What a value means (the Float64 bound, the list's strings) comes from
 schemas/filter_values.py, which the processor reads too."""

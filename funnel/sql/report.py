@@ -1,7 +1,7 @@
 """The funnel report over raw events, computed per counted entity inside ClickHouse.
 
 Per entity (visitor, or user after identify) the step entries are put in fold order and
-evaluated by exactly the rule of processor/funnel_stage.py (stated in plain Python in
+evaluated by exactly the rule of funnel/fold.py (stated in plain Python in
 query_api/reference.py), keeping per step the attempt that holds it: when it started,
 when it reached this step and when it reached the previous step. Two evaluations, chosen
 per funnel, compute the same thing:
@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from query_api.sql.filters import Params, match_sql, step_sql
+from funnel.sql.filters import Params, match_sql, step_sql
 from schemas.funnels import FunnelDefinition
 
 # A per-step window that never binds.
