@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from funnel.compiled import compile_funnel
 from funnel.sql.report import levels_sql, report_sql
 from funnelstream.clickhouse import ClickHouse, migrate
 from schemas.funnels import Exclusion, FunnelDefinition
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_s = time.perf_counter() - started
         print(f"generated {args.events:,} events in {generate_s:.1f} s", file=sys.stderr)
 
-    report, report_params = report_sql(FUNNEL, PROJECT, START, END)
-    levels, levels_params = levels_sql(FUNNEL, PROJECT, START, END)
+    report, report_params = report_sql(compile_funnel(FUNNEL), PROJECT, START, END)
+    levels, levels_params = levels_sql(compile_funnel(FUNNEL), PROJECT, START, END)
     queries: dict[str, Query] = {
         REPORT: (report, report_params),
         BARE: (
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.variants:
         for name, funnel in VARIANTS.items():
-            queries[name] = report_sql(funnel, PROJECT, START, END)
+            queries[name] = report_sql(compile_funnel(funnel), PROJECT, START, END)
     results = timed(ch, queries, args.runs)
     rows = ch.query_rows_sync(report, report_params)
     bare_levels = ch.query_rows_sync(*queries[BARE])

@@ -1,22 +1,39 @@
-"""From a funnel definition to what the stage machine folds: its rule and one event's
-entries. Built once per definition (definitions are frozen and replaced whole)."""
+"""From a funnel definition to what every consumer of the rule reads: the compiled
+definition. Built once per definition (definitions are frozen and replaced whole) and
+session gap.
+
+* the step and exclusion matchers (`funnel.match`: filters compiled once; the SQL report
+  renders the same compiled filters, funnel/sql/filters.py),
+* the fold rule (`funnel.fold.FoldRule`: milliseconds and step indexes),
+* the held property and the session gap, one value for the live fold and the report SQL
+  (the sessionizer's configured gap; 30 minutes by default).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from funnel.fold import Entry, FoldRule, entries_for
-from funnel.match import StepIndex
-from schemas.funnels import FunnelDefinition, FunnelStep
+from funnel.match import CompiledStep, StepIndex, compile_steps
+from schemas.funnels import FunnelDefinition
+
+# The sessionizer's default gap (FUNNELSTREAM_SESSION_GAP_SECONDS): a session ends after
+# 30 minutes without events.
+DEFAULT_SESSION_GAP_MS = 30 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
-class LiveFunnel:
+class CompiledFunnel:
+    definition: FunnelDefinition
     rule: FoldRule
-    steps: StepIndex
+    steps: tuple[CompiledStep, ...]
     # Exclusions matched like steps: index x is the definition's exclusion x.
-    exclusions: StepIndex | None
+    exclusions: tuple[CompiledStep, ...]
+    step_index: StepIndex
+    exclusion_index: StepIndex | None
     hold_property: str | None
+    # Where `count_by: "session"` splits a visitor's events into sessions (live and SQL).
+    session_gap_ms: int
 
     def held_value(self, props: dict[str, str]) -> str | None:
         """The value attempts are split by (a missing property is ""); None: not held, or
@@ -27,8 +44,8 @@ class LiveFunnel:
 
     def entries(self, name: str, props: dict[str, str], ts: int, event_id: str) -> list[Entry]:
         """The entries of one event ([] when it does not concern this funnel)."""
-        matched = self.steps.match(name, props)
-        excluded = self.exclusions.match(name, props) if self.exclusions else []
+        matched = self.step_index.match(name, props)
+        excluded = self.exclusion_index.match(name, props) if self.exclusion_index else []
         # Strict order and sessions read every event: one matching nothing still breaks a
         # strict chain, or ends a session by its gap.
         every = self.rule.strict or self.rule.session_gap_ms is not None
@@ -37,12 +54,7 @@ class LiveFunnel:
         return entries_for(ts, event_id, matched, excluded, other=every, value=value)
 
 
-# The reports split sessions at 30-minute gaps whatever the sessionizer's configured gap
-# (funnel/sql/report.py); live counts must equal the report's, so they do too.
-REPORT_SESSION_GAP_MS = 30 * 60 * 1000
-
-
-def fold_rule(funnel: FunnelDefinition) -> FoldRule:
+def fold_rule(funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS) -> FoldRule:
     n = len(funnel.steps)
     return FoldRule(
         steps=n,
@@ -55,30 +67,35 @@ def fold_rule(funnel: FunnelDefinition) -> FoldRule:
         strict=funnel.order == "strict",
         count_attempts=funnel.counting == "total",
         any_order=funnel.order == "any",
-        session_gap_ms=REPORT_SESSION_GAP_MS if funnel.count_by == "session" else None,
+        session_gap_ms=session_gap_ms if funnel.count_by == "session" else None,
         held=funnel.count_by == "session" and funnel.hold_property is not None,
     )
 
 
-_CACHE: dict[int, tuple[FunnelDefinition, LiveFunnel]] = {}
+_CACHE: dict[tuple[int, int], tuple[FunnelDefinition, CompiledFunnel]] = {}
 
 
-def live_funnel(funnel: FunnelDefinition) -> LiveFunnel:
-    """The LiveFunnel of a definition (cached by identity)."""
-    cached = _CACHE.get(id(funnel))
+def compile_funnel(
+    funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS
+) -> CompiledFunnel:
+    """The compiled definition (cached by identity and session gap)."""
+    key = (id(funnel), session_gap_ms)
+    cached = _CACHE.get(key)
     if cached is not None and cached[0] is funnel:
         return cached[1]
     if len(_CACHE) > 10_000:  # definitions replaced many times: start over
         _CACHE.clear()
-    exclusions = tuple(
-        FunnelStep.model_construct(event=x.event, filters=x.filters, any_of=())
-        for x in funnel.exclusions
-    )
-    built = LiveFunnel(
-        fold_rule(funnel),
-        StepIndex(funnel.steps),
+    steps = compile_steps(funnel.steps)
+    exclusions = compile_steps(funnel.exclusions)
+    built = CompiledFunnel(
+        funnel,
+        fold_rule(funnel, session_gap_ms),
+        steps,
+        exclusions,
+        StepIndex(steps),
         StepIndex(exclusions) if exclusions else None,
         funnel.hold_property,
+        session_gap_ms,
     )
-    _CACHE[id(funnel)] = (funnel, built)
+    _CACHE[key] = (funnel, built)
     return built

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from funnel.compiled import live_funnel
+from funnel.compiled import compile_funnel
 from funnel.fold import Entry, FunnelProgress, Transition
 from processor.state import VisitorState
 from schemas.funnels import FunnelDefinition
@@ -23,17 +23,27 @@ def definition_hash(funnel: FunnelDefinition) -> str:
     return hashlib.sha256(funnel.model_dump_json().encode()).hexdigest()[:16]
 
 
-EVENTS_SQL = """
+_EVENT_COLUMNS = """
 SELECT log_partition, visitor_id, toString(event_id), event,
        toUnixTimestamp64Milli(timestamp), properties
 FROM events FINAL
-WHERE project_id = {project:String}
-  AND event IN {events:Array(String)}
-  AND log_partition IN {partitions:Array(UInt32)}
 """
+
+
+def _select_events(*, every_name: bool) -> str:
+    """The stored events of the partitions being rebuilt; only the funnel's event names
+    unless `every_name`."""
+    where = ["project_id = {project:String}"]
+    if not every_name:
+        where.append("event IN {events:Array(String)}")
+    where.append("log_partition IN {partitions:Array(UInt32)}")
+    return _EVENT_COLUMNS + "WHERE " + "\n  AND ".join(where) + "\n"
+
+
+EVENTS_SQL = _select_events(every_name=False)
 # Strict order reads every event of the visitor: an event matching no step breaks a chain;
 # so do sessions: any event may end or continue one.
-ALL_EVENTS_SQL = EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
+ALL_EVENTS_SQL = _select_events(every_name=True)
 
 
 def events_sql(funnel: FunnelDefinition) -> str:
@@ -48,7 +58,7 @@ def rebuild_progress(
     lateness_ms: int,
 ) -> tuple[FunnelProgress | None, list[Transition]]:
     """One visitor's progress from (event_id, event, timestamp ms, properties) rows."""
-    live = live_funnel(funnel)
+    live = compile_funnel(funnel)
     entries: list[tuple[list[Entry], str | None]] = []
     for event_id, name, ts, props in events:
         event_entries = live.entries(name, props, ts, event_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from funnel.compiled import live_funnel
+from funnel.compiled import compile_funnel
 from funnel.fold import OTHER, FunnelProgress, Transition
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
@@ -311,7 +311,7 @@ def _touch_user(
     """An identified visitor's event that concerns a user funnel: rebuild its user."""
     assert state.identity is not None
     for funnel in funnels:
-        if funnel.count_by == "user" and live_funnel(funnel).entries(
+        if funnel.count_by == "user" and compile_funnel(funnel).entries(
             event.event, props, event.timestamp_ms, event.event_id
         ):
             out.users.add((event.project_id, state.identity[1]))
@@ -357,7 +357,7 @@ def _advance(
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
-    live = live_funnel(funnel)
+    live = compile_funnel(funnel)
     entries = live.entries(event.event, props, event.timestamp_ms, event.event_id)
     if not entries:
         return

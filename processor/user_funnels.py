@@ -43,15 +43,24 @@ FROM visitor_identities FINAL
 WHERE project_id = {project:String} AND user_id IN {users:Array(String)}
 """
 
-USER_EVENTS_SQL = """
+_USER_EVENT_COLUMNS = """
 SELECT visitor_id, toString(event_id), event, toUnixTimestamp64Milli(timestamp), properties
 FROM events
-WHERE project_id = {project:String}
-  AND visitor_id IN {visitors:Array(String)}
-  AND event IN {events:Array(String)}
 """
+
+
+def _select_user_events(*, every_name: bool) -> str:
+    """The stored events of the users' visitors; only the funnels' event names unless
+    `every_name`."""
+    where = ["project_id = {project:String}", "visitor_id IN {visitors:Array(String)}"]
+    if not every_name:
+        where.append("event IN {events:Array(String)}")
+    return _USER_EVENT_COLUMNS + "WHERE " + "\n  AND ".join(where) + "\n"
+
+
+USER_EVENTS_SQL = _select_user_events(every_name=False)
 # Strict order reads every event of the entity (any other event breaks a chain).
-ALL_USER_EVENTS_SQL = USER_EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
+ALL_USER_EVENTS_SQL = _select_user_events(every_name=True)
 
 EventRow = tuple[str, str, int, dict[str, str]]
 

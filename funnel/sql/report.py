@@ -1,10 +1,10 @@
 """The funnel report over raw events, computed per counted entity inside ClickHouse.
 
 Per entity (visitor, or user after identify) the step entries are put in fold order and
-evaluated by exactly the rule of funnel/fold.py (stated in plain Python in
-query_api/reference.py), keeping per step the attempt that holds it: when it started,
-when it reached this step and when it reached the previous step. Two evaluations, chosen
-per funnel, compute the same thing:
+evaluated by exactly the rule of funnel/fold.py (stated in plain Python by the test
+oracle, tests/oracle/funnel_reference.py), keeping per step the attempt that holds it:
+when it started, when it reached this step and when it reached the previous step. Two
+evaluations, chosen per funnel, compute the same thing:
 
 * **Level passes** (funnels without exclusions; the fast path). Entries are packed into
   one Int64, `(ms - from) * 64 + step`, and one pass per step runs over the whole array
@@ -30,7 +30,12 @@ per entity (`_hold_sql`). With `count_by: "session"`, sessions are computed from
 visitor's events in the range (`entity_sql`).
 
 Only the project's events in the time range with the funnel's event names (all names,
-for strict order) are read, before any per-entity work. Levels agree with the live
+for strict order) are read, before any per-entity work.
+
+Every query is built from the compiled definition (funnel/compiled.py): step conditions
+from its compiled matchers, sessions split at its session gap. Each function below returns
+one clause, expression or subquery; `per_entity_sql` chooses the evaluation and
+`report_sql` composes the report from it. Levels agree with the live
 processor for every option (and with ClickHouse's `windowFunnel` for funnels whose
 steps no event matches twice).
 """
@@ -38,10 +43,12 @@ steps no event matches twice).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from funnel.sql.filters import Params, match_sql, step_sql
+from funnel.compiled import CompiledFunnel
+from funnel.sql.filters import Params, step_sql
 from schemas.funnels import FunnelDefinition
 
 # A per-step window that never binds.
@@ -50,6 +57,46 @@ _NO_LIMIT = 1 << 62
 # Added to a running sum of packed differences (>= 0, < 2^62) it makes the sum negative,
 # so arrayCumSumNonNegative starts again from 0 there.
 _RESTART = (1 << 63) - 1
+
+_MS = "toUnixTimestamp64Milli(timestamp)"
+_DATETIME = "DateTime64(3, 'UTC')"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What every clause of one query reads: the compiled funnel, the project, the time
+    range and the query's bound parameters (bound in the order the clauses are built)."""
+
+    compiled: CompiledFunnel
+    project: str
+    start: datetime
+    end: datetime
+    params: Params
+
+    @property
+    def funnel(self) -> FunnelDefinition:
+        return self.compiled.definition
+
+    def bind(self, value: Any, type_name: str) -> str:
+        return self.params.bind(value, type_name)
+
+    def conditions(self) -> list[str]:
+        """Per step, its condition on an event row."""
+        return [step_sql(s, self.params) for s in self.compiled.steps]
+
+    def window(self) -> str:
+        return self.bind(self.funnel.window_seconds * 1000, "Int64")
+
+    def from_ms(self) -> str:
+        return self.bind(_ms(self.start), "Int64")
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _where(conditions: list[str], indent: str = "    ") -> str:
+    return f"{indent}WHERE " + f"\n{indent}  AND ".join(conditions)
 
 
 def one_step_per_event(funnel: FunnelDefinition) -> bool:
@@ -63,83 +110,92 @@ def one_step_per_event(funnel: FunnelDefinition) -> bool:
     return True
 
 
-SESSION_GAP_MS = 30 * 60 * 1000
+# --- The counted entity ------------------------------------------------------------------
 
 
-def entity_sql(
-    funnel: FunnelDefinition, project_param: str, params: Params, start: datetime, end: datetime
-) -> tuple[str, str]:
-    """(expression, join clause) naming the counted entity of an event row.
+def _in_range(params: Params, start: datetime, end: datetime) -> list[str]:
+    return [
+        f"timestamp >= {params.bind(start, _DATETIME)}",
+        f"timestamp < {params.bind(end, _DATETIME)}",
+    ]
 
-    `count_by: "session"`: the visitor's session, computed from the visitor's events in
-    [start, end) (every event name): a session starts at the visitor's first event and at
-    every event 30 minutes or more after the previous one (the processor's sessionizer
-    rule). The entity is `<visitor id>#<session number>`, numbered from 1 in time order.
-    """
-    if funnel.count_by != "session":
-        return _entity(funnel, project_param)
-    ms = "toUnixTimestamp64Milli(timestamp)"
+
+def session_join_sql(
+    gap_ms: int, project_param: str, params: Params, start: datetime, end: datetime
+) -> str:
+    """The join clause naming each event's session: per visitor, from its events in
+    [start, end) (every event name), a session starts at the first event and at every event
+    `gap_ms` or more after the previous one (the processor's sessionizer rule)."""
     frame = (
         "PARTITION BY visitor_id ORDER BY timestamp "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
     )
-    join = f"""
+    where = _where([f"project_id = {project_param}", *_in_range(params, start, end)], " " * 12)
+    return f"""
     ANY LEFT JOIN (
         SELECT event_id AS session_event,
                concat(visitor_id, '#', toString(sum(new) OVER ({frame}))) AS session
         FROM (
             SELECT event_id, visitor_id, timestamp,
-                   if({ms} - lagInFrame({ms}) OVER ({frame}) >= {SESSION_GAP_MS}, 1, 0) AS new
+                   if({_MS} - lagInFrame({_MS}) OVER ({frame}) >= {gap_ms}, 1, 0) AS new
             FROM events
-            WHERE project_id = {project_param}
-              AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
-              AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
+{where}
         )
     ) AS sessions ON sessions.session_event = events.event_id"""
-    return "sessions.session", join
 
 
-def _entity(funnel: FunnelDefinition, project_param: str) -> tuple[str, str]:
-    """(expression, join clause) naming the counted entity of an event row (visitor or
-    user; sessions: `entity_sql`)."""
-    if funnel.count_by == "user":
-        # After identify: a visitor's events (also those before identify) belong to the
-        # user id it most recently identified as; never-identified visitors count alone.
-        join = f"""
-    LEFT JOIN (
-        SELECT visitor_id, argMax(user_id, timestamp) AS identified
-        FROM events
-        WHERE project_id = {project_param} AND user_id != ''
-        GROUP BY visitor_id
-    ) AS ids ON ids.visitor_id = events.visitor_id"""
-        return "if(ids.identified != '', ids.identified, events.visitor_id)", join
+def user_join_sql(project_param: str, indent: str = "    ") -> str:
+    """The join clause naming each event's user: after identify, a visitor's events (also
+    those before identify) belong to the user id it most recently identified as."""
+    lines = [
+        "LEFT JOIN (",
+        "    SELECT visitor_id, argMax(user_id, timestamp) AS identified",
+        "    FROM events",
+        f"    WHERE project_id = {project_param} AND user_id != ''",
+        "    GROUP BY visitor_id",
+        ") AS ids ON ids.visitor_id = events.visitor_id",
+    ]
+    return "".join(f"\n{indent}{line}" for line in lines)
+
+
+# Never-identified visitors count alone.
+USER_ENTITY = "if(ids.identified != '', ids.identified, events.visitor_id)"
+
+
+def entity_sql(
+    funnel: CompiledFunnel, project_param: str, params: Params, start: datetime, end: datetime
+) -> tuple[str, str]:
+    """(expression, join clause) naming the counted entity of an event row.
+
+    `count_by: "session"`: the visitor's session (`session_join_sql`, split at the
+    compiled session gap); the entity is `<visitor id>#<session number>`, numbered from 1
+    in time order. `count_by: "user"`: the user (`user_join_sql`). Else the visitor.
+    """
+    count_by = funnel.definition.count_by
+    if count_by == "session":
+        join = session_join_sql(funnel.session_gap_ms, project_param, params, start, end)
+        return "sessions.session", join
+    if count_by == "user":
+        return USER_ENTITY, user_join_sql(project_param)
     return "visitor_id", ""
 
 
-def _scan(
-    funnel: FunnelDefinition,
-    project: str,
-    start: datetime,
-    end: datetime,
-    params: Params,
-    columns: str,
-) -> str:
+def _scan(scope: Scope, columns: str) -> str:
     """The event rows a report reads: project, time range and event names first (every
     event name for `order: "strict"`, where any other event breaks an attempt)."""
-    project_param = params.bind(project, "String")
-    entity, join = entity_sql(funnel, project_param, params, start, end)
+    funnel, params = scope.funnel, scope.params
+    project_param = scope.bind(scope.project, "String")
+    entity, join = entity_sql(scope.compiled, project_param, params, scope.start, scope.end)
     if funnel.hold_property is not None:
         # (entity, held value): each value's attempts are evaluated apart (_hold_sql).
-        entity = f"({entity}, events.properties[{params.bind(funnel.hold_property, 'String')}])"
-    sql = f"""
+        entity = f"({entity}, events.properties[{scope.bind(funnel.hold_property, 'String')}])"
+    where = [f"project_id = {project_param}", *_in_range(params, scope.start, scope.end)]
+    if funnel.order != "strict":
+        where.append(f"event IN {scope.bind(funnel.event_names(), 'Array(String)')}")
+    return f"""
     SELECT {entity} AS visitor_id, {columns}
     FROM events{join}
-    WHERE project_id = {project_param}
-      AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
-      AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}"""
-    if funnel.order == "strict":
-        return sql
-    return f"{sql}\n      AND event IN {params.bind(funnel.event_names(), 'Array(String)')}"
+{_where(where)}"""
 
 
 def sort_key(major: str, event_id: str, minor: str) -> str:
@@ -153,53 +209,52 @@ def sort_key(major: str, event_id: str, minor: str) -> str:
     )
 
 
-def _passes_sql(
-    funnel: FunnelDefinition,
-    project: str,
-    start: datetime,
-    end: datetime,
-    params: Params,
-    value: str | None = None,
-) -> str:
-    """Rows (visitor_id, st, re, pr) by level passes; see the module docstring. With
-    `value` (a String expression per event row), also `firsts` and `vals`: per step, the
-    value of the held attempt's step-1 event and of the event holding the step."""
-    n = len(funnel.steps)
-    conditions = [step_sql(s, params) for s in funnel.steps]
-    from_ms = params.bind(_ms(start), "Int64")
-    rel = f"(toUnixTimestamp64Milli(timestamp) - {from_ms})"
-    if one_step_per_event(funnel) and value is None:
-        step = "multiIf(" + ", ".join(f"{c}, {k}" for k, c in enumerate(conditions)) + ", -1)"
-        scan = _scan(
-            funnel, project, start, end, params, f"{step} AS step, {rel} * 64 + step AS packed"
-        )
-        entries = f"""
+def _carried_values(indent: str = "           ") -> str:
+    """Per entity, the held values of its entries in entry order (sorted by `key`)."""
+    return f",\n{indent}arraySort((v, k) -> k, groupArray(value), groupArray(key)) AS v"
+
+
+# --- Level passes ------------------------------------------------------------------------
+
+
+def _packed_entries_sql(scope: Scope, conditions: list[str], rel: str) -> str:
+    """Per entity, its entries packed as plain integers (no event matches two steps, so
+    the event id never orders them)."""
+    step = "multiIf(" + ", ".join(f"{c}, {k}" for k, c in enumerate(conditions)) + ", -1)"
+    scan = _scan(scope, f"{step} AS step, {rel} * 64 + step AS packed")
+    return f"""
     SELECT visitor_id, arraySort(groupArray(packed)) AS e
     FROM ({scan}
     )
     WHERE step >= 0
     GROUP BY visitor_id"""
-    else:
-        # Sort key: (ms, first step the event matches), event id, deepest step first.
-        # Carried values must follow the event-id order too, so they take this path.
-        matched = f"arrayFilter(i -> [{', '.join(conditions)}][i + 1], range({n}))"
-        columns = f"{rel} AS rel, event_id AS eid, {matched} AS matched, arrayJoin(matched) AS idx"
-        if value is not None:
-            columns += f", {value} AS value"
-        scan = _scan(funnel, project, start, end, params, columns)
-        key = sort_key("rel * 64 + matched[1]", "eid", "63 - idx")
-        carried = ""
-        if value is not None:
-            carried = (
-                ",\n           arraySort((v, k) -> k, groupArray(value), groupArray(key)) AS v"
-            )
-        entries = f"""
+
+
+def _keyed_entries_sql(scope: Scope, conditions: list[str], rel: str, value: str | None) -> str:
+    """Per entity, its entries packed from a sort key: (ms, first step the event matches),
+    event id, deepest step first. Carried values must follow the event-id order too, so
+    they take this path."""
+    n = len(conditions)
+    matched = f"arrayFilter(i -> [{', '.join(conditions)}][i + 1], range({n}))"
+    columns = f"{rel} AS rel, event_id AS eid, {matched} AS matched, arrayJoin(matched) AS idx"
+    if value is not None:
+        columns += f", {value} AS value"
+    scan = _scan(scope, columns)
+    key = sort_key("rel * 64 + matched[1]", "eid", "63 - idx")
+    carried = _carried_values() if value is not None else ""
+    return f"""
     SELECT visitor_id,
            arrayMap(k -> toInt64(bitShiftRight(k, 198)) * 64 + 63 - toInt64(bitAnd(k, 63)),
                     arraySort(groupArray({key} AS key))) AS e{carried}
     FROM ({scan}
     )
     GROUP BY visitor_id"""
+
+
+def _pass_lines(funnel: FunnelDefinition) -> list[str]:
+    """The passes: f0 (step 0), then per step k the successes s{k}, their forward fill f{k}
+    and, where step k+1 has its own window, g{k}."""
+    n = len(funnel.steps)
     window = funnel.window_seconds * 1000 * 64
     # f0: the packed start of the latest attempt started at or before each entry. A forward
     # fill done as a running sum that restarts at every step-0 entry (cheaper than
@@ -233,25 +288,42 @@ def _passes_sql(
                     f"arrayFill(x -> x >= 0, arrayMap((x, a) -> if(a >= 0, x, -1), e, s{k}))"
                     f" AS g{k}"
                 )
-    if funnel.counting == "total":
-        # Attempts (distinct starts, by millisecond) that reached each step; step-0
-        # successes are the step-0 entries themselves.
-        successes = ["arrayFilter(x -> bitAnd(x, 63) = 0, e)"]
-        successes += [f"arrayFilter(x -> x >= 0, s{k})" for k in range(1, n)]
-        counts = ", ".join(f"length(arrayDistinct({s}))" for s in successes)
-        lines.append(f"[{counts}] AS attempts")
-    lines.append("arrayLastIndex(x -> bitAnd(x, 63) = 0, e) AS i0")
-    lines += [f"arrayLastIndex(x -> x >= 0, s{k}) AS i{k}" for k in range(1, n)]
-    if value is not None:
-        # q{k}: position of the step-1 entry of the attempt each step-k success extends.
-        lines.append("arrayMap((x, j) -> if(bitAnd(x, 63) = 0, j, 0), e, arrayEnumerate(e)) AS q0")
-        for k in range(n):
-            if k:
-                lines.append(f"arrayMap((a, j) -> if(a >= 0, j, 0), s{k}, h{k - 1}) AS q{k}")
-            if k < n - 1:
-                lines.append(f"arrayFill(x -> x > 0, q{k}) AS h{k}")
-        lines.append("[" + ", ".join(f"v[q{k}[i{k}]]" for k in range(n)) + "] AS firsts")
-        lines.append("[" + ", ".join(f"v[i{k}]" for k in range(n)) + "] AS vals")
+    return lines
+
+
+def _pass_attempts(n: int) -> str:
+    """Attempts (distinct starts, by millisecond) that reached each step; step-0
+    successes are the step-0 entries themselves."""
+    successes = ["arrayFilter(x -> bitAnd(x, 63) = 0, e)"]
+    successes += [f"arrayFilter(x -> x >= 0, s{k})" for k in range(1, n)]
+    counts = ", ".join(f"length(arrayDistinct({s}))" for s in successes)
+    return f"[{counts}] AS attempts"
+
+
+def _pass_held_indexes(n: int) -> list[str]:
+    """i{k}: the position of the last success of pass k (the entry holding step k)."""
+    return ["arrayLastIndex(x -> bitAnd(x, 63) = 0, e) AS i0"] + [
+        f"arrayLastIndex(x -> x >= 0, s{k}) AS i{k}" for k in range(1, n)
+    ]
+
+
+def _pass_values(n: int) -> list[str]:
+    """firsts, vals: per step, the value of the held attempt's step-1 event and of the
+    event holding the step. q{k}: position of the step-1 entry of the attempt each step-k
+    success extends."""
+    lines = ["arrayMap((x, j) -> if(bitAnd(x, 63) = 0, j, 0), e, arrayEnumerate(e)) AS q0"]
+    for k in range(n):
+        if k:
+            lines.append(f"arrayMap((a, j) -> if(a >= 0, j, 0), s{k}, h{k - 1}) AS q{k}")
+        if k < n - 1:
+            lines.append(f"arrayFill(x -> x > 0, q{k}) AS h{k}")
+    lines.append("[" + ", ".join(f"v[q{k}[i{k}]]" for k in range(n)) + "] AS firsts")
+    lines.append("[" + ", ".join(f"v[i{k}]" for k in range(n)) + "] AS vals")
+    return lines
+
+
+def _pass_scalars(n: int, from_ms: str) -> list[str]:
+    """One scalar column per step and value (st1, re1, pr1, ...; the report reads these)."""
 
     def unpack(packed: str, k: int) -> str:
         return f"if(i{k} > 0, bitShiftRight({packed}, 6) + {from_ms}, -1)"
@@ -264,8 +336,6 @@ def _passes_sql(
             return "e[i0]" if k == 0 else "s1[i1]"
         return f"e[arrayLastIndex(x -> x >= 0, arraySlice(s{k - 1}, 1, i{k}))]"
 
-    # One scalar column per step and value (st1, re1, pr1, ...; the report reads these),
-    # and the arrays st, re, pr of them.
     scalars = []
     for k in range(n):
         start_entry = "e[i0]" if k == 0 else f"s{k}[i{k}]"
@@ -273,7 +343,29 @@ def _passes_sql(
             f"{unpack(start_entry, k)} AS st{k + 1}, {unpack(f'e[i{k}]', k)} AS re{k + 1}, "
             f"{unpack(previous_entry(k), k)} AS pr{k + 1}"
         )
-    exprs = ",\n       ".join(lines + scalars)
+    return scalars
+
+
+def _passes_sql(scope: Scope, value: str | None = None) -> str:
+    """Rows (visitor_id, st, re, pr) by level passes; see the module docstring. With
+    `value` (a String expression per event row), also `firsts` and `vals`: per step, the
+    value of the held attempt's step-1 event and of the event holding the step."""
+    funnel = scope.funnel
+    n = len(funnel.steps)
+    conditions = scope.conditions()
+    from_ms = scope.from_ms()
+    rel = f"({_MS} - {from_ms})"
+    if one_step_per_event(funnel) and value is None:
+        entries = _packed_entries_sql(scope, conditions, rel)
+    else:
+        entries = _keyed_entries_sql(scope, conditions, rel, value)
+    lines = _pass_lines(funnel)
+    if funnel.counting == "total":
+        lines.append(_pass_attempts(n))
+    lines += _pass_held_indexes(n)
+    if value is not None:
+        lines += _pass_values(n)
+    exprs = ",\n       ".join(lines + _pass_scalars(n, from_ms))
 
     def array(column: str) -> str:
         return "[" + ", ".join(f"{column}{k}" for k in range(1, n + 1)) + f"] AS {column}"
@@ -286,100 +378,130 @@ FROM ({entries}
 )""".strip()
 
 
-def _fold_sql(
-    funnel: FunnelDefinition,
-    project: str,
-    start: datetime,
-    end: datetime,
-    params: Params,
-    value: str | None = None,
-) -> str:
-    """Rows (visitor_id, st, re, pr) by arrayFold over entries x = (ms, kind) sorted by
-    (ms, rank, event id, kind): kind = -step for step entries (one event's entries apply
-    deepest first), kind = k (1-based) for exclusion k, whose rank -1 puts it before step
-    entries at the same millisecond.
+# --- Fold --------------------------------------------------------------------------------
 
-    With `order: "strict"` every event of the entity is an entry (kind = exclusions + 1 and
-    rank -1 for an event matching nothing), entries carry the event's ordinal among the
-    entity's events (x.3) and slots the ordinal of the event that reached them: step k
-    extends slot k-1 only if that event came immediately before. `tail` says, per slot,
-    whether its event is the entity's last one (else its attempt can never advance)."""
+
+@dataclass(frozen=True, slots=True)
+class _FoldShape:
+    """Field positions and tuple templates of the fold: entry (ms, kind[, ordinal][,
+    value]); slot (started, reached, reached previous[, ordinal][, step-1 value, value])."""
+
+    strict: bool
+    values: bool
+
+    @property
+    def entry_value(self) -> int:
+        return 4 if self.strict else 3
+
+    @property
+    def slot_value(self) -> int:
+        return 5 if self.strict else 4
+
+    def started(self) -> str:
+        """The slot an entry of step 0 fills: a new attempt."""
+        ordinal = ", x.3" if self.strict else ""
+        values = f", x.{self.entry_value}, x.{self.entry_value}" if self.values else ""
+        return f"(x.1, x.1, x.1{ordinal}{values})"
+
+    def extended(self, source: str) -> str:
+        """The slot an entry fills by extending the attempt in slot `source`."""
+        ordinal = ", x.3" if self.strict else ""
+        values = f", {source}.{self.slot_value}, x.{self.entry_value}" if self.values else ""
+        return f"({source}.1, x.1, {source}.2{ordinal}{values})"
+
+    def empty(self) -> str:
+        ordinal = ", toInt64(-1)" if self.strict else ""
+        values = ", '', ''" if self.values else ""
+        return f"(toInt64(-1), toInt64(-1), toInt64(-1){ordinal}{values})"
+
+
+def _can_extend(source: str, window: str, within: str | None, strict: bool) -> str:
+    """Whether the entry x may extend the attempt in slot `source`: it holds an attempt
+    started within the window (and reached its step within the entry's step window); in
+    strict order only if that step's event came right before x."""
+    ok = f"{source}.1 >= 0 AND x.1 <= {source}.1 + {window}"
+    if within is not None:
+        ok += f" AND x.1 <= {source}.2 + {within}[1 - x.2]"
+    if strict:
+        ok += f" AND {source}.4 = x.3 - 1"
+    return ok
+
+
+def _fold_on_step(scope: Scope, shape: _FoldShape, window: str) -> str:
+    """The fold's update for a step entry (x.2 = -step)."""
+    funnel = scope.funnel
     n = len(funnel.steps)
-    strict = funnel.order == "strict"
-    conditions = [step_sql(s, params) for s in funnel.steps]
-    conditions += [match_sql(x, params) for x in funnel.exclusions]
-    m = len(funnel.exclusions)
-    window = params.bind(funnel.window_seconds * 1000, "Int64")
     positions = f"range(1, {n + 1})"
-    # Field positions: entry (ms, kind[, ordinal][, value]); slot (started, reached,
-    # reached previous[, ordinal][, step-1 value, value]).
-    xv = 4 if strict else 3
-    sv = 5 if strict else 4
-    ordinal_x, ordinal_slot, empty = (", x.3", ", x.3", ", toInt64(-1)") if strict else ("", "", "")
-    if value is not None:
-        started = f"(x.1, x.1, x.1{ordinal_x}, x.{xv}, x.{xv})"
-        extended = f"(acc[-x.2].1, x.1, acc[-x.2].2{ordinal_slot}, acc[-x.2].{sv}, x.{xv})"
-        empty_slot = f"(toInt64(-1), toInt64(-1), toInt64(-1){empty}, '', '')"
-    else:
-        started = f"(x.1, x.1, x.1{ordinal_x})"
-        extended = f"(acc[-x.2].1, x.1, acc[-x.2].2{ordinal_slot})"
-        empty_slot = f"(toInt64(-1), toInt64(-1), toInt64(-1){empty})"
-    set_first = f"arrayMap((s, j) -> if(j = 1, {started}, s), acc, {positions})"
-    extend = f"arrayMap((s, j) -> if(j = 1 - x.2, {extended}, s), acc, {positions})"
-    can_extend = f"acc[-x.2].1 >= 0 AND x.1 <= acc[-x.2].1 + {window}"
+    set_first = f"arrayMap((s, j) -> if(j = 1, {shape.started()}, s), acc, {positions})"
+    within = None
     if any(s.within_seconds is not None for s in funnel.steps):
-        within = params.bind(
+        within = scope.bind(
             [
                 _NO_LIMIT if s.within_seconds is None else s.within_seconds * 1000
                 for s in funnel.steps
             ],
             "Array(Int64)",
         )
-        can_extend += f" AND x.1 <= acc[-x.2].2 + {within}[1 - x.2]"
-    if strict:
-        can_extend += " AND acc[-x.2].4 = x.3 - 1"
-    on_step = f"if(x.2 = 0, {set_first}, if({can_extend}, {extend}, acc))"
-    if any(s.optional for s in funnel.steps):
-        # Candidate slots (1-based) per step: k-1 and those reached by skipping optional
-        # steps; of the ones that may take the entry, the latest start (then the deepest).
-        sources = params.bind(
-            [[]] + [[j + 1 for j in funnel.sources(k)] for k in range(1, n)],
-            "Array(Array(Int64))",
-        )
-        ok = can_extend.replace("acc[-x.2]", "acc[j]")
-        pick = (
-            f"arrayReverseSort(j -> (acc[j].1, j), arrayFilter(j -> {ok}, {sources}[1 - x.2]))[1]"
-        )
-        chosen = extend.replace("acc[-x.2]", "acc[src]")
-        on_step = (
-            f"if(x.2 = 0, {set_first}, arrayMap(src -> if(src > 0, {chosen}, acc), [{pick}])[1])"
-        )
-    if m:
-        ranges = [funnel.exclusion_range(x) for x in funnel.exclusions]
-        lo = params.bind([a for a, _ in ranges], "Array(Int64)")
-        hi = params.bind([b for _, b in ranges], "Array(Int64)")
-        # A slot's attempt is as deep as the deepest slot holding the same start; it is
-        # discarded (every slot of it) when that depth is in [from_step, to_step).
-        depth = "(arrayLastIndex(t -> t.1 = s.1, acc) - 1)"
-        clear = (
-            f"arrayMap(s -> if(s.1 >= 0 AND {depth} >= {lo}[x.2] AND {depth} < {hi}[x.2], "
-            f"{empty_slot}, s), acc)"
-        )
-        body = f"if(x.2 > 0, {clear}, {on_step})"
-        if strict:
-            body = f"if(x.2 > {m}, acc, {body})"
-    else:
-        body = f"if(x.2 > 0, acc, {on_step})"
-    initial = f"arrayMap(i -> {empty_slot}, range({n}))"
-    from_ms = params.bind(_ms(start), "Int64")
+
+    def extend(source: str) -> str:
+        return f"arrayMap((s, j) -> if(j = 1 - x.2, {shape.extended(source)}, s), acc, {positions})"
+
+    if not any(s.optional for s in funnel.steps):
+        ok = _can_extend("acc[-x.2]", window, within, shape.strict)
+        return f"if(x.2 = 0, {set_first}, if({ok}, {extend('acc[-x.2]')}, acc))"
+    # Candidate slots (1-based) per step: k-1 and those reached by skipping optional
+    # steps; of the ones that may take the entry, the latest start (then the deepest).
+    sources = scope.bind(
+        [[]] + [[j + 1 for j in funnel.sources(k)] for k in range(1, n)],
+        "Array(Array(Int64))",
+    )
+    ok = _can_extend("acc[j]", window, within, shape.strict)
+    pick = f"arrayReverseSort(j -> (acc[j].1, j), arrayFilter(j -> {ok}, {sources}[1 - x.2]))[1]"
+    return (
+        f"if(x.2 = 0, {set_first}, "
+        f"arrayMap(src -> if(src > 0, {extend('acc[src]')}, acc), [{pick}])[1])"
+    )
+
+
+def _fold_body(scope: Scope, shape: _FoldShape, window: str) -> str:
+    """The fold's update for one entry: exclusion k (x.2 = k), another event (strict
+    order, x.2 = exclusions + 1) or a step."""
+    funnel = scope.funnel
+    on_step = _fold_on_step(scope, shape, window)
+    m = len(funnel.exclusions)
+    if not m:
+        return f"if(x.2 > 0, acc, {on_step})"
+    ranges = [funnel.exclusion_range(x) for x in funnel.exclusions]
+    lo = scope.bind([a for a, _ in ranges], "Array(Int64)")
+    hi = scope.bind([b for _, b in ranges], "Array(Int64)")
+    # A slot's attempt is as deep as the deepest slot holding the same start; it is
+    # discarded (every slot of it) when that depth is in [from_step, to_step).
+    depth = "(arrayLastIndex(t -> t.1 = s.1, acc) - 1)"
+    clear = (
+        f"arrayMap(s -> if(s.1 >= 0 AND {depth} >= {lo}[x.2] AND {depth} < {hi}[x.2], "
+        f"{shape.empty()}, s), acc)"
+    )
+    body = f"if(x.2 > 0, {clear}, {on_step})"
+    if shape.strict:
+        body = f"if(x.2 > {m}, acc, {body})"
+    return body
+
+
+def _fold_entries(scope: Scope, shape: _FoldShape) -> tuple[str, str]:
+    """(entries, tail column): per entity, its entries sorted by (ms, rank, event id,
+    kind), decoded from one sort key each; in strict order with each entry's event ordinal
+    (and `last`, the last event's ordinal); with values, the held values."""
+    from_ms = scope.from_ms()
     key = sort_key(f"(ts - {from_ms}) * 64 + rank + 1", "eid", f"kind + {1 << 32}")
     decode = (
         f"toInt64(bitShiftRight(k, 198)) + {from_ms}, "
         f"toInt64(bitAnd(k, {(1 << 64) - 1})) - {1 << 32}"
     )
+    if not shape.strict and not shape.values:
+        return f"arrayMap(k -> ({decode}), arraySort(groupArray({key})))", ""
     names, fields, arrays = ["k"], [decode], [f"arraySort(groupArray({key} AS key))"]
     tail = ""
-    if strict:
+    if shape.strict:
         # Ordinal of each entry's event: one event's entries are adjacent and share
         # (ms, rank, event id), the key's top 192 bits.
         arrays[0] = f"({arrays[0]} AS ks)"
@@ -389,15 +511,18 @@ def _fold_sql(
         fields.append("o")
         arrays.append(f"({ordinals} AS ords)")
         tail = ", ords[-1] AS last"
-    if value is not None:
+    if shape.values:
         names.append("v")
         fields.append("v")
         arrays.append("arraySort((v, k) -> k, groupArray(value), groupArray(key))")
-    if len(names) > 1:
-        entries = f"arrayMap(({', '.join(names)}) -> ({', '.join(fields)}), {', '.join(arrays)})"
-    else:
-        entries = f"arrayMap(k -> ({decode}), arraySort(groupArray({key})))"
-    fold = f"arrayFold((acc, x) -> {body}, {entries}, {initial})"
+    entries = f"arrayMap(({', '.join(names)}) -> ({', '.join(fields)}), {', '.join(arrays)})"
+    return entries, tail
+
+
+def _fold_scan_columns(conditions: list[str], n: int, strict: bool, value: str | None) -> str:
+    """The fold's columns per event row: one row per step or exclusion it matches (kind:
+    -step, or exclusion k 1-based) with its rank (first step matched, -1 for exclusions);
+    in strict order an event matching nothing is one row too."""
     matched = f"arrayFilter(i -> [{', '.join(conditions)}][i + 1], range({len(conditions)}))"
     if strict:
         # An event matching no step or exclusion is an entry too: it breaks attempts.
@@ -411,14 +536,39 @@ def _fold_sql(
            if(idx >= {n}, toInt64(idx) - {n} + 1, -toInt64(idx)) AS kind"""
     if value is not None:
         columns += f", {value} AS value"
-    scan = _scan(funnel, project, start, end, params, columns)
+    return columns
+
+
+def _fold_sql(scope: Scope, value: str | None = None) -> str:
+    """Rows (visitor_id, st, re, pr) by arrayFold over entries x = (ms, kind) sorted by
+    (ms, rank, event id, kind): kind = -step for step entries (one event's entries apply
+    deepest first), kind = k (1-based) for exclusion k, whose rank -1 puts it before step
+    entries at the same millisecond.
+
+    With `order: "strict"` every event of the entity is an entry (kind = exclusions + 1 and
+    rank -1 for an event matching nothing), entries carry the event's ordinal among the
+    entity's events (x.3) and slots the ordinal of the event that reached them: step k
+    extends slot k-1 only if that event came immediately before. `tail` says, per slot,
+    whether its event is the entity's last one (else its attempt can never advance)."""
+    funnel, compiled = scope.funnel, scope.compiled
+    n = len(funnel.steps)
+    shape = _FoldShape(strict=funnel.order == "strict", values=value is not None)
+    conditions = scope.conditions()
+    conditions += [step_sql(x, scope.params) for x in compiled.exclusions]
+    window = scope.window()
+    body = _fold_body(scope, shape, window)
+    initial = f"arrayMap(i -> {shape.empty()}, range({n}))"
+    entries, tail = _fold_entries(scope, shape)
+    fold = f"arrayFold((acc, x) -> {body}, {entries}, {initial})"
+    scan = _scan(scope, _fold_scan_columns(conditions, n, shape.strict, value))
     carried = ""
     if value is not None:
+        sv = shape.slot_value
         carried = (
             f",\n       arrayMap(s -> s.{sv}, slots) AS firsts, "
             f"arrayMap(s -> s.{sv + 1}, slots) AS vals"
         )
-    if strict:
+    if shape.strict:
         carried += ",\n       arrayMap(s -> s.4 = last, slots) AS tail"
     return f"""
 SELECT visitor_id,
@@ -433,36 +583,28 @@ FROM (
 )""".strip()
 
 
-def _any_order_sql(
-    funnel: FunnelDefinition,
-    project: str,
-    start: datetime,
-    end: datetime,
-    params: Params,
-    value: str | None = None,
-) -> str:
+# --- Any order ---------------------------------------------------------------------------
+
+
+def _any_order_sql(scope: Scope, value: str | None = None) -> str:
     """Rows (visitor_id, st, re, pr) for `order: "any"` (no event name is used by two
     steps, so an event matches at most one step). Entries sort as (ms, step, event id);
     the attempt starting at entry i covers the entries from i on within the window and,
     per step, takes its first entry there: `att[i]` lists them as (ms, step, position),
     sorted by (ms, step). Slot j holds the latest attempt with at least j steps.
     Quadratic in an entity's step events: exact, not fast."""
-    n = len(funnel.steps)
-    conditions = [step_sql(s, params) for s in funnel.steps]
-    window = params.bind(funnel.window_seconds * 1000, "Int64")
-    from_ms = params.bind(_ms(start), "Int64")
+    n = len(scope.funnel.steps)
+    conditions = scope.conditions()
+    window = scope.window()
+    from_ms = scope.from_ms()
     step = "multiIf(" + ", ".join(f"{c}, {k}" for k, c in enumerate(conditions)) + ", -1)"
-    rel = f"(toUnixTimestamp64Milli(timestamp) - {from_ms})"
+    rel = f"({_MS} - {from_ms})"
     columns = f"{rel} AS rel, event_id AS eid, {step} AS step"
     if value is not None:
         columns += f", {value} AS value"
-    scan = _scan(funnel, project, start, end, params, columns)
+    scan = _scan(scope, columns)
     key = sort_key("rel * 64 + step", "eid", "0")
-    carried_inner = ""
-    if value is not None:
-        carried_inner = (
-            ",\n           arraySort((v, k) -> k, groupArray(value), groupArray(key)) AS v"
-        )
+    carried_inner = _carried_values() if value is not None else ""
     # Position of step s's first entry from entry i on, within the window (0: none).
     first = f"arrayFirstIndex((t, p, j) -> p = s AND j >= i AND t <= ms[i] + {window}, ms, sp, pos)"
     attempts = (
@@ -506,6 +648,9 @@ FROM (
 )""".strip()
 
 
+# --- Per entity --------------------------------------------------------------------------
+
+
 def _hold_sql(funnel: FunnelDefinition, inner: str, value: str | None) -> str:
     """Merge per (entity, held value) rows of `inner` into one row per entity: step k is
     held by the value whose attempt holding it has the greatest (start, reached, value)."""
@@ -527,8 +672,18 @@ FROM (
 )""".strip()
 
 
+def _by_passes(funnel: FunnelDefinition) -> bool:
+    """Whether per_entity_sql evaluates this funnel by level passes alone."""
+    return (
+        funnel.hold_property is None
+        and funnel.order == "ordered"
+        and not funnel.exclusions
+        and not any(s.optional for s in funnel.steps)
+    )
+
+
 def per_entity_sql(
-    funnel: FunnelDefinition,
+    funnel: CompiledFunnel,
     project: str,
     start: datetime,
     end: datetime,
@@ -541,28 +696,22 @@ def per_entity_sql(
     reached the previous step (ms; -1: no attempt holds the step).
     `visitor_id` holds the counted entity (visitor or user). With `value` (a String
     expression per event row), also `firsts` and `vals`: per step, that value on the held
-    attempt's step-1 event and on the event holding the step ('' where none)."""
-    if funnel.hold_property is not None:
-        return _hold_sql(funnel, _passes_sql(funnel, project, start, end, params, value), value)
-    if funnel.order == "any":
-        return _any_order_sql(funnel, project, start, end, params, value)
-    if not _by_passes(funnel):
-        return _fold_sql(funnel, project, start, end, params, value)
-    return _passes_sql(funnel, project, start, end, params, value)
+    attempt's step-1 event and on the event holding the step ('' where none).
 
-
-def _by_passes(funnel: FunnelDefinition) -> bool:
-    """Whether per_entity_sql evaluates this funnel by level passes alone."""
-    return (
-        funnel.hold_property is None
-        and funnel.order == "ordered"
-        and not funnel.exclusions
-        and not any(s.optional for s in funnel.steps)
-    )
+    The one place that chooses the evaluation (module docstring)."""
+    scope = Scope(funnel, project, start, end, params)
+    definition = funnel.definition
+    if definition.hold_property is not None:
+        return _hold_sql(definition, _passes_sql(scope, value), value)
+    if definition.order == "any":
+        return _any_order_sql(scope, value)
+    if not _by_passes(definition):
+        return _fold_sql(scope, value)
+    return _passes_sql(scope, value)
 
 
 def per_visitor_sql(
-    funnel: FunnelDefinition, project: str, start: datetime, end: datetime, params: Params
+    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, params: Params
 ) -> str:
     """Rows (entity, slots): slots = Array((started, reached, reached previous)), ms,
     (-1, -1, -1) where no attempt holds the step."""
@@ -572,12 +721,8 @@ SELECT visitor_id, arrayMap((s, r, p) -> (s, r, p), st, re, pr) AS slots
 FROM ({inner})""".strip()
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def held_sql(
-    funnel: FunnelDefinition,
+    funnel: CompiledFunnel,
     project: str,
     start: datetime,
     end: datetime,
@@ -588,10 +733,11 @@ def held_sql(
     """Entities that reached step 1: visitor_id (the entity), st, re, pr, level (1-based
     deepest held step), plus `extra` columns (and firsts, vals with `value`)."""
     inner = per_entity_sql(funnel, project, start, end, params, value)
+    definition = funnel.definition
     carried = ", firsts, vals" if value is not None else ""
-    if funnel.counting == "total":
+    if definition.counting == "total":
         carried += ", attempts"
-    if funnel.order == "strict":
+    if definition.order == "strict":
         carried += ", tail"
     return f"""
     SELECT visitor_id, st, re, pr{carried}, arrayLastIndex(x -> x >= 0, st) AS level{extra}
@@ -599,62 +745,70 @@ def held_sql(
     WHERE level > 0"""
 
 
-def report_sql(
-    funnel: FunnelDefinition,
-    project: str,
-    start: datetime,
-    end: datetime,
-    now: datetime | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """Rows per step (1-based): entities reaching it, then times to convert in ms from the
-    attempt's step 1 (median, p90, average) and from its previous step (median, p90,
-    average), over the attempts holding the step; then entities stopped at this step whose
-    attempt can still advance at `now` (in progress, not dropped).
+# --- The report --------------------------------------------------------------------------
 
-    An entity reaches step k when its deepest held step is >= k (with exclusions a
-    discarded attempt can leave a hole below a surviving deeper one). Aggregates are one
-    column per step over one row per entity (cheaper than an ARRAY JOIN per step); step 1
-    times are 0 by definition (an attempt starts at its step 1), so they are not sorted.
-    """
-    params = Params()
-    n = len(funnel.steps)
-    window = params.bind(funnel.window_seconds * 1000, "Int64")
+
+@dataclass(frozen=True, slots=True)
+class _HeldRows:
+    """The per-entity rows a report aggregates, and how to read them: `at(column, k)` is
+    the held attempt's st/re/pr at step k (1-based); `reached(k)`, `stopped(k)` and
+    `open_until(k)` are conditions and expressions on one row."""
+
+    sql: str
+    at: Callable[[str, int], str]
+    reached: Callable[[int], str]
+    stopped: Callable[[int], str]
+    open_until: Callable[[int], str]
+
+
+def _scalar(column: str, k: int) -> str:
+    return f"{column}{k}"
+
+
+def _element(column: str, k: int) -> str:
+    return f"{column}[{k}]"
+
+
+def _held_rows(scope: Scope, window: str) -> _HeldRows:
+    funnel = scope.funnel
     if _by_passes(funnel):
         # Straight from the level passes' rows, one column per step and value (st1, re1,
         # ...). Passes leave no hole below the deepest step, so level >= k is st_k >= 0
         # and entities without any step count nowhere.
-        held = _passes_sql(funnel, project, start, end, params)
+        return _HeldRows(
+            _passes_sql(scope),
+            _scalar,
+            lambda k: f"st{k} >= 0",
+            lambda k: f"st{k} >= 0 AND st{k + 1} < 0",
+            lambda k: step_open_until_sql(funnel, window, k, _scalar),
+        )
+    until = open_until_sql(funnel, scope.params, window)
+    held = held_sql(
+        scope.compiled,
+        scope.project,
+        scope.start,
+        scope.end,
+        scope.params,
+        f", {until} AS open_until",
+    )
+    return _HeldRows(
+        held,
+        _element,
+        lambda k: f"level >= {k}",
+        lambda k: f"level = {k}",
+        lambda k: "open_until",
+    )
 
-        def at(column: str, k: int) -> str:
-            return f"{column}{k}"
 
-        def reached(k: int) -> str:
-            return f"st{k} >= 0"
-
-        def stopped(k: int) -> str:
-            return f"st{k} >= 0 AND st{k + 1} < 0"
-
-        def open_until(k: int) -> str:
-            return step_open_until_sql(funnel, window, k, at)
-    else:
-        until = open_until_sql(funnel, params, window)
-        held = held_sql(funnel, project, start, end, params, f", {until} AS open_until")
-
-        def at(column: str, k: int) -> str:
-            return f"{column}[{k}]"
-
-        def reached(k: int) -> str:
-            return f"level >= {k}"
-
-        def stopped(k: int) -> str:
-            return f"level = {k}"
-
-        def open_until(k: int) -> str:
-            return "open_until"
-
-    now_ms = params.bind(_ms(now or end), "Int64")
-    entities = [f"countIf({reached(k)})" for k in range(1, n + 1)]
-    in_progress = [f"countIf({stopped(k)} AND {now_ms} <= {open_until(k)})" for k in range(1, n)]
+def _report_columns(funnel: FunnelDefinition, held: _HeldRows, now_ms: str, window: str) -> str:
+    """The report's per-step arrays: entities (or attempts) reaching each step, quantiles
+    and averages of the times to convert, and entities (or attempts) in progress."""
+    n = len(funnel.steps)
+    at = held.at
+    entities = [f"countIf({held.reached(k)})" for k in range(1, n + 1)]
+    in_progress = [
+        f"countIf({held.stopped(k)} AND {now_ms} <= {held.open_until(k)})" for k in range(1, n)
+    ]
     if funnel.counting == "total":
         # Attempts, not entities: every attempt held at step k that did not take step k+1
         # and can still take it is in progress.
@@ -682,6 +836,36 @@ def report_sql(
     def array(items: list[str]) -> str:
         return "[" + ",\n        ".join(items) + "]"
 
+    return f"""{array(entities)} AS reach,
+       {array(quantiles["s"])} AS q_start,
+       {array(averages["s"])} AS avg_start,
+       {array(quantiles["p"])} AS q_previous,
+       {array(averages["p"])} AS avg_previous,
+       {array([*in_progress, "0"])} AS waiting"""
+
+
+def report_sql(
+    funnel: CompiledFunnel,
+    project: str,
+    start: datetime,
+    end: datetime,
+    now: datetime | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Rows per step (1-based): entities reaching it, then times to convert in ms from the
+    attempt's step 1 (median, p90, average) and from its previous step (median, p90,
+    average), over the attempts holding the step; then entities stopped at this step whose
+    attempt can still advance at `now` (in progress, not dropped).
+
+    An entity reaches step k when its deepest held step is >= k (with exclusions a
+    discarded attempt can leave a hole below a surviving deeper one). Aggregates are one
+    column per step over one row per entity (cheaper than an ARRAY JOIN per step); step 1
+    times are 0 by definition (an attempt starts at its step 1), so they are not sorted.
+    """
+    scope = Scope(funnel, project, start, end, Params())
+    window = scope.window()
+    held = _held_rows(scope, window)
+    now_ms = scope.bind(_ms(now or end), "Int64")
+    columns = _report_columns(scope.funnel, held, now_ms, window)
     sql = f"""
 SELECT step,
        reach[step] AS entities,
@@ -693,18 +877,13 @@ SELECT step,
        avg_previous[step] AS avg_from_previous_ms,
        waiting[step] AS in_progress
 FROM (
-    SELECT {array(entities)} AS reach,
-       {array(quantiles["s"])} AS q_start,
-       {array(averages["s"])} AS avg_start,
-       {array(quantiles["p"])} AS q_previous,
-       {array(averages["p"])} AS avg_previous,
-       {array([*in_progress, "0"])} AS waiting
-    FROM ({held}
+    SELECT {columns}
+    FROM ({held.sql}
     )
 )
 ARRAY JOIN arrayEnumerate(reach) AS step
 ORDER BY step""".strip()
-    return sql, params.values
+    return sql, scope.params.values
 
 
 def open_until_sql(funnel: FunnelDefinition, params: Params, window: str | None = None) -> str:
@@ -743,21 +922,24 @@ def step_open_until_sql(
 
 
 def levels_sql(
-    funnel: FunnelDefinition, project: str, start: datetime, end: datetime
+    funnel: CompiledFunnel, project: str, start: datetime, end: datetime
 ) -> tuple[str, dict[str, Any]]:
     """Per visitor: ClickHouse's own windowFunnel level (default mode), the cross-check of
     the fold for funnels whose steps no single event can match twice."""
     params = Params()
     conditions = ", ".join(step_sql(s, params) for s in funnel.steps)
-    window = params.bind(funnel.window_seconds * 1000, "UInt64")
+    definition = funnel.definition
+    window = params.bind(definition.window_seconds * 1000, "UInt64")
+    where = [
+        f"project_id = {params.bind(project, 'String')}",
+        *_in_range(params, start, end),
+        f"event IN {params.bind(definition.event_names(), 'Array(String)')}",
+    ]
     sql = f"""
 SELECT visitor_id,
-       windowFunnel({window})(toUInt64(toUnixTimestamp64Milli(timestamp)), {conditions}) AS level
+       windowFunnel({window})(toUInt64({_MS}), {conditions}) AS level
 FROM events
-WHERE project_id = {params.bind(project, "String")}
-  AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
-  AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
-  AND event IN {params.bind(funnel.event_names(), "Array(String)")}
+{_where(where, "")}
 GROUP BY visitor_id""".strip()
     return sql, params.values
 
@@ -766,7 +948,7 @@ TREND_BUCKETS = {"hour": "toStartOfHour", "day": "toStartOfDay", "week": "toMond
 
 
 def trend_sql(
-    funnel: FunnelDefinition, project: str, start: datetime, end: datetime, interval: str
+    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, interval: str
 ) -> tuple[str, dict[str, Any]]:
     """Rows (bucket start, entities entered, entities converted) by entry time: the start
     of the attempt holding the entity's deepest step, in UTC hour/day/week (Monday)."""
@@ -776,7 +958,7 @@ def trend_sql(
     sql = f"""
 SELECT toDateTime({bucket}(fromUnixTimestamp64Milli(st[level], 'UTC')), 'UTC') AS bucket,
        count() AS entered,
-       countIf(level = {len(funnel.steps)}) AS converted
+       countIf(level = {len(funnel.definition.steps)}) AS converted
 FROM ({held}
 )
 GROUP BY bucket

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
+from funnel.compiled import compile_funnel
 from funnelstream import metrics
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
@@ -107,7 +108,7 @@ async def funnel_breakdown(
         _step(funnel, step, "step")
     start, end = parse_range(from_, to)
     by = Breakdown(property, source, attribution, step, limit)
-    rows = await _rows(ch, breakdown_sql(funnel, funnel.project, start, end, by))
+    rows = await _rows(ch, breakdown_sql(compile_funnel(funnel), funnel.project, start, end, by))
     groups = compute.breakdown_groups(rows, len(funnel.steps))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("breakdown").observe(elapsed)
@@ -161,7 +162,7 @@ async def funnel_dropped(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    query = dropped_sql(funnel, funnel.project, start, end, now, step, limit, after)
+    query = dropped_sql(compile_funnel(funnel), funnel.project, start, end, now, step, limit, after)
     rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("dropped").observe(elapsed)
@@ -212,7 +213,9 @@ async def funnel_next_events(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    rows = await _rows(ch, next_events_sql(funnel, funnel.project, start, end, now, step, limit))
+    rows = await _rows(
+        ch, next_events_sql(compile_funnel(funnel), funnel.project, start, end, now, step, limit)
+    )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("next_events").observe(elapsed)
     return NextEventsOut(
@@ -267,7 +270,9 @@ async def funnel_time_to_convert(
             },
         )
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, histogram_sql(funnel, funnel.project, start, end, k, bins))
+    rows = await _rows(
+        ch, histogram_sql(compile_funnel(funnel), funnel.project, start, end, k, bins)
+    )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("histogram").observe(elapsed)
     return HistogramOut(
@@ -310,7 +315,7 @@ async def open_funnel(
     started = time.monotonic()
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, open_funnel_sql(funnel, funnel.project, start, end))
+    rows = await _rows(ch, open_funnel_sql(compile_funnel(funnel), funnel.project, start, end))
     by_step = {int(s): (int(e), int(c)) for s, e, c in rows}
     steps = []
     for k, s in enumerate(funnel.steps):

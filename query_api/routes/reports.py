@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from funnel.compiled import compile_funnel
 from funnel.sql.report import report_sql, trend_sql
 from funnelstream import metrics
 from query_api import compute
@@ -91,7 +92,7 @@ async def run_report(
 ) -> ReportOut:
     started = time.monotonic()
     now = datetime.now(UTC)
-    sql, params = report_sql(funnel, funnel.project, start, end, min(now, end))
+    sql, params = report_sql(compile_funnel(funnel), funnel.project, start, end, min(now, end))
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     got = compute.steps_from_rows(rows, len(funnel.steps))
@@ -177,7 +178,7 @@ async def funnel_trend(
     started = time.monotonic()
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
-    sql, params = trend_sql(funnel, funnel.project, start, end, interval)
+    sql, params = trend_sql(compile_funnel(funnel), funnel.project, start, end, interval)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     points = compute.trend_points(rows, interval, end, datetime.now(UTC))

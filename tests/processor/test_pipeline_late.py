@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.compiled import compile_funnel
 from funnel.sql.report import report_sql
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.log import LogRecord
@@ -162,7 +163,11 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
     # The report over the stored events: the reference's counts per step.
     now_ms = END + 3600_000
     sql, params = report_sql(
-        funnel, "p", ms_to_datetime(START), ms_to_datetime(END), ms_to_datetime(now_ms)
+        compile_funnel(funnel),
+        "p",
+        ms_to_datetime(START),
+        ms_to_datetime(END),
+        ms_to_datetime(now_ms),
     )
     by_step = {int(r[0]): int(r[1]) for r in ch.query_rows_sync(sql, params)}
     for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from funnel.compiled import compile_funnel
 from funnel.sql.report import report_sql
 from funnelstream.clickhouse import ClickHouse
 from query_api.sql.analysis import dropped_sql, next_events_sql, open_funnel_sql
@@ -38,15 +39,21 @@ def test_sessions_are_entities(ch: ClickHouse) -> None:
             ("v1", "view", 3500, {}), ("v1", "search", 3510, {}), ("v1", "buy", 3520, {}),
         ],
     )  # fmt: skip
-    rows = ch.query_rows_sync(*report_sql(FUNNEL, "shop", START, END))
+    rows = ch.query_rows_sync(*report_sql(compile_funnel(FUNNEL), "shop", START, END))
     assert [int(r[1]) for r in rows] == [2, 1, 0]
-    opened = ch.query_rows_sync(*open_funnel_sql(FUNNEL, "shop", START, END))
+    opened = ch.query_rows_sync(*open_funnel_sql(compile_funnel(FUNNEL), "shop", START, END))
     assert [tuple(int(x) for x in r) for r in opened] == [(1, 2, 1), (2, 1, 0), (3, 1, 0)]
-    dropped = ch.query_rows_sync(*dropped_sql(FUNNEL, "shop", START, END, END, 0, 10, ""))
+    dropped = ch.query_rows_sync(
+        *dropped_sql(compile_funnel(FUNNEL), "shop", START, END, END, 0, 10, "")
+    )
     assert [r[0] for r in dropped] == ["v1#2"]
     # After its view, session 2's next event is search; session 1's cart is followed by
     # help in the same session.
-    nxt = ch.query_rows_sync(*next_events_sql(FUNNEL, "shop", START, END, END, 0, 10))
+    nxt = ch.query_rows_sync(
+        *next_events_sql(compile_funnel(FUNNEL), "shop", START, END, END, 0, 10)
+    )
     assert [(r[0], int(r[1])) for r in nxt] == [("search", 1)]
-    nxt = ch.query_rows_sync(*next_events_sql(FUNNEL, "shop", START, END, END, 1, 10))
+    nxt = ch.query_rows_sync(
+        *next_events_sql(compile_funnel(FUNNEL), "shop", START, END, END, 1, 10)
+    )
     assert [(r[0], int(r[1])) for r in nxt] == [("help", 1)]

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.compiled import compile_funnel
 from funnel.sql.filters import Params
 from funnel.sql.report import per_visitor_sql, report_sql
 from funnelstream.clickhouse import ClickHouse
@@ -184,7 +185,9 @@ def assert_report_equals_reference(
 
     # Per entity, the held attempts (start, reached, previous) are the same.
     params = Params()
-    rows = ch.query_rows_sync(per_visitor_sql(funnel, project, start, end, params), params.values)
+    rows = ch.query_rows_sync(
+        per_visitor_sql(compile_funnel(funnel), project, start, end, params), params.values
+    )
     sql_held = {
         entity: [None if s[0] < 0 else (s[0], s[1], s[2]) for s in slots] for entity, slots in rows
     }
@@ -195,7 +198,7 @@ def assert_report_equals_reference(
     assert sql_held == expected_held
 
     # The report: counts exact, times exact (averages to float precision).
-    sql, params_ = report_sql(funnel, project, start, end, ms_to_datetime(now_ms))
+    sql, params_ = report_sql(compile_funnel(funnel), project, start, end, ms_to_datetime(now_ms))
     by_step = {int(r[0]): r for r in ch.query_rows_sync(sql, params_)}
     for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
         row = by_step.get(k + 1)
@@ -247,7 +250,7 @@ def test_sql_report_equals_reference(
 
     # Breakdown by an event property, with each attribution, top N + other.
     by = Breakdown(by.property, "event", by.attribution, by.step % len(funnel.steps), by.limit)
-    rows = ch.query_rows_sync(*breakdown_sql(funnel, project, start, end, by))
+    rows = ch.query_rows_sync(*breakdown_sql(compile_funnel(funnel), project, start, end, by))
     got = {(g.other, g.value): g.reached for g in compute.breakdown_groups(rows, len(funnel.steps))}
     want_groups = reference.breakdown(
         funnel, events, START, END, by.property, by.attribution, by.step, by.limit

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from funnel.compiled import CompiledFunnel, compile_funnel
 from funnel.sql.report import levels_sql, report_sql
 from query_api.sql.analysis import (
     Breakdown,
@@ -32,7 +33,7 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2025, 2, 1, tzinfo=UTC)
 
 
-def funnel(**extra: Any) -> FunnelDefinition:
+def funnel(**extra: Any) -> CompiledFunnel:
     body: dict[str, Any] = {
         "id": "checkout",
         "project": "shop",
@@ -44,7 +45,7 @@ def funnel(**extra: Any) -> FunnelDefinition:
         ],
     }
     body.update(extra)
-    return FunnelDefinition.model_validate(body)
+    return compile_funnel(FunnelDefinition.model_validate(body))
 
 
 CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
