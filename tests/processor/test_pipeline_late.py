@@ -29,9 +29,9 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.rows import ms_to_datetime
 from processor.sessionize import reference_sessions
 from processor.transform import Timing
-from query_api import reference
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
 from tests.query_api.test_report_differential import END, START, streams

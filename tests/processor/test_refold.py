@@ -28,9 +28,9 @@ from processor.rows import Row
 from processor.sessionize import reference_sessions
 from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
-from query_api import reference
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import (
     LATENESS_MS,
     assert_live_equals_reference,

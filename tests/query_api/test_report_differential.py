@@ -1,4 +1,4 @@
-"""The SQL report equals the pure-Python reference (query_api/reference.py) exactly.
+"""The SQL report equals the pure-Python reference (tests/oracle/funnel_reference.py) exactly.
 
 Hypothesis draws funnels (filters, any_of alternatives, per-step windows, exclusions,
 counting by visitor, user or session, ordered, strict or any order, unique or total, a
@@ -24,9 +24,10 @@ from funnel.sql.filters import Params
 from funnel.sql.report import per_visitor_sql, report_sql
 from funnelstream.clickhouse import ClickHouse
 from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
-from query_api import compute, reference
+from query_api import compute
 from query_api.sql.analysis import Breakdown, breakdown_sql
 from schemas.funnels import FunnelDefinition, validate_funnel
+from tests.oracle import funnel_reference as reference
 
 pytestmark = pytest.mark.clickhouse
 
