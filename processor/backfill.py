@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from funnel.compiled import compile_funnel
+from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel
 from funnel.fold import Entry, FunnelProgress, Transition
 from processor.state import VisitorState
 from schemas.funnels import FunnelDefinition
@@ -56,9 +56,12 @@ def rebuild_progress(
     events: Iterable[tuple[str, str, int, dict[str, str]]],
     newest_ms: int,
     lateness_ms: int,
+    *,
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
 ) -> tuple[FunnelProgress | None, list[Transition]]:
-    """One visitor's progress from (event_id, event, timestamp ms, properties) rows."""
-    live = compile_funnel(funnel)
+    """One visitor's progress from (event_id, event, timestamp ms, properties) rows;
+    `session_gap_ms`: the processor's session gap (funnels counted by session)."""
+    live = compile_funnel(funnel, session_gap_ms)
     entries: list[tuple[list[Entry], str | None]] = []
     for event_id, name, ts, props in events:
         event_entries = live.entries(name, props, ts, event_id)

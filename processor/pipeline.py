@@ -553,6 +553,7 @@ class Processor:
                 self.config.timing.lateness_ms,
                 fresh,
                 int(time.time() * 1000),
+                session_gap_ms=self.config.timing.session_gap_ms,
             )
             states += user_states
             transitions += user_transitions
@@ -678,7 +679,11 @@ class Processor:
                 if events is None and funnel.id not in state.funnels:
                     continue
                 progress, transitions = rebuild_progress(
-                    funnel, events or [], state.newest_ms, self.config.timing.lateness_ms
+                    funnel,
+                    events or [],
+                    state.newest_ms,
+                    self.config.timing.lateness_ms,
+                    session_gap_ms=self.config.timing.session_gap_ms,
                 )
                 apply_rebuilt(state, funnel, progress)
                 shown = progress or FunnelProgress(steps=len(funnel.steps))
