@@ -22,8 +22,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from funnel.compiled import compile_funnel
+from funnel.sql.report import levels_sql, report_sql
 from funnelstream.clickhouse import ClickHouse, migrate
-from query_api.sql.funnel_report import levels_sql, report_sql
 from schemas.funnels import Exclusion, FunnelDefinition
 
 PROJECT = "bench"
@@ -42,7 +43,7 @@ FUNNEL = FunnelDefinition.model_validate(
 
 REPORT = "report (level passes: counts, times, in progress)"
 BARE = "bare windowFunnel (levels only)"
-# Funnel shapes that take the slower evaluations (query_api/sql/funnel_report.py).
+# Funnel shapes that take the slower evaluations (funnel/sql/report.py).
 VARIANTS = {
     "report, a step event repeated (passes, entries sorted with event ids)": FUNNEL.model_copy(
         update={"steps": (*FUNNEL.steps[:4], FUNNEL.steps[0])}
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_s = time.perf_counter() - started
         print(f"generated {args.events:,} events in {generate_s:.1f} s", file=sys.stderr)
 
-    report, report_params = report_sql(FUNNEL, PROJECT, START, END)
-    levels, levels_params = levels_sql(FUNNEL, PROJECT, START, END)
+    report, report_params = report_sql(compile_funnel(FUNNEL), PROJECT, START, END)
+    levels, levels_params = levels_sql(compile_funnel(FUNNEL), PROJECT, START, END)
     queries: dict[str, Query] = {
         REPORT: (report, report_params),
         BARE: (
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.variants:
         for name, funnel in VARIANTS.items():
-            queries[name] = report_sql(funnel, PROJECT, START, END)
+            queries[name] = report_sql(compile_funnel(funnel), PROJECT, START, END)
     results = timed(ch, queries, args.runs)
     rows = ch.query_rows_sync(report, report_params)
     bare_levels = ch.query_rows_sync(*queries[BARE])

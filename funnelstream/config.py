@@ -39,6 +39,10 @@ class CommonSettings(BaseSettings):
     topic: str = "events"
     partitions: int = 8
     clickhouse_dsn: str = ""
+    # Where a visitor's session ends: the sessionizer, the live fold of `count_by:
+    # "session"` funnels and their reports all split sessions at this one gap, so it is
+    # common to the processor and the query API.
+    session_gap_seconds: int = Field(default=30 * 60, ge=1)
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
@@ -66,7 +70,6 @@ class IngestSettings(CommonSettings):
 
 class ProcessorSettings(CommonSettings):
     group: str = "funnelstream-processor"
-    session_gap_seconds: int = 30 * 60
     lateness_seconds: int = 10 * 60
     batch_max_messages: int = 5000
     batch_max_seconds: float = 0.25
@@ -77,6 +80,7 @@ class ProcessorSettings(CommonSettings):
 
 
 class QueryApiSettings(CommonSettings):
+    # Reads session_gap_seconds (common): reports split sessions where the processor does.
     # Saved funnels (config ones included) one project may hold; replacing one is always
     # allowed. Every funnel is advanced live for every event, so this bounds that work.
     max_funnels_per_project: int = Field(default=100, ge=1)

@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from processor.funnel_rules import live_funnel
-from processor.funnel_stage import Entry, FunnelProgress, Transition
+from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel
+from funnel.fold import Entry, FunnelProgress, Transition
 from processor.state import VisitorState
 from schemas.funnels import FunnelDefinition
 
@@ -23,17 +23,27 @@ def definition_hash(funnel: FunnelDefinition) -> str:
     return hashlib.sha256(funnel.model_dump_json().encode()).hexdigest()[:16]
 
 
-EVENTS_SQL = """
+_EVENT_COLUMNS = """
 SELECT log_partition, visitor_id, toString(event_id), event,
        toUnixTimestamp64Milli(timestamp), properties
 FROM events FINAL
-WHERE project_id = {project:String}
-  AND event IN {events:Array(String)}
-  AND log_partition IN {partitions:Array(UInt32)}
 """
+
+
+def _select_events(*, every_name: bool) -> str:
+    """The stored events of the partitions being rebuilt; only the funnel's event names
+    unless `every_name`."""
+    where = ["project_id = {project:String}"]
+    if not every_name:
+        where.append("event IN {events:Array(String)}")
+    where.append("log_partition IN {partitions:Array(UInt32)}")
+    return _EVENT_COLUMNS + "WHERE " + "\n  AND ".join(where) + "\n"
+
+
+EVENTS_SQL = _select_events(every_name=False)
 # Strict order reads every event of the visitor: an event matching no step breaks a chain;
 # so do sessions: any event may end or continue one.
-ALL_EVENTS_SQL = EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
+ALL_EVENTS_SQL = _select_events(every_name=True)
 
 
 def events_sql(funnel: FunnelDefinition) -> str:
@@ -46,9 +56,12 @@ def rebuild_progress(
     events: Iterable[tuple[str, str, int, dict[str, str]]],
     newest_ms: int,
     lateness_ms: int,
+    *,
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
 ) -> tuple[FunnelProgress | None, list[Transition]]:
-    """One visitor's progress from (event_id, event, timestamp ms, properties) rows."""
-    live = live_funnel(funnel)
+    """One visitor's progress from (event_id, event, timestamp ms, properties) rows;
+    `session_gap_ms`: the processor's session gap (funnels counted by session)."""
+    live = compile_funnel(funnel, session_gap_ms)
     entries: list[tuple[list[Entry], str | None]] = []
     for event_id, name, ts, props in events:
         event_entries = live.entries(name, props, ts, event_id)

@@ -41,6 +41,7 @@ from typing import TypeVar
 
 import orjson
 
+from funnel.fold import FunnelProgress
 from funnelstream import metrics
 from funnelstream.backoff import Backoff, BackoffPolicy, retry_forever
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
@@ -62,7 +63,6 @@ from processor.backfill import (
 )
 from processor.catalog import FunnelCatalog
 from processor.dedupe import DedupeStore, Delivery, Key, Position
-from processor.funnel_stage import FunnelProgress
 from processor.refold import (
     VISITOR_EVENTS_SQL,
     VISITOR_SESSIONS_SQL,
@@ -553,6 +553,7 @@ class Processor:
                 self.config.timing.lateness_ms,
                 fresh,
                 int(time.time() * 1000),
+                session_gap_ms=self.config.timing.session_gap_ms,
             )
             states += user_states
             transitions += user_transitions
@@ -678,7 +679,11 @@ class Processor:
                 if events is None and funnel.id not in state.funnels:
                     continue
                 progress, transitions = rebuild_progress(
-                    funnel, events or [], state.newest_ms, self.config.timing.lateness_ms
+                    funnel,
+                    events or [],
+                    state.newest_ms,
+                    self.config.timing.lateness_ms,
+                    session_gap_ms=self.config.timing.session_gap_ms,
                 )
                 apply_rebuilt(state, funnel, progress)
                 shown = progress or FunnelProgress(steps=len(funnel.steps))

@@ -2,7 +2,7 @@
 
 An event may arrive any time after it happened (a retry queue, an import, a client that
 was offline for days). Within `lateness` of the visitor's newest event the live state
-places it exactly (pending entries are re-sorted, processor/funnel_stage.py). An older one
+places it exactly (pending entries are re-sorted, funnel/fold.py). An older one
 cannot be placed from the state alone: the checkpoint has already forgotten the entries
 it would land between. Such an event is stored like any other, and then its visitor is
 re-folded: every stored event of the visitor, in timestamp order, through the same
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processor.funnel_stage import FunnelProgress, Transition, uuid_order
+from funnel.fold import FunnelProgress, Transition, uuid_order
 from processor.rows import Row
 from processor.sessionize import Session
 from processor.state import VisitorState

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from processor.funnel_stage import FunnelProgress
+from funnel.fold import FunnelProgress
 from processor.sessionize import Session
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processor.funnel_rules import live_funnel
-from processor.funnel_stage import OTHER, FunnelProgress, Transition
+from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel
+from funnel.fold import OTHER, FunnelProgress, Transition
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,
@@ -26,7 +26,8 @@ from schemas.properties import flatten
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    session_gap_ms: int = 30 * 60 * 1000
+    # The one session gap: sessions, and the funnels counted by session (compile_funnel).
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS
     lateness_ms: int = 10 * 60 * 1000
 
 
@@ -230,7 +231,7 @@ def apply_event(
     if event.user_id:
         _identify(state, event, funnels, offset, processed_at_ms, out)
     if state.identity is not None:
-        _touch_user(state, event, props, funnels, out)
+        _touch_user(state, event, props, funnels, timing, out)
 
     horizon = state.newest_ms - timing.lateness_ms
     if state.newest_ms and event.timestamp_ms < horizon:
@@ -251,7 +252,9 @@ def apply_event(
         if identified and funnel.count_by == "user":
             continue
         try:
-            _advance(state, event, props, funnel, offset, horizon, newest, processed_at_ms, out)
+            _advance(
+                state, event, props, funnel, offset, horizon, newest, timing, processed_at_ms, out
+            )
         except Exception as exc:
             # A definition validation let through that fails on real data: it is taken
             # out (quarantined, with this error) and no other funnel or event stops.
@@ -306,12 +309,14 @@ def _touch_user(
     event: Event,
     props: dict[str, str],
     funnels: list[FunnelDefinition],
+    timing: Timing,
     out: Outputs,
 ) -> None:
     """An identified visitor's event that concerns a user funnel: rebuild its user."""
     assert state.identity is not None
     for funnel in funnels:
-        if funnel.count_by == "user" and live_funnel(funnel).entries(
+        compiled = compile_funnel(funnel, timing.session_gap_ms)
+        if funnel.count_by == "user" and compiled.entries(
             event.event, props, event.timestamp_ms, event.event_id
         ):
             out.users.add((event.project_id, state.identity[1]))
@@ -354,10 +359,11 @@ def _advance(
     offset: int,
     horizon: int,
     newest: bool,
+    timing: Timing,
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
-    live = live_funnel(funnel)
+    live = compile_funnel(funnel, timing.session_gap_ms)
     entries = live.entries(event.event, props, event.timestamp_ms, event.event_id)
     if not entries:
         return

@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from funnel.compiled import DEFAULT_SESSION_GAP_MS
+from funnel.fold import FunnelProgress, Transition
 from processor.backfill import rebuild_progress
-from processor.funnel_stage import FunnelProgress, Transition
 from processor.rows import Row
 from processor.transform import funnel_state_row, transition_row
 from schemas.funnels import FunnelDefinition
@@ -43,15 +44,24 @@ FROM visitor_identities FINAL
 WHERE project_id = {project:String} AND user_id IN {users:Array(String)}
 """
 
-USER_EVENTS_SQL = """
+_USER_EVENT_COLUMNS = """
 SELECT visitor_id, toString(event_id), event, toUnixTimestamp64Milli(timestamp), properties
 FROM events
-WHERE project_id = {project:String}
-  AND visitor_id IN {visitors:Array(String)}
-  AND event IN {events:Array(String)}
 """
+
+
+def _select_user_events(*, every_name: bool) -> str:
+    """The stored events of the users' visitors; only the funnels' event names unless
+    `every_name`."""
+    where = ["project_id = {project:String}", "visitor_id IN {visitors:Array(String)}"]
+    if not every_name:
+        where.append("event IN {events:Array(String)}")
+    return _USER_EVENT_COLUMNS + "WHERE " + "\n  AND ".join(where) + "\n"
+
+
+USER_EVENTS_SQL = _select_user_events(every_name=False)
 # Strict order reads every event of the entity (any other event breaks a chain).
-ALL_USER_EVENTS_SQL = USER_EVENTS_SQL.replace("  AND event IN {events:Array(String)}\n", "")
+ALL_USER_EVENTS_SQL = _select_user_events(every_name=True)
 
 EventRow = tuple[str, str, int, dict[str, str]]
 
@@ -89,13 +99,17 @@ def rebuild_user(
     events: list[EventRow],
     lateness_ms: int,
     fresh_event_ids: set[str] | None,
+    *,
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
 ) -> tuple[FunnelProgress, list[Transition]]:
     """One user's progress from all its visitors' events, and the transitions caused by
     the events of this batch (`fresh_event_ids`): a transition caused by an earlier event
     was written by the batch that brought it (in the user's or, before identify, the
     visitor's name), so it is not written twice. None: all of them (a backfill)."""
     newest = max((ts for _, _, ts, _ in events), default=0)
-    progress, transitions = rebuild_progress(funnel, events, newest, lateness_ms)
+    progress, transitions = rebuild_progress(
+        funnel, events, newest, lateness_ms, session_gap_ms=session_gap_ms
+    )
     shown = progress or FunnelProgress(steps=len(funnel.steps))
     if fresh_event_ids is None:
         return shown, transitions
@@ -110,6 +124,8 @@ def user_rows(
     lateness_ms: int,
     fresh_event_ids: set[str] | None,
     now_ms: int,
+    *,
+    session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
 ) -> tuple[list[Row], list[Row]]:
     """Funnel-state rows (versioned `version`) and transition rows of every user in
     `per_user` (also those left without events: their row is emptied)."""
@@ -117,7 +133,9 @@ def user_rows(
     transitions: list[Row] = []
     for funnel in funnels:
         for user, events in per_user.items():
-            progress, moved = rebuild_user(funnel, events, lateness_ms, fresh_event_ids)
+            progress, moved = rebuild_user(
+                funnel, events, lateness_ms, fresh_event_ids, session_gap_ms=session_gap_ms
+            )
             states.append(funnel_state_row(project, funnel.id, user, progress, version, now_ms))
             transitions.extend(transition_row(project, funnel.id, user, t, now_ms) for t in moved)
     return states, transitions

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from funnel.compiled import CompiledFunnel, compile_funnel
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig, QueryApiSettings
 from processor.catalog import FunnelCatalog
+from schemas.funnels import FunnelDefinition
+
+# A definition in, the compiled definition the report SQL is built from out.
+FunnelCompiler = Callable[[FunnelDefinition], CompiledFunnel]
 
 
 def get_clickhouse(request: Request) -> ClickHouse:
@@ -30,6 +37,13 @@ def get_settings(request: Request) -> QueryApiSettings:
     return settings
 
 
+def get_compiler(request: Request) -> FunnelCompiler:
+    """Compiles definitions with the configured session gap, the one the processor's
+    sessionizer and live fold use, so reports split sessions where they do."""
+    gap_ms = get_settings(request).session_gap_seconds * 1000
+    return partial(compile_funnel, session_gap_ms=gap_ms)
+
+
 def read_project(request: Request) -> Project:
     config: ProjectConfig = request.app.state.project_config
     header = request.headers.get("authorization", "")
@@ -48,3 +62,4 @@ ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
 CatalogDep = Annotated[FunnelCatalog, Depends(get_catalog)]
 ReadProject = Annotated[Project, Depends(read_project)]
 SettingsDep = Annotated[QueryApiSettings, Depends(get_settings)]
+CompilerDep = Annotated[FunnelCompiler, Depends(get_compiler)]

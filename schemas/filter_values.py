@@ -1,5 +1,5 @@
-"""What a filter's value means, stated once for the live matcher (processor/step_match.py)
-and the SQL (query_api/sql/filters.py), so the two cannot drift apart.
+"""What a filter's value means, stated once for the live matcher (funnel/match.py)
+and the SQL (funnel/sql/filters.py), so the two cannot drift apart.
 
 Numbers (`gt`, `lt`). Both sides compare as Float64: ClickHouse parses the stored
 property with `toFloat64OrNull` and compares it with the bound bound as a Float64

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from funnelstream import metrics
 from query_api import compute
-from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
+from query_api.deps import CatalogDep, ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnels import get_funnel
 from query_api.routes.reports import parse_range
 from query_api.sql.analysis import (
@@ -77,6 +77,7 @@ async def funnel_breakdown(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     property: Annotated[str, Query(min_length=1, max_length=200)],
     source: Literal["event", "session"] = "event",
     attribution: Literal["first_touch", "last_touch", "step"] = "first_touch",
@@ -107,7 +108,7 @@ async def funnel_breakdown(
         _step(funnel, step, "step")
     start, end = parse_range(from_, to)
     by = Breakdown(property, source, attribution, step, limit)
-    rows = await _rows(ch, breakdown_sql(funnel, funnel.project, start, end, by))
+    rows = await _rows(ch, breakdown_sql(compiler(funnel), funnel.project, start, end, by))
     groups = compute.breakdown_groups(rows, len(funnel.steps))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("breakdown").observe(elapsed)
@@ -146,6 +147,7 @@ async def funnel_dropped(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     step: Annotated[int, Query(description="0-based, not the last step")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str, Query(description="cursor: `next_after` of the previous page")] = "",
@@ -161,7 +163,7 @@ async def funnel_dropped(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    query = dropped_sql(funnel, funnel.project, start, end, now, step, limit, after)
+    query = dropped_sql(compiler(funnel), funnel.project, start, end, now, step, limit, after)
     rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("dropped").observe(elapsed)
@@ -199,6 +201,7 @@ async def funnel_next_events(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     step: Annotated[int, Query(description="0-based, not the last step")],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: From = None,
@@ -212,7 +215,9 @@ async def funnel_next_events(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    rows = await _rows(ch, next_events_sql(funnel, funnel.project, start, end, now, step, limit))
+    rows = await _rows(
+        ch, next_events_sql(compiler(funnel), funnel.project, start, end, now, step, limit)
+    )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("next_events").observe(elapsed)
     return NextEventsOut(
@@ -246,6 +251,7 @@ async def funnel_time_to_convert(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     step: Annotated[int | None, Query(description="0-based, > 0; default: the last")] = None,
     bins: Annotated[int, Query(ge=1, le=200)] = 20,
     from_: From = None,
@@ -267,7 +273,7 @@ async def funnel_time_to_convert(
             },
         )
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, histogram_sql(funnel, funnel.project, start, end, k, bins))
+    rows = await _rows(ch, histogram_sql(compiler(funnel), funnel.project, start, end, k, bins))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("histogram").observe(elapsed)
     return HistogramOut(
@@ -300,6 +306,7 @@ async def open_funnel(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     from_: From = None,
     to: To = None,
 ) -> OpenFunnelOut:
@@ -310,7 +317,7 @@ async def open_funnel(
     started = time.monotonic()
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, open_funnel_sql(funnel, funnel.project, start, end))
+    rows = await _rows(ch, open_funnel_sql(compiler(funnel), funnel.project, start, end))
     by_step = {int(s): (int(e), int(c)) for s, e, c in rows}
     steps = []
     for k, s in enumerate(funnel.steps):

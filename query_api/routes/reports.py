@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from funnel.sql.report import report_sql, trend_sql
 from funnelstream import metrics
+from funnelstream.clickhouse import ClickHouse
 from query_api import compute
-from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
+from query_api.deps import CatalogDep, ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
 from query_api.routes.funnels import get_funnel, parse_definition
-from query_api.sql.funnel_report import report_sql, trend_sql
 from schemas.funnels import FunnelDefinition
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])
@@ -87,11 +88,15 @@ def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:
 
 
 async def run_report(
-    ch: ClickHouseDep, funnel: FunnelDefinition, start: datetime, end: datetime
+    ch: ClickHouse,
+    compiler: FunnelCompiler,
+    funnel: FunnelDefinition,
+    start: datetime,
+    end: datetime,
 ) -> ReportOut:
     started = time.monotonic()
     now = datetime.now(UTC)
-    sql, params = report_sql(funnel, funnel.project, start, end, min(now, end))
+    sql, params = report_sql(compiler(funnel), funnel.project, start, end, min(now, end))
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     got = compute.steps_from_rows(rows, len(funnel.steps))
@@ -122,6 +127,7 @@ async def funnel_report(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
 ) -> ReportOut:
@@ -133,16 +139,18 @@ async def funnel_report(
     """
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
-    return await run_report(ch, funnel, start, end)
+    return await run_report(ch, compiler, funnel, start, end)
 
 
 @router.post("/report", response_model=ReportOut, summary="Ad-hoc funnel report (not saved)")
-async def adhoc_report(body: AdHocReportIn, project: ReadProject, ch: ClickHouseDep) -> ReportOut:
+async def adhoc_report(
+    body: AdHocReportIn, project: ReadProject, ch: ClickHouseDep, compiler: CompilerDep
+) -> ReportOut:
     """The same report for a definition sent in the body, over stored events (retroactive).
     The definition is validated exactly as when saving; `id` may be omitted."""
     funnel = parse_definition({"id": "adhoc", **body.funnel}, project.id)
     start, end = parse_range(body.from_, body.to)
-    return await run_report(ch, funnel, start, end)
+    return await run_report(ch, compiler, funnel, start, end)
 
 
 class TrendPointOut(BaseModel):
@@ -166,6 +174,7 @@ async def funnel_trend(
     project: ReadProject,
     catalog: CatalogDep,
     ch: ClickHouseDep,
+    compiler: CompilerDep,
     interval: Literal["hour", "day", "week"] = "day",
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
@@ -177,7 +186,7 @@ async def funnel_trend(
     started = time.monotonic()
     funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
-    sql, params = trend_sql(funnel, funnel.project, start, end, interval)
+    sql, params = trend_sql(compiler(funnel), funnel.project, start, end, interval)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     points = compute.trend_points(rows, interval, end, datetime.now(UTC))

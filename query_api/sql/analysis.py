@@ -1,6 +1,7 @@
-"""Funnel analyses built on the per-entity held attempts of query_api/sql/funnel_report.py:
-breakdowns with attribution, drop-off lists, what dropped visitors did next, the
-time-to-convert histogram and the open funnel (entry at any step).
+"""Funnel analyses built on the per-entity held attempts of funnel/sql/report.py, from
+the same compiled definition (funnel/compiled.py): breakdowns with attribution, drop-off
+lists, what dropped visitors did next, the time-to-convert histogram and the open funnel
+(entry at any step).
 
 Every query starts from the same per-entity evaluation as the report, so its counts add up
 to the report's.
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from query_api.sql.filters import Params, step_sql
-from query_api.sql.funnel_report import entity_sql, held_sql, open_until_sql
-from schemas.funnels import FunnelDefinition
+from funnel.compiled import CompiledFunnel
+from funnel.sql.filters import Params, step_sql
+from funnel.sql.report import USER_ENTITY, entity_sql, held_sql, open_until_sql, user_join_sql
 
 # Session properties a breakdown can use (columns of the sessions table).
 SESSION_FIELDS = (
@@ -52,7 +53,7 @@ def _ms(moment: datetime) -> int:
 
 
 def breakdown_sql(
-    funnel: FunnelDefinition, project: str, start: datetime, end: datetime, by: Breakdown
+    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, by: Breakdown
 ) -> tuple[str, dict[str, Any]]:
     """Rows (top, value, level, entities): entities per attributed value and deepest step
     (level, 1-based). The `limit` values with the most entities (ties: by value) have
@@ -112,7 +113,7 @@ ORDER BY top DESC, bucket, level""".strip()
 
 
 def dropped_sql(
-    funnel: FunnelDefinition,
+    funnel: CompiledFunnel,
     project: str,
     start: datetime,
     end: datetime,
@@ -125,7 +126,7 @@ def dropped_sql(
     `step` (0-based, not the last) and whose attempt can no longer take the next one
     (dropped, not in progress), ordered by entity, after the cursor `after`."""
     params = Params()
-    open_until = open_until_sql(funnel, params)
+    open_until = open_until_sql(funnel.definition, params)
     held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
     sql = f"""
 SELECT visitor_id, re[level] AS reached_ms, st[level] AS started_ms
@@ -140,7 +141,7 @@ LIMIT {params.bind(limit, "UInt32")}""".strip()
 
 
 def next_events_sql(
-    funnel: FunnelDefinition,
+    funnel: CompiledFunnel,
     project: str,
     start: datetime,
     end: datetime,
@@ -152,7 +153,7 @@ def next_events_sql(
     each sent after reaching it (any event name, in [from, to)), most frequent first. The
     entity's event at the same millisecond as its step event does not count as next."""
     params = Params()
-    open_until = open_until_sql(funnel, params)
+    open_until = open_until_sql(funnel.definition, params)
     held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
     project_param = params.bind(project, "String")
     entity, join = _entity(funnel, project_param, params, start, end)
@@ -184,7 +185,7 @@ LIMIT {params.bind(limit, "UInt32")}""".strip()
 
 
 def histogram_sql(
-    funnel: FunnelDefinition,
+    funnel: CompiledFunnel,
     project: str,
     start: datetime,
     end: datetime,
@@ -215,7 +216,7 @@ ORDER BY bin""".strip()
 
 
 def open_funnel_sql(
-    funnel: FunnelDefinition, project: str, start: datetime, end: datetime
+    funnel: CompiledFunnel, project: str, start: datetime, end: datetime
 ) -> tuple[str, dict[str, Any]]:
     """Rows (step 1-based, entities entering, entities continuing to the next step): the
     open funnel (entry at any step, as GA4 offers). An entity enters at step k when it
@@ -223,13 +224,12 @@ def open_funnel_sql(
     followed, strictly later and within the window (and step k+1's `within_seconds`, if
     shorter), by an event matching step k+1. Exclusions do not apply here."""
     params = Params()
-    n = len(funnel.steps)
+    definition = funnel.definition
+    n = len(definition.steps)
     conditions = [step_sql(s, params) for s in funnel.steps]
     project_param = params.bind(project, "String")
-    gaps = [
-        min(funnel.window_seconds, s.within_seconds or funnel.window_seconds) * 1000
-        for s in funnel.steps[1:]
-    ]
+    window = definition.window_seconds
+    gaps = [min(window, s.within_seconds or window) * 1000 for s in definition.steps[1:]]
     gap = params.bind([*gaps, 0], "Array(Int64)")
     at = ", ".join(f"arraySort(groupArrayIf(ms, {c}))" for c in conditions)
     entity, join = _entity(funnel, project_param, params, start, end)
@@ -246,7 +246,7 @@ FROM (
         WHERE project_id = {project_param}
           AND timestamp >= {params.bind(start, "DateTime64(3, 'UTC')")}
           AND timestamp < {params.bind(end, "DateTime64(3, 'UTC')")}
-          AND event IN {params.bind(funnel.step_event_names(), "Array(String)")}
+          AND event IN {params.bind(definition.step_event_names(), "Array(String)")}
     )
     GROUP BY entity
 )
@@ -258,18 +258,9 @@ ORDER BY step""".strip()
 
 
 def _entity(
-    funnel: FunnelDefinition, project_param: str, params: Params, start: datetime, end: datetime
+    funnel: CompiledFunnel, project_param: str, params: Params, start: datetime, end: datetime
 ) -> tuple[str, str]:
     """(expression, join clause) naming the counted entity of an event row."""
-    if funnel.count_by == "session":
-        return entity_sql(funnel, project_param, params, start, end)
-    if funnel.count_by != "user":
-        return "visitor_id", ""
-    join = f"""
-        LEFT JOIN (
-            SELECT visitor_id, argMax(user_id, timestamp) AS identified
-            FROM events
-            WHERE project_id = {project_param} AND user_id != ''
-            GROUP BY visitor_id
-        ) AS ids ON ids.visitor_id = events.visitor_id"""
-    return "if(ids.identified != '', ids.identified, events.visitor_id)", join
+    if funnel.definition.count_by == "user":
+        return USER_ENTITY, user_join_sql(project_param, indent=" " * 8)
+    return entity_sql(funnel, project_param, params, start, end)

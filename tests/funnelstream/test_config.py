@@ -206,6 +206,20 @@ def test_funnels_per_project_from_environment(monkeypatch: pytest.MonkeyPatch) -
         QueryApiSettings()
 
 
+def test_one_session_gap_for_the_processor_and_the_query_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The processor's sessionizer and live fold, and the query API's reports, read it.
+    assert ProcessorSettings().session_gap_seconds == QueryApiSettings().session_gap_seconds
+    assert QueryApiSettings().session_gap_seconds == 30 * 60
+    monkeypatch.setenv("FUNNELSTREAM_SESSION_GAP_SECONDS", "600")
+    assert ProcessorSettings().session_gap_seconds == 600
+    assert QueryApiSettings().session_gap_seconds == 600
+    monkeypatch.setenv("FUNNELSTREAM_SESSION_GAP_SECONDS", "0")
+    with pytest.raises(ValueError, match="session_gap_seconds"):
+        QueryApiSettings()
+
+
 def test_settings_refuse_an_unknown_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUNNELSTREAM_MODE", "prod")
     with pytest.raises(ValueError, match="mode"):

@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from funnelstream.config import ProcessorSettings, parse_config
 from funnelstream.log.kafka import KafkaLog
 from processor.sessionize import reference_sessions
-from query_api import reference
 from schemas.funnels import FunnelDefinition
 from tests.e2e.server import READ, WRITE, Server, stats
 from tests.kafka.helpers import PARTITIONS, committed_total, health, kafka_server, unique
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
 from tests.query_api.test_report_differential import END, START, streams

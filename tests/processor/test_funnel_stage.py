@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.funnel_stage import (
+from funnel.fold import (
     Entry,
     FoldRule,
     FunnelProgress,

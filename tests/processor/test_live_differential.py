@@ -1,4 +1,4 @@
-"""The live stage machine equals the pure-Python reference (query_api/reference.py).
+"""The live stage machine equals the pure-Python reference (tests/oracle/funnel_reference.py).
 
 For every option the processor keeps live (strict and any order, exclusions, per-step windows,
 optional steps, any_of alternatives and filters, total attempts), random streams go through
@@ -15,14 +15,14 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.fold import FunnelProgress
 from processor.backfill import rebuild_progress
-from processor.funnel_stage import FunnelProgress
 from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
 from processor.user_funnels import group_by_user, rebuild_user
-from query_api import reference
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition, validate_funnel
+from tests.oracle import funnel_reference as reference
 from tests.query_api.test_report_differential import funnels, streams
 
 # A short lateness, and one longer than the 30-minute session gap: late events then land

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.compiled import compile_funnel
+from funnel.sql.report import report_sql
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.log import LogRecord
 from funnelstream.log.embedded import EmbeddedLog
@@ -27,10 +29,9 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.rows import ms_to_datetime
 from processor.sessionize import reference_sessions
 from processor.transform import Timing
-from query_api import reference
-from query_api.sql.funnel_report import report_sql
 from schemas.events import encode
 from schemas.funnels import FunnelDefinition
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import as_event, expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
 from tests.query_api.test_report_differential import END, START, streams
@@ -153,7 +154,11 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
     # The report over the stored events: the reference's counts per step.
     now_ms = END + 3600_000
     sql, params = report_sql(
-        funnel, "p", ms_to_datetime(START), ms_to_datetime(END), ms_to_datetime(now_ms)
+        compile_funnel(funnel),
+        "p",
+        ms_to_datetime(START),
+        ms_to_datetime(END),
+        ms_to_datetime(now_ms),
     )
     by_step = {int(r[0]): int(r[1]) for r in ch.query_rows_sync(sql, params)}
     for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):

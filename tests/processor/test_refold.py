@@ -28,8 +28,8 @@ from processor.rows import Row
 from processor.sessionize import reference_sessions
 from processor.state import VisitorState
 from processor.transform import Timing
-from query_api import reference
 from schemas.funnels import FunnelDefinition
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import (
     LATENESS_MS,
     apply_one,

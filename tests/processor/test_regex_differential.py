@@ -1,7 +1,7 @@
 """The processor's regex filter equals ClickHouse's `match()` on the real engine.
 
 Patterns (a hand list of tricky ones, then generated ones) × texts go through the SQL the
-report builds (`query_api.sql.filters.filter_sql`), one query per batch, and through the
+report builds (`funnel.sql.filters.filter_sql`), one query per batch, and through the
 processor's compiled filter; every boolean must agree. Every pattern validation accepts
 is in some batch, so a pattern the engine refuses and validation accepts fails the query.
 """
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.match import compile_filter
+from funnel.sql.filters import Params, filter_sql
 from funnelstream.clickhouse import ClickHouse, ClickHouseQueryError
-from processor.step_match import compile_filter
-from query_api.sql.filters import Params, filter_sql
 from schemas.filter_values import regex_problem
 from schemas.funnels import PropertyFilter
 

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from processor.step_match import StepIndex, filter_matches, matching_steps, step_matches
+from funnel.match import (
+    StepIndex,
+    compile_steps,
+    filter_matches,
+    matching_steps,
+    step_matches,
+)
 from schemas.funnels import FunnelStep, PropertyFilter
 from schemas.properties import flatten, flatten_value
 
@@ -200,7 +206,9 @@ def unchecked(op: str, value: Any) -> PropertyFilter:
 def test_a_filter_validation_refuses_matches_nothing_and_never_raises(
     flt: PropertyFilter,
 ) -> None:
-    index = StepIndex((FunnelStep.model_construct(event="e", filters=(flt,), any_of=()),))
+    index = StepIndex(
+        compile_steps([FunnelStep.model_construct(event="e", filters=(flt,), any_of=())])
+    )
     for props in ({"k": "12"}, {"k": "aa"}, {"k": "n"}, {}):
         assert index.match("e", props) == []
 
@@ -236,7 +244,7 @@ def test_a_huge_list_is_built_once_per_definition() -> None:
     # Far beyond the saved limit, to show the per-event cost is a lookup, not a rebuild.
     members = [str(i) for i in range(500_000)]
     step = FunnelStep.model_construct(event="e", filters=(unchecked("in", members),), any_of=())
-    index = StepIndex((step,))
+    index = StepIndex(compile_steps([step]))
     start = time.perf_counter()
     hits = sum(bool(index.match("e", {"k": str(i * 97)})) for i in range(20_000))
     assert hits == sum(i * 97 < 500_000 for i in range(20_000))

@@ -7,7 +7,7 @@ import uuid
 
 import orjson
 
-from processor.funnel_stage import Transition
+from funnel.fold import Transition
 from processor.rows import ms_to_datetime
 from processor.sessionize import new_session_id
 from processor.state import VisitorState, visitor_key

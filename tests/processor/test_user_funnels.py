@@ -22,10 +22,10 @@ from funnelstream.clickhouse import ClickHouse
 from funnelstream.log.embedded import EmbeddedLog
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
-from query_api import reference
 from query_api.sql.live import stage_counts_sql
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
+from tests.oracle import funnel_reference as reference
 from tests.processor.test_pipeline import T0, append, die_before_visitor_states, run_until_idle
 
 pytestmark = pytest.mark.clickhouse

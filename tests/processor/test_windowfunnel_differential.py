@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 
 import pytest
 
+from funnel.compiled import compile_funnel, fold_rule
+from funnel.fold import Entry, entries_for, fold
+from funnel.match import matching_steps
+from funnel.sql.filters import Params
+from funnel.sql.report import levels_sql, per_visitor_sql
 from funnelstream.clickhouse import ClickHouse
-from processor.funnel_rules import fold_rule
-from processor.funnel_stage import Entry, entries_for, fold
 from processor.rows import EVENT_COLUMNS
 from processor.state import VisitorState
-from processor.step_match import matching_steps
 from processor.transform import Outputs, Timing, apply_event
-from query_api.sql.filters import Params
-from query_api.sql.funnel_report import levels_sql, per_visitor_sql
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 
@@ -118,14 +118,16 @@ def test_live_stage_equals_windowfunnel(ch: ClickHouse, seed: int) -> None:
 
     for funnel in FUNNELS:
         p = Params()
-        fold_rows = ch.query_rows_sync(per_visitor_sql(funnel, "p", *FAR, p), p.values)
+        fold_rows = ch.query_rows_sync(
+            per_visitor_sql(compile_funnel(funnel), "p", *FAR, p), p.values
+        )
         sql_slots = {
             v: [None if s[0] < 0 else (int(s[0]), int(s[1])) for s in slots]
             for v, slots in fold_rows
         }
         fold_level = {v: sum(s is not None for s in slots) for v, slots in sql_slots.items()}
         if funnel.id in EXCLUSIVE_STEPS:
-            sql, params = levels_sql(funnel, "p", *FAR)
+            sql, params = levels_sql(compile_funnel(funnel), "p", *FAR)
             clickhouse_level = {v: int(lv) for v, lv in ch.query_rows_sync(sql, params)}
             nonzero = {v: lv for v, lv in fold_level.items() if lv}
             assert {v: lv for v, lv in clickhouse_level.items() if lv} == nonzero, funnel.id

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from query_api.reference import RefEvent, report
 from schemas.funnels import FunnelDefinition
+from tests.oracle.funnel_reference import RefEvent, report
 
 FAR = (0, 10**13)
 

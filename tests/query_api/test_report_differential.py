@@ -1,4 +1,4 @@
-"""The SQL report equals the pure-Python reference (query_api/reference.py) exactly.
+"""The SQL report equals the pure-Python reference (tests/oracle/funnel_reference.py) exactly.
 
 Hypothesis draws funnels (filters, any_of alternatives, per-step windows, exclusions,
 counting by visitor, user or session, ordered, strict or any order, unique or total, a
@@ -19,13 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.compiled import compile_funnel
+from funnel.sql.filters import Params
+from funnel.sql.report import per_visitor_sql, report_sql
 from funnelstream.clickhouse import ClickHouse
 from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
-from query_api import compute, reference
+from query_api import compute
 from query_api.sql.analysis import Breakdown, breakdown_sql
-from query_api.sql.filters import Params
-from query_api.sql.funnel_report import per_visitor_sql, report_sql
 from schemas.funnels import FunnelDefinition, validate_funnel
+from tests.oracle import funnel_reference as reference
 
 pytestmark = pytest.mark.clickhouse
 
@@ -184,7 +186,9 @@ def assert_report_equals_reference(
 
     # Per entity, the held attempts (start, reached, previous) are the same.
     params = Params()
-    rows = ch.query_rows_sync(per_visitor_sql(funnel, project, start, end, params), params.values)
+    rows = ch.query_rows_sync(
+        per_visitor_sql(compile_funnel(funnel), project, start, end, params), params.values
+    )
     sql_held = {
         entity: [None if s[0] < 0 else (s[0], s[1], s[2]) for s in slots] for entity, slots in rows
     }
@@ -195,7 +199,7 @@ def assert_report_equals_reference(
     assert sql_held == expected_held
 
     # The report: counts exact, times exact (averages to float precision).
-    sql, params_ = report_sql(funnel, project, start, end, ms_to_datetime(now_ms))
+    sql, params_ = report_sql(compile_funnel(funnel), project, start, end, ms_to_datetime(now_ms))
     by_step = {int(r[0]): r for r in ch.query_rows_sync(sql, params_)}
     for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
         row = by_step.get(k + 1)
@@ -247,7 +251,7 @@ def test_sql_report_equals_reference(
 
     # Breakdown by an event property, with each attribution, top N + other.
     by = Breakdown(by.property, "event", by.attribution, by.step % len(funnel.steps), by.limit)
-    rows = ch.query_rows_sync(*breakdown_sql(funnel, project, start, end, by))
+    rows = ch.query_rows_sync(*breakdown_sql(compile_funnel(funnel), project, start, end, by))
     got = {(g.other, g.value): g.reached for g in compute.breakdown_groups(rows, len(funnel.steps))}
     want_groups = reference.breakdown(
         funnel, events, START, END, by.property, by.attribution, by.step, by.limit

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from funnel.compiled import CompiledFunnel, compile_funnel
+from funnel.sql.report import levels_sql, report_sql
 from query_api.sql.analysis import (
     Breakdown,
     breakdown_sql,
@@ -22,7 +24,6 @@ from query_api.sql.analysis import (
     next_events_sql,
     open_funnel_sql,
 )
-from query_api.sql.funnel_report import levels_sql, report_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
 
@@ -32,7 +33,7 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2025, 2, 1, tzinfo=UTC)
 
 
-def funnel(**extra: Any) -> FunnelDefinition:
+def funnel(**extra: Any) -> CompiledFunnel:
     body: dict[str, Any] = {
         "id": "checkout",
         "project": "shop",
@@ -44,7 +45,7 @@ def funnel(**extra: Any) -> FunnelDefinition:
         ],
     }
     body.update(extra)
-    return FunnelDefinition.model_validate(body)
+    return compile_funnel(FunnelDefinition.model_validate(body))
 
 
 CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {

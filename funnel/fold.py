@@ -1,7 +1,7 @@
 """The funnel-stage machine: how far one visitor got in one funnel. Pure Python.
 
-The rule (the same one the SQL report folds in ClickHouse, query_api/sql/funnel_report.py,
-and the pure-Python reference states, query_api/reference.py):
+The rule (the same one the SQL report folds in ClickHouse, funnel/sql/report.py, and the
+test oracle states in plain Python, tests/oracle/funnel_reference.py):
 
 * Every event that matches step i yields an entry (timestamp, i); an event that matches
   exclusion x yields an exclusion entry; in strict order an event matching nothing yields

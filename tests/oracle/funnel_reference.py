@@ -1,10 +1,11 @@
 """The funnel report in plain Python: the executable statement of our semantics.
 
-Independent of the SQL (query_api/sql/funnel_report.py) and of the live stage machine
-(processor/funnel_stage.py), and deliberately written differently: events one at a time
+Independent of the SQL (funnel/sql/report.py) and of the live stage machine
+(funnel/fold.py), and deliberately written differently: events one at a time
 instead of sorted (step, event) entries. The differential test (tests/query_api/
 test_report_differential.py) checks that ClickHouse computes exactly this on random
-streams. Slow and simple on purpose; never used to serve requests.
+streams. Slow and simple on purpose: test code, which nothing in the product imports (a
+product that imported its own oracle could no longer be checked against it).
 
 The rule, per counted entity (visitor, or the user a visitor last identified as):
 

@@ -1,14 +1,17 @@
-"""Step conditions as ClickHouse expressions; mirrors processor/step_match.py exactly.
+"""Step conditions as ClickHouse expressions, rendered from the compiled steps the live
+matcher runs (funnel/match.py): the same alternatives and filters, each filter the same
+test in SQL.
 
 What a value means (the Float64 bound, the list's strings) comes from
-schemas/filter_values.py, which the processor reads too."""
+schemas/filter_values.py, which the matcher reads too."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from funnel.match import CompiledMatch, CompiledStep
 from schemas.filter_values import engine_pattern, list_values, number_bound
-from schemas.funnels import EventMatch, Exclusion, FunnelStep, PropertyFilter
+from schemas.funnels import PropertyFilter
 from schemas.properties import flatten_value
 
 
@@ -50,12 +53,13 @@ def filter_sql(f: PropertyFilter, params: Params) -> str:
     return f"{actual} {'=' if f.op == 'eq' else '!='} {expected}"
 
 
-def match_sql(m: EventMatch | Exclusion, params: Params) -> str:
+def match_sql(m: CompiledMatch, params: Params) -> str:
     parts = [f"event = {params.bind(m.event, 'String')}"]
-    parts.extend(filter_sql(f, params) for f in m.filters)
+    parts.extend(filter_sql(f.filter, params) for f in m.filters)
     return "(" + " AND ".join(parts) + ")"
 
 
-def step_sql(step: FunnelStep, params: Params) -> str:
-    alternatives = [match_sql(m, params) for m in step.matchers()]
+def step_sql(step: CompiledStep, params: Params) -> str:
+    """A step's condition (an exclusion's too: one alternative, rendered the same)."""
+    alternatives = [match_sql(m, params) for m in step.alternatives]
     return alternatives[0] if len(alternatives) == 1 else "(" + " OR ".join(alternatives) + ")"

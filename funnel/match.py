@@ -1,4 +1,5 @@
-"""Does an event match a funnel step? Pure; mirrors query_api/sql/filters.py.
+"""Does an event match a funnel step? Pure; funnel/sql/filters.py renders the same
+compiled steps as SQL.
 
 Properties are compared as ClickHouse stores them: every value flattened to a string
 (`schemas.properties.flatten`), numbers compared as Float64 and regexes run by RE2 with
@@ -10,7 +11,8 @@ the numeric bound a float, the pattern an RE2 program. Matching an event is look
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import re2
@@ -22,7 +24,7 @@ from schemas.filter_values import (
     property_number,
     regex_text,
 )
-from schemas.funnels import FunnelStep, PropertyFilter
+from schemas.funnels import Exclusion, FunnelStep, PropertyFilter
 from schemas.properties import flatten_value
 
 Properties = Mapping[str, str]
@@ -84,11 +86,54 @@ def filter_matches(f: PropertyFilter, properties: Properties) -> bool:
     return compile_filter(f)(properties)
 
 
-def step_matches(step: FunnelStep, event: str, properties: Properties) -> bool:
-    return any(
-        m.event == event and all(filter_matches(f, properties) for f in m.filters)
-        for m in step.matchers()
+@dataclass(frozen=True, slots=True)
+class CompiledFilter:
+    """A filter with its test: the test answers for an event, the filter is what the SQL
+    report renders (funnel/sql/filters.py), so both read the same compiled definition."""
+
+    filter: PropertyFilter
+    test: Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMatch:
+    """One event name and its filters (all must hold)."""
+
+    event: str
+    filters: tuple[CompiledFilter, ...]
+
+    def holds(self, properties: Properties) -> bool:
+        return all(f.test(properties) for f in self.filters)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStep:
+    """A step (or an exclusion): its alternatives, any of which matches."""
+
+    alternatives: tuple[CompiledMatch, ...]
+
+    def matches(self, event: str, properties: Properties) -> bool:
+        return any(m.event == event and m.holds(properties) for m in self.alternatives)
+
+
+def compile_step(step: FunnelStep | Exclusion) -> CompiledStep:
+    """A step's `any_of` alternatives, or its event and filters; an exclusion is matched
+    like a step with one alternative."""
+    matchers = step.matchers() if isinstance(step, FunnelStep) else (step,)
+    return CompiledStep(
+        tuple(
+            CompiledMatch(m.event, tuple(CompiledFilter(f, compile_filter(f)) for f in m.filters))
+            for m in matchers
+        )
     )
+
+
+def compile_steps(steps: Iterable[FunnelStep | Exclusion]) -> tuple[CompiledStep, ...]:
+    return tuple(compile_step(s) for s in steps)
+
+
+def step_matches(step: FunnelStep, event: str, properties: Properties) -> bool:
+    return compile_step(step).matches(event, properties)
 
 
 def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, Any]) -> list[int]:
@@ -96,22 +141,22 @@ def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, A
 
 
 class StepIndex:
-    """A funnel's steps indexed by event name, with every filter compiled, built once per
-    definition: the per-event cost is one dict lookup plus the compiled filters of the
-    steps naming that event."""
+    """A funnel's compiled steps indexed by event name, built once per definition: the
+    per-event cost is one dict lookup plus the compiled filters of the steps naming that
+    event."""
 
-    def __init__(self, steps: tuple[FunnelStep, ...]) -> None:
+    def __init__(self, steps: tuple[CompiledStep, ...]) -> None:
         self._by_event: dict[str, list[tuple[int, tuple[Matcher, ...]]]] = {}
         for i, step in enumerate(steps):
-            for m in step.matchers():
-                compiled = tuple(compile_filter(f) for f in m.filters)
-                self._by_event.setdefault(m.event, []).append((i, compiled))
+            for m in step.alternatives:
+                tests = tuple(f.test for f in m.filters)
+                self._by_event.setdefault(m.event, []).append((i, tests))
 
     def match(self, event: str, properties: Properties) -> list[int]:
         candidates = self._by_event.get(event)
         if not candidates:
             return []
-        matched = {i for i, filters in candidates if all(f(properties) for f in filters)}
+        matched = {i for i, tests in candidates if all(t(properties) for t in tests)}
         return sorted(matched)
 
 
@@ -125,6 +170,6 @@ def step_index(funnel: object, steps: tuple[FunnelStep, ...]) -> StepIndex:
         return cached[1]
     if len(_INDEXES) > 10_000:  # definitions replaced many times: start over
         _INDEXES.clear()
-    index = StepIndex(steps)
+    index = StepIndex(compile_steps(steps))
     _INDEXES[id(funnel)] = (funnel, index)
     return index

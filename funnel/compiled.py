@@ -1,0 +1,101 @@
+"""From a funnel definition to what every consumer of the rule reads: the compiled
+definition. Built once per definition (definitions are frozen and replaced whole) and
+session gap.
+
+* the step and exclusion matchers (`funnel.match`: filters compiled once; the SQL report
+  renders the same compiled filters, funnel/sql/filters.py),
+* the fold rule (`funnel.fold.FoldRule`: milliseconds and step indexes),
+* the held property and the session gap, one value for the live fold and the report SQL
+  (the sessionizer's configured gap; 30 minutes by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funnel.fold import Entry, FoldRule, entries_for
+from funnel.match import CompiledStep, StepIndex, compile_steps
+from schemas.funnels import FunnelDefinition
+
+# The sessionizer's default gap (FUNNELSTREAM_SESSION_GAP_SECONDS): a session ends after
+# 30 minutes without events.
+DEFAULT_SESSION_GAP_MS = 30 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFunnel:
+    definition: FunnelDefinition
+    rule: FoldRule
+    steps: tuple[CompiledStep, ...]
+    # Exclusions matched like steps: index x is the definition's exclusion x.
+    exclusions: tuple[CompiledStep, ...]
+    step_index: StepIndex
+    exclusion_index: StepIndex | None
+    hold_property: str | None
+    # Where `count_by: "session"` splits a visitor's events into sessions (live and SQL).
+    session_gap_ms: int
+
+    def held_value(self, props: dict[str, str]) -> str | None:
+        """The value attempts are split by (a missing property is ""); None: not held, or
+        held inside sessions, where the value travels in the entries (`FoldRule.held`)."""
+        if self.hold_property is None or self.rule.held:
+            return None
+        return props.get(self.hold_property, "")
+
+    def entries(self, name: str, props: dict[str, str], ts: int, event_id: str) -> list[Entry]:
+        """The entries of one event ([] when it does not concern this funnel)."""
+        matched = self.step_index.match(name, props)
+        excluded = self.exclusion_index.match(name, props) if self.exclusion_index else []
+        # Strict order and sessions read every event: one matching nothing still breaks a
+        # strict chain, or ends a session by its gap.
+        every = self.rule.strict or self.rule.session_gap_ms is not None
+        held = self.hold_property if self.rule.held else None
+        value = None if held is None else props.get(held, "")
+        return entries_for(ts, event_id, matched, excluded, other=every, value=value)
+
+
+def fold_rule(funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS) -> FoldRule:
+    n = len(funnel.steps)
+    return FoldRule(
+        steps=n,
+        window_ms=funnel.window_seconds * 1000,
+        step_windows_ms=tuple(
+            None if s.within_seconds is None else s.within_seconds * 1000 for s in funnel.steps
+        ),
+        sources=((),) + tuple(tuple(funnel.sources(k)) for k in range(1, n)),
+        exclusions=tuple(funnel.exclusion_range(x) for x in funnel.exclusions),
+        strict=funnel.order == "strict",
+        count_attempts=funnel.counting == "total",
+        any_order=funnel.order == "any",
+        session_gap_ms=session_gap_ms if funnel.count_by == "session" else None,
+        held=funnel.count_by == "session" and funnel.hold_property is not None,
+    )
+
+
+_CACHE: dict[tuple[int, int], tuple[FunnelDefinition, CompiledFunnel]] = {}
+
+
+def compile_funnel(
+    funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS
+) -> CompiledFunnel:
+    """The compiled definition (cached by identity and session gap)."""
+    key = (id(funnel), session_gap_ms)
+    cached = _CACHE.get(key)
+    if cached is not None and cached[0] is funnel:
+        return cached[1]
+    if len(_CACHE) > 10_000:  # definitions replaced many times: start over
+        _CACHE.clear()
+    steps = compile_steps(funnel.steps)
+    exclusions = compile_steps(funnel.exclusions)
+    built = CompiledFunnel(
+        funnel,
+        fold_rule(funnel, session_gap_ms),
+        steps,
+        exclusions,
+        StepIndex(steps),
+        StepIndex(exclusions) if exclusions else None,
+        funnel.hold_property,
+        session_gap_ms,
+    )
+    _CACHE[key] = (funnel, built)
+    return built

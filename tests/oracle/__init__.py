@@ -1,0 +1,1 @@
+"""Independent statements of the funnel rule that tests check the product against."""
