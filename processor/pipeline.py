@@ -79,6 +79,9 @@ class ProcessorConfig:
     # Log calls failing for this long make the "log" component not ready (`problems`);
     # shorter blips (a rebalance, a broker restart) are ridden out by retries.
     log_unready_after_seconds: float = 30.0
+    # Visitors per backfill chunk: one chunk is read, folded and written per loop turn,
+    # so this bounds the memory a backfill holds and how long live events wait for it.
+    backfill_chunk_visitors: int = 2000
     # Where undecodable messages go besides the dead_letters table ("" = "<topic>.dead-letters").
     dead_letter_topic: str = ""
 
@@ -119,13 +122,23 @@ def build_steps(
         UserRebuilder(clickhouse, catalog, config.timing),
         LateRefolder(clickhouse, catalog, config.timing),
     )
-    backfiller = Backfiller(clickhouse, catalog, states, sink, retrier, config.group, config.timing)
+    backfiller = Backfiller(
+        clickhouse,
+        catalog,
+        states,
+        sink,
+        retrier,
+        config.group,
+        config.timing,
+        config.backfill_chunk_visitors,
+    )
     return Steps(
         retrier=retrier,
         states=states,
         decoder=Decoder(config.topic),
         dedupe=DedupeStore(clickhouse),
-        applier=Applier(states, catalog, config.timing),
+        # The live fold skips a funnel for a visitor its backfill has not reached yet.
+        applier=Applier(states, catalog, config.timing, backfiller.funnels_for),
         policy=BatchPolicy(
             config.batch_max_messages, config.batch_max_seconds, config.poll_max_messages
         ),
@@ -200,11 +213,11 @@ class Processor:
     async def step(self, consumer: LogConsumer) -> None:
         """One turn: poll, apply, and flush if the batch is full or old enough."""
         steps = self._steps
+        # While a backfill has chunks left, a poll takes what is there without waiting.
+        backfilling = steps.backfiller.busy()
+        timeout = 0.0 if backfilling else steps.policy.poll_timeout(self._batch, time.monotonic())
         try:
-            messages = await consumer.poll(
-                steps.policy.poll_limit(self._batch),
-                steps.policy.poll_timeout(self._batch, time.monotonic()),
-            )
+            messages = await consumer.poll(steps.policy.poll_limit(self._batch), timeout)
         except LogUnavailable as exc:
             # Nothing was applied; what is batched stays batched and is flushed below.
             metrics.PROCESSOR_LOG_ERRORS.labels("poll").inc()
@@ -226,8 +239,9 @@ class Processor:
                     "dedupe lookup", lambda: steps.dedupe.seen(deliveries, batch.accepted)
                 )
                 steps.applier.apply(deliveries, resends, batch)
-        if steps.backfiller.wanted():
-            await steps.backfiller.run(consumer.assignment(), self.flush)
+        if backfilling:
+            # One chunk per turn: live events flow between chunks, a stop is seen.
+            await steps.backfiller.run_chunk(self.flush)
         if steps.policy.due(self._batch, time.monotonic()) or steps.committer.retry_due():
             # Due, or an earlier commit failed and no new batch came to carry it.
             await self.flush()
@@ -280,7 +294,6 @@ class Processor:
         if not partitions:
             return
         steps = self._steps
-        await steps.backfiller.assigned(partitions)
         rows = await steps.retrier.retry(
             "loading state", lambda: stored_states(self._ch, self.config.group, partitions)
         )
@@ -288,6 +301,8 @@ class Processor:
             project = key.split("\x1f", 1)[0]
             state = VisitorState.loads(raw, self._catalog.step_counts(project))
             steps.states.put(partition, key, state)
+        # After the states: a backfill plans its chunks over the visitors held.
+        await steps.backfiller.assigned(partitions)
         log.info("assigned partitions %s, restored %d visitors", sorted(partitions), len(rows))
 
     async def _on_revoked(self, partitions: frozenset[int]) -> None:

@@ -16,6 +16,12 @@ FROM funnel_backfills FINAL
 WHERE consumer_group = {g:String} AND log_partition IN {p:Array(UInt32)}
 """
 
+PROGRESS_SQL = """
+SELECT log_partition, project_id, funnel_id, definition_hash, resume_after
+FROM funnel_backfill_progress FINAL
+WHERE consumer_group = {g:String} AND log_partition IN {p:Array(UInt32)}
+"""
+
 
 async def stored_states(
     ch: ClickHouse, group: str, partitions: frozenset[int]
@@ -31,3 +37,12 @@ async def stored_markers(
     """(partition, project, funnel, definition hash) of every backfill done for them."""
     rows = await ch.query_rows(MARKERS_SQL, {"g": group, "p": sorted(partitions)})
     return [(int(p), str(pr), str(f), str(d)) for p, pr, f, d in rows]
+
+
+async def stored_progress(
+    ch: ClickHouse, group: str, partitions: frozenset[int]
+) -> list[tuple[int, str, str, str, str]]:
+    """(partition, project, funnel, definition hash, last visitor key rebuilt) of every
+    backfill's last written chunk for them."""
+    rows = await ch.query_rows(PROGRESS_SQL, {"g": group, "p": sorted(partitions)})
+    return [(int(p), str(pr), str(f), str(d), str(a)) for p, pr, f, d, a in rows]

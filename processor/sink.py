@@ -42,6 +42,15 @@ BACKFILL_COLUMNS = (
     "definition_hash",
     "done_at",
 )
+PROGRESS_COLUMNS = (
+    "consumer_group",
+    "log_partition",
+    "project_id",
+    "funnel_id",
+    "definition_hash",
+    "resume_after",
+    "written_at",
+)
 
 
 @dataclass(slots=True)
@@ -58,6 +67,8 @@ class Writes:
     only: FunnelDefinition | None = None
     dead_letters: list[Row] = field(default_factory=list)
     dead_letter_records: list[LogRecord] = field(default_factory=list)
+    # funnel_backfill_progress rows: how far a backfill got (its last visitor key).
+    progress: list[Row] = field(default_factory=list)
     # funnel_backfills rows: a backfill done for a partition.
     markers: list[Row] = field(default_factory=list)
 
@@ -194,6 +205,10 @@ class Sink:
         ]
         await self._ch.insert("processor_state", rows, STATE_COLUMNS)
 
+    async def _progress(self, done: _Pass) -> None:
+        rows = done.writes.progress
+        await self._ch.insert("funnel_backfill_progress", rows, PROGRESS_COLUMNS)
+
     async def _markers(self, done: _Pass) -> None:
         await self._ch.insert("funnel_backfills", done.writes.markers, BACKFILL_COLUMNS)
 
@@ -252,8 +267,14 @@ BACKFILL_ORDER: tuple[Step, ...] = (
         Sink._visitor_states,
     ),
     Step(
+        "funnel_backfill_progress",
+        "after the chunk's rows and states: a restart resumes after the last key written",
+        Sink._progress,
+    ),
+    Step(
         "funnel_backfills",
-        "last: a crash before the marker redoes the (identical) backfill",
+        "last, with the partition's last chunk: a crash before it redoes only the chunks "
+        "not recorded as done",
         Sink._markers,
     ),
 )

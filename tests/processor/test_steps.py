@@ -145,7 +145,11 @@ def test_each_order_names_every_write_once_with_why_and_visitor_state_near_the_e
         assert all(s.why for s in order)
     assert [s.target for s in BATCH_ORDER][0] == "events"
     assert [s.target for s in BATCH_ORDER][-1] == "processor_state"
-    assert [s.target for s in BACKFILL_ORDER][-2:] == ["processor_state", "funnel_backfills"]
+    assert [s.target for s in BACKFILL_ORDER][-3:] == [
+        "processor_state",
+        "funnel_backfill_progress",
+        "funnel_backfills",
+    ]
 
 
 class Recording(ClickHouse):
