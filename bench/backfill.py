@@ -5,7 +5,8 @@ processor) with `saved` funnels defined (1, then `--funnels`), each on the store
 steps, so every visitor's state carries all of them. Then new funnels are saved one at a
 time while the processor runs, and each is timed from the save to its live state being
 built on every held partition (the chunked backfill, processor/backfills.py). Also counted:
-the visitor states and their bytes the backfill wrote. Median of `--runs`.
+the visitor-state rows (whole states, or one funnel's progress) and their bytes the
+backfill wrote. Median of `--runs`.
 
     python bench/backfill.py --events 20000 --funnels 200 --runs 3
 
@@ -40,7 +41,7 @@ PARTITIONS = 4
 
 
 class Counting(ClickHouse):
-    """The real engine, counting visitor-state rows and bytes written."""
+    """The real engine, counting the visitor-state rows and bytes written."""
 
     def __init__(self, real: ClickHouse) -> None:
         self.__dict__.update(real.__dict__)
@@ -50,9 +51,11 @@ class Counting(ClickHouse):
     async def insert(
         self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
     ) -> None:
-        if table == "processor_state":
+        # Whole visitor states, or one funnel's progress per visitor (a backfill).
+        column = {"processor_state": 3, "visitor_funnel_progress": 5}.get(table)
+        if column is not None:
             self.state_rows += len(rows)
-            self.state_bytes += sum(len(str(r[3])) for r in rows)
+            self.state_bytes += sum(len(str(r[column])) for r in rows)
         await super().insert(table, rows, columns)
 
 

@@ -20,7 +20,8 @@ from schemas.funnels import FunnelDefinition
 
 
 def definition_hash(funnel: FunnelDefinition) -> str:
-    return hashlib.sha256(funnel.model_dump_json().encode()).hexdigest()[:16]
+    # No serializer warnings: a stored definition that fails at run time is hashed too.
+    return hashlib.sha256(funnel.model_dump_json(warnings=False).encode()).hexdigest()[:16]
 
 
 EVENTS_SQL = """

@@ -20,8 +20,13 @@ It runs in chunks, so it scales with history and never holds the processor up fo
 * After each chunk its last visitor key is written (`funnel_backfill_progress`); the
   partition's marker goes with its last chunk. A restart resumes after the last written
   key: only the unfinished chunks are redone.
-* Only the visitors a chunk touched (events of the funnel, or progress to clear) have
-  their state written. Progress is exported per funnel as `funnelstream_backfill_progress`.
+* Only the visitors a chunk touched (events of the funnel, or progress to clear) get a
+  row, and it holds their progress in this funnel only (`visitor_funnel_progress`), not
+  their whole states, which hold every funnel of the project: with many funnels saved,
+  saving one more costs what it costs with one. On assignment these rows are loaded over
+  the states (processor/restore.py), keyed by definition hash: a changed definition's
+  rows are ignored and rebuilt by its backfill.
+* Progress is exported per funnel as `funnelstream_backfill_progress` (0..1) and logged.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import orjson
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
@@ -49,6 +56,9 @@ from schemas.funnels import FunnelDefinition
 log = logging.getLogger(__name__)
 
 FunnelKey = tuple[str, str]  # (project, funnel id)
+# On markers written since backfills store per-funnel progress rows: a release that does
+# not load those rows sees another hash, and redoes the backfill instead of trusting it.
+MARKER_SUFFIX = "+rows"
 
 
 def chunk_events_sql(funnel: FunnelDefinition) -> str:
@@ -151,7 +161,7 @@ class Backfiller:
             self.done[partition] = {}
             self._resume[partition] = {}
         for partition, project, funnel_id, digest in markers:
-            self.done[partition][(project, funnel_id)] = digest
+            self.done[partition][(project, funnel_id)] = digest.removesuffix(MARKER_SUFFIX)
         for partition, project, funnel_id, digest, after in progress:
             self._resume[partition][(project, funnel_id)] = (digest, after)
         self._due = True
@@ -201,7 +211,7 @@ class Backfiller:
         await flush()
         if partition not in self.done:
             return  # revoked during the flush: its next owner backfills it
-        writes, touched = await self._rebuild(job.funnel, partition, keys)
+        writes, touched = await self._rebuild(job, partition, keys)
         last = start + len(keys) == len(job.keys[partition])
         now = ms_to_datetime(int(time.time() * 1000))
         if last:
@@ -279,10 +289,9 @@ class Backfiller:
 
     # -- one chunk -------------------------------------------------------------------
 
-    async def _rebuild(
-        self, funnel: FunnelDefinition, partition: int, keys: list[str]
-    ) -> tuple[Writes, int]:
+    async def _rebuild(self, job: _Job, partition: int, keys: list[str]) -> tuple[Writes, int]:
         """The rows of one chunk: its visitors' progress in the funnel, rebuilt."""
+        funnel = job.funnel
         held = self._states.of(partition)
         states = [s for s in (held.get(k) for k in keys) if s is not None]
         read = [s.visitor_id for s in states if not _user_counted(funnel, s)]
@@ -302,7 +311,7 @@ class Backfiller:
         grouped = group_rows(rows)
         now_ms = int(time.time() * 1000)
         out = Outputs()
-        dirty: dict[str, tuple[int, VisitorState]] = {}
+        touched: list[tuple[str, VisitorState]] = []
         users: set[tuple[str, str]] = set()
         for key, state in zip(keys, (held.get(k) for k in keys), strict=True):
             if state is None:
@@ -312,7 +321,7 @@ class Backfiller:
                 # Counted in its user's row, rebuilt by the sink from every visitor.
                 users.add((funnel.project, state.identity[1]))
                 if forget_visitor(state, funnel, state.applied_offset, now_ms, out):
-                    dirty[key] = (partition, state)
+                    touched.append((key, state))
                 continue
             events = grouped.get((partition, state.visitor_id))
             if events is None and funnel.id not in state.funnels:
@@ -331,12 +340,28 @@ class Backfiller:
                 out.add_transition(
                     transition_row(funnel.project, funnel.id, state.visitor_id, t, now_ms)
                 )
-            dirty[key] = (partition, state)
-        writes = Writes(out, dirty, users=users, fresh=None, only=funnel)
-        return writes, len(dirty)
+            touched.append((key, state))
+        # The funnel's progress of each visitor touched, not the whole states: these
+        # hold every funnel of the project (0009_visitor_funnel_progress.sql).
+        at = ms_to_datetime(now_ms)
+        rows = [
+            (
+                self._group,
+                partition,
+                key,
+                funnel.id,
+                job.digest,
+                _progress_json(state.funnels.get(funnel.id)),
+                state.applied_offset,
+                at,
+            )
+            for key, state in touched
+        ]
+        writes = Writes(out, {}, users=users, fresh=None, only=funnel, funnel_progress=rows)
+        return writes, len(touched)
 
     def _marker(self, job: _Job, partition: int, now: datetime) -> Row:
-        return (self._group, partition, *job.key, job.digest, now)
+        return (self._group, partition, *job.key, job.digest + MARKER_SUFFIX, now)
 
     async def _finish(self, jobs: list[_Job]) -> None:
         """Write the markers still missing of backfills with nothing left to rebuild (a
@@ -386,6 +411,10 @@ class Backfiller:
             job.rebuilt,
             time.monotonic() - job.started,
         )
+
+
+def _progress_json(progress: FunnelProgress | None) -> str:
+    return orjson.dumps(progress.to_json()).decode() if progress is not None else ""
 
 
 def _user_counted(funnel: FunnelDefinition, state: VisitorState) -> bool:

@@ -58,7 +58,7 @@ from processor.rebuild import LateRefolder, UserRebuilder
 from processor.restore import stored_states
 from processor.retry import Retrier
 from processor.sink import BATCH_ORDER, Sink, Writes
-from processor.state import HeldStates, VisitorState
+from processor.state import HeldStates
 from processor.transform import Timing
 
 log = logging.getLogger(__name__)
@@ -295,11 +295,10 @@ class Processor:
             return
         steps = self._steps
         rows = await steps.retrier.retry(
-            "loading state", lambda: stored_states(self._ch, self.config.group, partitions)
+            "loading state",
+            lambda: stored_states(self._ch, self.config.group, partitions, self._catalog),
         )
-        for partition, key, raw in rows:
-            project = key.split("\x1f", 1)[0]
-            state = VisitorState.loads(raw, self._catalog.step_counts(project))
+        for partition, key, state in rows:
             steps.states.put(partition, key, state)
         # After the states: a backfill plans its chunks over the visitors held.
         await steps.backfiller.assigned(partitions)

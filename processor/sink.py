@@ -42,6 +42,16 @@ BACKFILL_COLUMNS = (
     "definition_hash",
     "done_at",
 )
+FUNNEL_PROGRESS_COLUMNS = (
+    "consumer_group",
+    "log_partition",
+    "visitor_key",
+    "funnel_id",
+    "definition_hash",
+    "progress",
+    "applied_offset",
+    "written_at",
+)
 PROGRESS_COLUMNS = (
     "consumer_group",
     "log_partition",
@@ -67,6 +77,8 @@ class Writes:
     only: FunnelDefinition | None = None
     dead_letters: list[Row] = field(default_factory=list)
     dead_letter_records: list[LogRecord] = field(default_factory=list)
+    # visitor_funnel_progress rows: one funnel's progress per visitor (a backfill).
+    funnel_progress: list[Row] = field(default_factory=list)
     # funnel_backfill_progress rows: how far a backfill got (its last visitor key).
     progress: list[Row] = field(default_factory=list)
     # funnel_backfills rows: a backfill done for a partition.
@@ -205,6 +217,10 @@ class Sink:
         ]
         await self._ch.insert("processor_state", rows, STATE_COLUMNS)
 
+    async def _funnel_progress(self, done: _Pass) -> None:
+        rows = done.writes.funnel_progress
+        await self._ch.insert("visitor_funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
+
     async def _progress(self, done: _Pass) -> None:
         rows = done.writes.progress
         await self._ch.insert("funnel_backfill_progress", rows, PROGRESS_COLUMNS)
@@ -262,9 +278,10 @@ BACKFILL_ORDER: tuple[Step, ...] = (
     Step("funnel_state", "the rebuilt progress of every visitor touched", Sink._funnel_states),
     Step("funnel_transitions", "the transitions the rebuild made", Sink._transitions),
     Step(
-        "processor_state",
-        "after the rows, as for a batch: only the visitors the chunk touched",
-        Sink._visitor_states,
+        "visitor_funnel_progress",
+        "after the rows, as a visitor state would be: this funnel's progress only, of the "
+        "visitors the chunk touched, not their whole states (which hold every funnel)",
+        Sink._funnel_progress,
     ),
     Step(
         "funnel_backfill_progress",

@@ -3,8 +3,9 @@
 A funnel saved after its events were stored is rebuilt chunk by chunk while live events
 keep arriving; the result must equal the single-shot backfill (one chunk) and the
 reference. A stop in the middle ends the processor between chunks, and the next start
-resumes after the last chunk written. With many funnels saved, saving one more writes
-only that funnel's rows and the states of the visitors it touches.
+resumes after the last chunk written (and loads the progress the first run wrote). With
+many funnels saved, saving one more writes only that funnel's rows: its progress of the
+visitors it touches, not their whole states.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.log.embedded import EmbeddedLog
+from processor.backfill import definition_hash
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
+from processor.restore import stored_states
+from processor.rows import ms_to_datetime
+from processor.sink import FUNNEL_PROGRESS_COLUMNS
+from processor.state import VisitorState
+from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
 from tests.processor.test_pipeline import append, run_until_idle
@@ -200,11 +208,23 @@ async def test_a_stopped_backfill_stops_at_once_and_resumes_where_it_was(
     stop.set()
     await task
     await log.close()
+    # Nothing live after the first run: the states hold the funnel only through the
+    # backfills' per-funnel rows.
+    assert counting.rows.get("processor_state", []) == []
     assert progress(BY_VISITOR) == 1.0
     assert live_levels(ch, BY_VISITOR) == expected_levels(BY_VISITOR, events)
     # The second run rebuilt only the visitors the first had not reached.
     rebuilt = {r[2] for r in counting.rows.get("funnel_state", []) if r[1] == BY_VISITOR.id}
     assert 0 < len(rebuilt) < with_events
+
+    # The visitors go on: a third run continues from the progress both runs stored.
+    more = user_traffic(visitors=400, users=40, seed=32, start_ms=events[-1].timestamp_ms)
+    log = EmbeddedLog(tmp_path / "log", default_partitions=PARTITIONS)
+    await append(log, payloads(more))
+    third = Processor(log, ch, FunnelCatalog([EARLY, BY_VISITOR]), config(3))
+    await run_until_idle(third, log, len(more))
+    await log.close()
+    assert live_levels(ch, BY_VISITOR) == expected_levels(BY_VISITOR, events + more)
 
 
 async def test_saving_one_more_of_many_funnels_writes_only_its_rows(
@@ -242,10 +262,59 @@ async def test_saving_one_more_of_many_funnels_writes_only_its_rows(
     await log.close()
 
     touched = {e.visitor_id for e in events if e.event in ("cart", "buy")}
-    states = counting.rows.get("processor_state", [])
-    assert sorted(str(r[2]).split("\x1f")[1] for r in states) == sorted(touched)
+    # No visitor's whole state (201 funnels each) is written again: one row per visitor
+    # the funnel touched, holding its progress in that funnel only.
+    assert counting.rows.get("processor_state", []) == []
+    progress_rows = counting.rows.get("visitor_funnel_progress", [])
+    assert sorted(str(r[2]).split("\x1f")[1] for r in progress_rows) == sorted(touched)
+    assert {r[3] for r in progress_rows} == {added.id}
     assert {r[1] for r in counting.rows.get("funnel_state", [])} == {added.id}
     assert {r[1] for r in counting.rows.get("funnel_transitions", [])} <= {added.id}
     # Nothing of the 200 others was read or written again: no marker, no progress row.
     assert {r[3] for r in counting.rows.get("funnel_backfills", [])} == {added.id}
     assert live_levels(ch, added) == expected_levels(added, events)
+
+
+async def test_stored_progress_of_the_current_definition_loads_over_an_older_state(
+    ch: ClickHouse,
+) -> None:
+
+    walked = VisitorState("p", "v")
+    for n, name in enumerate(["view", "cart"]):
+        apply_event(
+            walked,
+            Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", 1000 + n, 1000),
+            partition=0,
+            offset=n,
+            funnels=[BY_VISITOR],
+            timing=Timing(),
+            processed_at_ms=0,
+            out=Outputs(),
+        )
+    made = orjson.dumps(walked.funnels[BY_VISITOR.id].to_json()).decode()
+    at = ms_to_datetime(0)
+    states = [
+        ("g", 0, f"p\x1f{v}", VisitorState("p", v, applied_offset=o).dumps().decode(), o)
+        for v, o in (("fresh", 10), ("newer", 12), ("redefined", 10))
+    ]
+    ch.insert_sync(
+        "processor_state",
+        states,
+        ["consumer_group", "log_partition", "visitor_key", "state", "applied_offset"],
+    )
+    current = definition_hash(BY_VISITOR)
+    rows = [
+        ("g", 0, "p\x1ffresh", BY_VISITOR.id, current, made, 10, at),  # wins: not older
+        ("g", 0, "p\x1fnewer", BY_VISITOR.id, current, made, 11, at),  # the state is newer
+        ("g", 0, "p\x1fredefined", BY_VISITOR.id, "another", made, 10, at),  # old definition
+    ]
+    ch.insert_sync("visitor_funnel_progress", rows, list(FUNNEL_PROGRESS_COLUMNS))
+    loaded = {
+        key.split("\x1f")[1]: state
+        for _, key, state in await stored_states(
+            ch, "g", frozenset({0}), FunnelCatalog([BY_VISITOR])
+        )
+    }
+    assert loaded["fresh"].funnels[BY_VISITOR.id].level == 2
+    assert loaded["newer"].funnels == {}
+    assert loaded["redefined"].funnels == {}

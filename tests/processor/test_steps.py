@@ -138,7 +138,7 @@ async def test_a_revoked_partitions_offsets_are_given_up(tmp_path: Path) -> None
 # -- sink ------------------------------------------------------------------------------
 
 
-def test_each_order_names_every_write_once_with_why_and_visitor_state_near_the_end() -> None:
+def test_each_order_names_every_write_once_with_why_and_state_near_the_end() -> None:
     for order in (BATCH_ORDER, BACKFILL_ORDER):
         targets = [s.target for s in order]
         assert len(targets) == len(set(targets))
@@ -146,7 +146,7 @@ def test_each_order_names_every_write_once_with_why_and_visitor_state_near_the_e
     assert [s.target for s in BATCH_ORDER][0] == "events"
     assert [s.target for s in BATCH_ORDER][-1] == "processor_state"
     assert [s.target for s in BACKFILL_ORDER][-3:] == [
-        "processor_state",
+        "visitor_funnel_progress",
         "funnel_backfill_progress",
         "funnel_backfills",
     ]
