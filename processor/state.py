@@ -5,6 +5,9 @@ rows it produced and before the offset commit. `applied_offset` is the log offse
 last event this visitor absorbed: after a crash the processor re-reads from the last
 committed offset and skips, per visitor, every message at or below it, so nothing is
 applied twice and the re-written rows are identical (ReplacingMergeTree collapses them).
+
+A backfill writes one funnel's progress per visitor instead (`visitor_funnel_progress`);
+on restore those rows are laid over the states written before them (processor/restore.py).
 """
 
 from __future__ import annotations
