@@ -221,3 +221,20 @@ async def test_the_sink_writes_a_batch_in_its_declared_order(
         "dead_letters",
         "processor_state",
     ]
+
+
+# -- held states -----------------------------------------------------------------------
+
+
+def test_a_refolded_state_replaces_a_held_one_but_never_revives_a_revoked_partition() -> None:
+    states = HeldStates()
+    first = states.get_or_create(0, "p", "v")
+    assert states.get_or_create(0, "p", "v") is first
+    states.get_or_create(1, "p", "w")
+    assert len(states) == 2
+    refolded = first.__class__("p", "v", applied_offset=9)
+    states.replace(0, "p\x1fv", refolded)
+    assert states.of(0)["p\x1fv"] is refolded
+    states.drop(frozenset({0}))
+    states.replace(0, "p\x1fv", first)  # a re-fold finishing after the revocation
+    assert states.of(0) == {} and len(states) == 1
