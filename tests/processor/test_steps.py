@@ -23,7 +23,7 @@ from processor.decode import Decoder
 from processor.rebuild import LateRefolder, UserRebuilder
 from processor.retry import Retrier
 from processor.sink import BACKFILL_ORDER, BATCH_ORDER, Sink, Writes
-from processor.state import HeldStates
+from processor.state import HeldStates, VisitorState
 from processor.transform import Timing, apply_event
 from schemas.events import Event, encode
 
@@ -232,7 +232,7 @@ def test_a_refolded_state_replaces_a_held_one_but_never_revives_a_revoked_partit
     assert states.get_or_create(0, "p", "v") is first
     states.get_or_create(1, "p", "w")
     assert len(states) == 2
-    refolded = first.__class__("p", "v", applied_offset=9)
+    refolded = VisitorState("p", "v", applied_offset=9)
     states.replace(0, "p\x1fv", refolded)
     assert states.of(0)["p\x1fv"] is refolded
     states.drop(frozenset({0}))
