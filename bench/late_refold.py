@@ -144,12 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         catalog.upsert(added)
         while True:
             held = processor.assignment()
-            done = [
-                p
-                for p in held
-                if processor._backfilled.get(p, {}).get((PROJECT, "browse"))  # noqa: SLF001
-            ]
-            if held and len(done) == len(held):
+            if held and processor.backfilled(PROJECT, "browse") >= held:
                 break
             await asyncio.sleep(0.005)
         backfill_seconds = time.monotonic() - t0

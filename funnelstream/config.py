@@ -77,6 +77,9 @@ class ProcessorSettings(CommonSettings):
     # restarts of crashed background tasks. Doubles from the first to the second.
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
+    # Visitors per chunk of a new funnel's backfill (processor/backfills.py): one chunk is
+    # read, folded and written per loop turn, between live batches.
+    backfill_chunk_visitors: int = Field(default=2000, ge=1)
 
 
 class QueryApiSettings(CommonSettings):

@@ -141,6 +141,14 @@ PROCESSOR_VISITORS = Gauge(
     "funnelstream_processor_visitors_in_memory", "Visitor states held", registry=REGISTRY
 )
 
+BACKFILL_PROGRESS = Gauge(
+    "funnelstream_backfill_progress",
+    "Share (0..1) of a funnel's backfill done by this processor in this run, per funnel: "
+    "visitors rebuilt over visitors to rebuild; 1 when complete",
+    ["project", "funnel"],
+    registry=REGISTRY,
+)
+
 # funnel catalog
 FUNNELS_QUARANTINED = Gauge(
     "funnelstream_funnels_quarantined",

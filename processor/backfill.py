@@ -20,35 +20,8 @@ from schemas.funnels import FunnelDefinition
 
 
 def definition_hash(funnel: FunnelDefinition) -> str:
-    return hashlib.sha256(funnel.model_dump_json().encode()).hexdigest()[:16]
-
-
-_EVENT_COLUMNS = """
-SELECT log_partition, visitor_id, toString(event_id), event,
-       toUnixTimestamp64Milli(timestamp), properties
-FROM events FINAL
-"""
-
-
-def _select_events(*, every_name: bool) -> str:
-    """The stored events of the partitions being rebuilt; only the funnel's event names
-    unless `every_name`."""
-    where = ["project_id = {project:String}"]
-    if not every_name:
-        where.append("event IN {events:Array(String)}")
-    where.append("log_partition IN {partitions:Array(UInt32)}")
-    return _EVENT_COLUMNS + "WHERE " + "\n  AND ".join(where) + "\n"
-
-
-EVENTS_SQL = _select_events(every_name=False)
-# Strict order reads every event of the visitor: an event matching no step breaks a chain;
-# so do sessions: any event may end or continue one.
-ALL_EVENTS_SQL = _select_events(every_name=True)
-
-
-def events_sql(funnel: FunnelDefinition) -> str:
-    every = funnel.order == "strict" or funnel.count_by == "session"
-    return ALL_EVENTS_SQL if every else EVENTS_SQL
+    # No serializer warnings: a stored definition that fails at run time is hashed too.
+    return hashlib.sha256(funnel.model_dump_json(warnings=False).encode()).hexdigest()[:16]
 
 
 def rebuild_progress(
@@ -84,7 +57,7 @@ def rebuild_progress(
 def group_rows(
     rows: Iterable[tuple[Any, ...]],
 ) -> dict[tuple[int, str], list[tuple[str, str, int, dict[str, str]]]]:
-    """Rows of EVENTS_SQL by (partition, visitor)."""
+    """Rows of the backfill's event read (processor/backfills.py) by (partition, visitor)."""
     out: dict[tuple[int, str], list[tuple[str, str, int, dict[str, str]]]] = {}
     for partition, visitor, event_id, name, ts, props in rows:
         out.setdefault((int(partition), str(visitor)), []).append(

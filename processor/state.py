@@ -5,6 +5,9 @@ rows it produced and before the offset commit. `applied_offset` is the log offse
 last event this visitor absorbed: after a crash the processor re-reads from the last
 committed offset and skips, per visitor, every message at or below it, so nothing is
 applied twice and the re-written rows are identical (ReplacingMergeTree collapses them).
+
+A backfill writes one funnel's progress per visitor instead (`visitor_funnel_progress`);
+on restore those rows are laid over the states written before them (processor/restore.py).
 """
 
 from __future__ import annotations
@@ -79,3 +82,39 @@ class VisitorState:
 
 def visitor_key(project_id: str, visitor_id: str) -> str:
     return f"{project_id}\x1f{visitor_id}"
+
+
+class HeldStates:
+    """The visitor states of the partitions this processor holds, per partition. Loaded on
+    assignment, dropped on revocation (aiokafka's local-state consumer)."""
+
+    def __init__(self) -> None:
+        self._by_partition: dict[int, dict[str, VisitorState]] = {}
+
+    def get_or_create(self, partition: int, project_id: str, visitor_id: str) -> VisitorState:
+        states = self._by_partition.setdefault(partition, {})
+        key = visitor_key(project_id, visitor_id)
+        state = states.get(key)
+        if state is None:
+            state = states[key] = VisitorState(project_id, visitor_id)
+        return state
+
+    def put(self, partition: int, key: str, state: VisitorState) -> None:
+        self._by_partition.setdefault(partition, {})[key] = state
+
+    def replace(self, partition: int, key: str, state: VisitorState) -> None:
+        """Swap a held state for a re-folded one; a state of a partition revoked meanwhile
+        stays dropped."""
+        held = self._by_partition.get(partition)
+        if held is not None and key in held:
+            held[key] = state
+
+    def of(self, partition: int) -> dict[str, VisitorState]:
+        return self._by_partition.get(partition, {})
+
+    def drop(self, partitions: frozenset[int]) -> None:
+        for partition in partitions:
+            self._by_partition.pop(partition, None)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_partition.values())
