@@ -8,6 +8,12 @@ applied twice and the re-written rows are identical (ReplacingMergeTree collapse
 
 A backfill writes one funnel's progress per visitor instead (`visitor_funnel_progress`);
 on restore those rows are laid over the states written before them (processor/restore.py).
+
+The stored format is versioned (`"fmt"`): 1 (no field) is what releases up to the one
+that kept the last 512 event ids per visitor wrote; 2 adds, per funnel, the transitions
+the table holds (`m`, `e`: funnel/fold.py) and drops the ids. Every version this release
+knows loads; a newer one (written by a later release, then rolled back) is refused
+loudly rather than misread.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ import orjson
 
 from funnel.fold import FunnelProgress
 from processor.sessionize import Session
+
+STATE_FORMAT = 2
+
+
+class StateFormatError(ValueError):
+    """A visitor state written in a format this release does not know."""
 
 
 @dataclass(slots=True)
@@ -46,6 +58,7 @@ class VisitorState:
     def dumps(self) -> bytes:
         return orjson.dumps(
             {
+                "fmt": STATE_FORMAT,
                 "p": self.project_id,
                 "v": self.visitor_id,
                 "n": self.newest_ms,
@@ -62,6 +75,11 @@ class VisitorState:
     @classmethod
     def loads(cls, raw: bytes | str, funnel_steps: dict[str, int]) -> VisitorState:
         doc = orjson.loads(raw)
+        version = doc.get("fmt", 1)
+        if not isinstance(version, int) or not 1 <= version <= STATE_FORMAT:
+            raise StateFormatError(
+                f"visitor state format {version!r}: this release reads 1 to {STATE_FORMAT}"
+            )
         state = cls(
             project_id=doc["p"],
             visitor_id=doc["v"],

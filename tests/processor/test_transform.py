@@ -6,11 +6,12 @@ import dataclasses
 import uuid
 
 import orjson
+import pytest
 
 from funnel.fold import Transition
 from processor.rows import ms_to_datetime
 from processor.sessionize import new_session_id
-from processor.state import VisitorState, visitor_key
+from processor.state import STATE_FORMAT, StateFormatError, VisitorState, visitor_key
 from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event
 from schemas.funnels import FunnelDefinition, FunnelStep
@@ -451,3 +452,14 @@ def test_a_funnel_that_fails_on_an_event_is_reported_and_others_go_on() -> None:
     assert funnel is broken and isinstance(error, TypeError)
     assert state.funnels["f"].level == 2  # the good funnel advanced on the same events
     assert len(out.events) == 2
+
+
+def test_state_format_is_versioned_and_a_newer_one_is_refused() -> None:
+    state = fresh()
+    apply_all(state, [ev(1, "view", 0), ev(2, "cart", 1)])
+    doc = orjson.loads(state.dumps())
+    assert doc["fmt"] == STATE_FORMAT
+    assert VisitorState.loads(state.dumps(), {"f": 3}) == state
+    doc["fmt"] = STATE_FORMAT + 1
+    with pytest.raises(StateFormatError, match="format"):
+        VisitorState.loads(orjson.dumps(doc), {"f": 3})
