@@ -164,7 +164,10 @@ class Backfiller:
             self.done[partition][(project, funnel_id)] = digest.removesuffix(MARKER_SUFFIX)
         for partition, project, funnel_id, digest, after in progress:
             self._resume[partition][(project, funnel_id)] = (digest, after)
-        self._due = True
+        # Planned now, over the visitors restored: not lazily at the first apply, which
+        # creates the visitors of its events first; they have no earlier history, but a
+        # plan made then would hold their live folds back until their chunk is written.
+        self._plan()
 
     def revoked(self, partitions: frozenset[int]) -> None:
         for partition in partitions:
