@@ -1,8 +1,10 @@
 """Apply: decoded events → visitor states and the batch's rows (sessionize + fold).
 
-The per-event logic is `apply_event` (processor/transform.py, pure); this step finds each
-event's visitor state, hands it the project's funnels, and notes what changed in the
-batch. A funnel whose rule raised on an event is quarantined here, once per batch.
+The fold's contract is `fold_visitor` (processor/visitor_fold.py, pure): one visitor's
+events as columns and its state in. This step groups the polled events by visitor (log
+order kept), finds each visitor's state, hands it the project's funnels, and notes what
+changed in the batch. A funnel whose rule raised on an event is quarantined here, once
+per batch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from processor.batch import Batch
 from processor.catalog import FunnelCatalog
 from processor.dedupe import Delivery, Position
 from processor.state import HeldStates, visitor_key
-from processor.transform import Timing, apply_event
+from processor.transform import Timing
+from processor.visitor_fold import VisitorEvents, fold_visitor
 from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
@@ -39,27 +42,31 @@ class Applier:
 
     def apply(self, deliveries: list[Delivery], resends: set[Position], batch: Batch) -> None:
         now_ms = int(time.time() * 1000)
+        grouped: dict[tuple[int, str], VisitorEvents] = {}
         for message in deliveries:
             event = message.event
-            state = self._states.get_or_create(
-                message.partition, event.project_id, event.visitor_id
-            )
             key = visitor_key(event.project_id, event.visitor_id)
-            before = state.applied_offset
-            apply_event(
+            columns = grouped.get((message.partition, key))
+            if columns is None:
+                columns = grouped[(message.partition, key)] = VisitorEvents(
+                    event.project_id, event.visitor_id, message.partition
+                )
+            columns.append(message.offset, event, message.position in resends)
+        for (partition, key), columns in grouped.items():
+            state = self._states.get_or_create(partition, columns.project_id, columns.visitor_id)
+            result = fold_visitor(
                 state,
-                event,
-                partition=message.partition,
-                offset=message.offset,
-                funnels=self._funnels_for(message.partition, event.project_id, key),
+                columns,
+                funnels=self._funnels_for(partition, columns.project_id, key),
                 timing=self._timing,
                 processed_at_ms=now_ms,
                 out=batch.outputs,
-                duplicate=message.position in resends,
             )
-            if state.applied_offset != before:
-                batch.dirty[key] = (message.partition, state)
-                batch.received_ms.append(event.received_at_ms)
+            if result.state is not state:
+                self._states.put(partition, key, result.state)
+            if result.absorbed:
+                batch.dirty[key] = (partition, result.state)
+                batch.received_ms.extend(columns.received_ms[i] for i in result.absorbed)
         for funnel, error in batch.outputs.failed.values():
             log.error("funnel %s/%s failed on an event", funnel.project, funnel.id, exc_info=error)
             self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")

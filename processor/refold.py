@@ -33,12 +33,11 @@ from processor.state import VisitorState
 from processor.transform import (
     Outputs,
     Timing,
-    apply_event,
     funnel_state_row,
     session_row,
     transition_row,
 )
-from schemas.events import Event
+from processor.visitor_fold import VisitorEvents, fold_visitor
 from schemas.funnels import FunnelDefinition
 
 # Every stored event of the given visitors (FINAL: a replayed batch's identical rows once).
@@ -125,31 +124,28 @@ def refold(
     whatever the order, processor/state.py). The re-fold's own identity rows and touched
     users are dropped: the late event itself already wrote what they would."""
     ordered = sorted(events, key=lambda e: (e.timestamp_ms, uuid_order(e.event_id)))
-    state = VisitorState(old.project_id, old.visitor_id)
+    columns = VisitorEvents(old.project_id, old.visitor_id, 0)
+    for offset, e in enumerate(ordered):
+        columns.append_row(
+            offset,
+            e.event_id,
+            e.event,
+            e.timestamp_ms,
+            e.timestamp_ms,
+            e.user_id,
+            e.session_id,
+            e.properties,
+            e.context,
+        )
     out = Outputs()
-    for offset, stored in enumerate(ordered):
-        event = Event(
-            old.project_id,
-            stored.event_id,
-            stored.event,
-            old.visitor_id,
-            stored.timestamp_ms,
-            stored.timestamp_ms,
-            user_id=stored.user_id,
-            session_id=stored.session_id,
-        )
-        event.properties.update(stored.properties)
-        event.context.update(stored.context)
-        apply_event(
-            state,
-            event,
-            partition=0,
-            offset=offset,
-            funnels=funnels,
-            timing=timing,
-            processed_at_ms=processed_at_ms,
-            out=out,
-        )
+    state = fold_visitor(
+        VisitorState(old.project_id, old.visitor_id),
+        columns,
+        funnels=funnels,
+        timing=timing,
+        processed_at_ms=processed_at_ms,
+        out=out,
+    ).state
     state.applied_offset = old.applied_offset
     state.identity = old.identity
     if old.identity is not None:
