@@ -25,9 +25,10 @@ test oracle states in plain Python, tests/oracle/funnel_reference.py):
   one window, found from the latest event of each step; slots then record the attempt
   that first reached each level, not the latest one.
 * By session (`count_by: "session"`, `_fold_sessions`): every event of the visitor is
-  read, and a gap of 30 minutes or more between two of them (the report's rule) closes
-  the session: its reached steps are counted per step and its slots emptied, so the level
-  is the open session's. A late event filling a gap merges the two sessions again.
+  read, and a gap of the session gap or more between two of them (30 minutes by default,
+  `FUNNELSTREAM_SESSION_GAP_SECONDS`, the report's rule too) closes the session: its
+  reached steps are counted per step and its slots emptied, so the level is the open
+  session's. A late event filling a gap merges the two sessions again.
 
 For funnels whose steps no single event can match twice, without the options above, this
 is exactly ClickHouse's `windowFunnel(window)` (default mode); the differential test
@@ -42,8 +43,10 @@ step k" is "slot k's start grew", and a counter per step replaces a set of start
 
 Streaming with late events: entries newer than `horizon = newest timestamp - lateness`
 stay pending and are re-sorted with each arrival; older ones are folded into a checkpoint.
-An event older than the horizon cannot be placed exactly any more and is reported as too
-late (it is still stored in the events table, so SQL reports include it).
+An arrival that lands between pending events re-folds them from the checkpoint as
+in-order arrival would have, and corrects the transitions already emitted
+(`FunnelProgress._refold_pending`). An event older than the horizon cannot be placed from
+the state: the processor re-folds its visitor from the stored events (processor/refold.py).
 """
 
 from __future__ import annotations

@@ -315,8 +315,7 @@ def _touch_user(
     """An identified visitor's event that concerns a user funnel: rebuild its user."""
     assert state.identity is not None
     for funnel in funnels:
-        compiled = compile_funnel(funnel, timing.session_gap_ms)
-        if funnel.count_by == "user" and compiled.entries(
+        if funnel.count_by == "user" and compile_funnel(funnel, timing.session_gap_ms).entries(
             event.event, props, event.timestamp_ms, event.event_id
         ):
             out.users.add((event.project_id, state.identity[1]))
