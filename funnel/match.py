@@ -137,7 +137,7 @@ def step_matches(step: FunnelStep, event: str, properties: Properties) -> bool:
 
 
 def matching_steps(steps: tuple[FunnelStep, ...], event: str, props: dict[str, Any]) -> list[int]:
-    return step_index(steps, steps).match(event, props)
+    return StepIndex(compile_steps(steps)).match(event, props)
 
 
 class StepIndex:
@@ -158,18 +158,3 @@ class StepIndex:
             return []
         matched = {i for i, tests in candidates if all(t(properties) for t in tests)}
         return sorted(matched)
-
-
-_INDEXES: dict[int, tuple[object, StepIndex]] = {}
-
-
-def step_index(funnel: object, steps: tuple[FunnelStep, ...]) -> StepIndex:
-    """The StepIndex of a funnel definition (cached by identity; definitions are frozen)."""
-    cached = _INDEXES.get(id(funnel))
-    if cached is not None and cached[0] is funnel:
-        return cached[1]
-    if len(_INDEXES) > 10_000:  # definitions replaced many times: start over
-        _INDEXES.clear()
-    index = StepIndex(compile_steps(steps))
-    _INDEXES[id(funnel)] = (funnel, index)
-    return index

@@ -9,7 +9,6 @@ in its order (processor/sink.py); each returns rows and leaves the writing to th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
@@ -152,7 +151,3 @@ class LateRefolder:
                 )
                 out.replaced[key] = (partition, new.state)
         return out
-
-
-# What the sink calls back with re-folded states, so the held ones are swapped too.
-OnRefolded = Callable[[dict[str, tuple[int, VisitorState]]], None]
