@@ -165,3 +165,10 @@ QUERY_SECONDS = Histogram(
     ["route"],
     registry=REGISTRY,
 )
+QUERY_ERRORS = Counter(
+    "funnelstream_query_errors_total",
+    "Query API requests ClickHouse failed: unavailable (503, ask again) or query_failed "
+    "(500, a bug in our SQL)",
+    ["kind"],
+    registry=REGISTRY,
+)

@@ -4,7 +4,10 @@
 
 * `ClickHouseUnavailable` → 503 `clickhouse_unavailable` with `Retry-After`: ask again.
 * `ClickHouseQueryError` → 500 `query_failed`, logged with its SQL: our bug, not the
-  caller's. Except where the error is provably the caller's input (below) → 400.
+  caller's. Definitions are validated with the engine's own rules before any query runs
+  (schemas/funnels.py: numbers, RE2 regexes), so an engine error is never the caller's.
+
+Both are counted in `funnelstream_query_errors_total{kind}`.
 """
 
 from __future__ import annotations
@@ -14,18 +17,16 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouseQueryError, ClickHouseUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-# Server codes that only a caller's input can cause, with the error code we answer.
-# Every regex in our SQL is a funnel filter's `regex` value; it was checked with Python's
-# `re`, which takes patterns (lookarounds, backreferences) that ClickHouse's RE2 refuses.
-CLIENT_ERRORS = {427: "invalid_regex"}  # CANNOT_COMPILE_REGEXP
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    metrics.QUERY_ERRORS.labels("unavailable").inc()
     return JSONResponse(
         {"error": "clickhouse_unavailable", "message": str(exc)},
         status_code=503,
@@ -35,9 +36,7 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 async def _query_failed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ClickHouseQueryError)
-    client_error = CLIENT_ERRORS.get(exc.code) if exc.code is not None else None
-    if client_error is not None:
-        return JSONResponse({"error": client_error, "message": exc.message}, status_code=400)
+    metrics.QUERY_ERRORS.labels("query_failed").inc()
     log.error("query failed on %s %s: %s\nSQL: %s", request.method, request.url.path, exc, exc.sql)
     # The server's message names our tables and columns: it goes to the log, not out.
     return JSONResponse(

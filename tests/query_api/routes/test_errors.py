@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.config import Project, ProjectConfig
 from processor.catalog import FunnelCatalog
@@ -51,6 +52,9 @@ def test_our_sql_failing_is_a_500_logged_with_the_sql(
     client: TestClient, ch: ClickHouse, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert client.get("/v1/stats", headers=READ).status_code == 200
+    failed_before = metrics.REGISTRY.get_sample_value(
+        "funnelstream_query_errors_total", {"kind": "query_failed"}
+    )
     # A table the route reads has gone (a migration not applied, say): a real SQL error.
     ch.command_sync("RENAME TABLE dead_letters TO dead_letters_aside")
     try:
@@ -63,6 +67,10 @@ def test_our_sql_failing_is_a_500_logged_with_the_sql(
     assert "dead_letters" not in r.json()["message"]  # the server's text stays in the log
     assert "SELECT count() FROM dead_letters FINAL" in caplog.text
     assert "UNKNOWN_TABLE" in caplog.text
+    failed = metrics.REGISTRY.get_sample_value(
+        "funnelstream_query_errors_total", {"kind": "query_failed"}
+    )
+    assert failed == (failed_before or 0) + 1
 
 
 def test_a_regex_clickhouse_cannot_compile_is_refused_before_it_runs(
