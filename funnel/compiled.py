@@ -76,9 +76,11 @@ _CACHE: dict[tuple[int, int], tuple[FunnelDefinition, CompiledFunnel]] = {}
 
 
 def compile_funnel(
-    funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS
+    funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS, *, cache: bool = True
 ) -> CompiledFunnel:
-    """The compiled definition (cached by identity and session gap)."""
+    """The compiled definition (cached by identity and session gap). `cache=False` for a
+    definition used once (an ad hoc report): a cached one is kept until 10,000 others
+    have been, and a definition may hold lists of 100,000 values."""
     key = (id(funnel), session_gap_ms)
     cached = _CACHE.get(key)
     if cached is not None and cached[0] is funnel:
@@ -97,5 +99,6 @@ def compile_funnel(
         funnel.hold_property,
         session_gap_ms,
     )
-    _CACHE[key] = (funnel, built)
+    if cache:
+        _CACHE[key] = (funnel, built)
     return built

@@ -49,7 +49,10 @@ class FunnelCatalog:
         quarantined: Iterable[QuarantinedFunnel] | None = None,
     ) -> None:
         """`quarantined`: the stored definitions left out; None keeps the current list."""
-        self._defined = list(funnels)
+        defined_now = list(funnels)
+        # The same definitions again (the catalog refresh, every few seconds): keep the
+        # objects, whose compiled forms are cached by identity (funnel/compiled.py).
+        self._defined = self._defined if defined_now == self._defined else defined_now
         defined = {(f.project, f.id): f for f in self._defined}
         # A run-time failure ends when its definition is replaced (or deleted).
         self._failed = {k: v for k, v in self._failed.items() if defined.get(k) == v[0]}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
@@ -14,8 +13,10 @@ from funnelstream.config import Project, ProjectConfig, QueryApiSettings
 from processor.catalog import FunnelCatalog
 from schemas.funnels import FunnelDefinition
 
+
 # A definition in, the compiled definition the report SQL is built from out.
-FunnelCompiler = Callable[[FunnelDefinition], CompiledFunnel]
+class FunnelCompiler(Protocol):
+    def __call__(self, funnel: FunnelDefinition, *, cache: bool = True) -> CompiledFunnel: ...
 
 
 def get_clickhouse(request: Request) -> ClickHouse:

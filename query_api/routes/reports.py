@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -150,7 +151,8 @@ async def adhoc_report(
     The definition is validated exactly as when saving; `id` may be omitted."""
     funnel = parse_definition({"id": "adhoc", **body.funnel}, project.id)
     start, end = parse_range(body.from_, body.to)
-    return await run_report(ch, compiler, funnel, start, end)
+    # Used once: compiled without keeping it in the cache saved funnels share.
+    return await run_report(ch, partial(compiler, cache=False), funnel, start, end)
 
 
 class TrendPointOut(BaseModel):

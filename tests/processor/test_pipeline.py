@@ -222,3 +222,17 @@ async def test_a_funnel_failing_at_run_time_is_quarantined_and_the_rest_flows(
     catalog.upsert(FUNNEL.model_copy(update={"id": "broken"}))
     assert sorted(f.id for f in catalog.for_project("p")) == ["broken", "f"]
     assert catalog.quarantined("p") == []
+
+
+def test_the_catalog_keeps_its_objects_when_the_same_definitions_come_again() -> None:
+    """The catalog refresh reloads every few seconds: equal definitions keep the objects
+    already compiled (the compile cache is by identity), so nothing is rebuilt."""
+    catalog = FunnelCatalog([FUNNEL])
+    version = catalog.version
+    catalog.replace([FunnelDefinition.model_validate(FUNNEL.model_dump())])
+    assert catalog.for_project("p")[0] is FUNNEL
+    assert catalog.version == version
+    changed = FUNNEL.model_copy(update={"window_seconds": 60})
+    catalog.replace([changed])
+    assert catalog.for_project("p")[0] is changed
+    assert catalog.version == version + 1
