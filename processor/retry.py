@@ -22,9 +22,11 @@ class Retrier:
     def __init__(self, policy: BackoffPolicy, log_unready_after_seconds: float) -> None:
         self.policy = policy
         self._log_unready_after = log_unready_after_seconds
-        # Why ClickHouse is being retried right now; per log call ("start", "poll",
-        # "commit"): since when it fails and why.
-        self._clickhouse_problem: str | None = None
+        # Per call being retried now: why ClickHouse fails it (calls overlap: a rebalance's
+        # state load runs beside the loop's batch write, and one succeeding must not clear
+        # the other's problem); per log call ("start", "poll", "commit"): since when it
+        # fails and why.
+        self._clickhouse_problems: dict[str, str] = {}
         self._log_problems: dict[str, tuple[float, str]] = {}
 
     async def retry(
@@ -38,16 +40,19 @@ class Retrier:
 
         def retrying(exc: BaseException, delay: float) -> None:
             if isinstance(exc, ClickHouseUnavailable):
-                self._clickhouse_problem = f"{what} failing, retrying in {delay:.1f}s: {exc}"
+                self._clickhouse_problems[what] = f"{what} failing, retrying in {delay:.1f}s: {exc}"
             else:
                 self.log_failed(what, exc)
             if on_retry is not None:
                 on_retry()
 
-        result = await retry_forever(self.policy, what, call, retry_on, retrying)
-        self._clickhouse_problem = None
-        self._log_problems.pop(what, None)
-        return result
+        try:
+            return await retry_forever(self.policy, what, call, retry_on, retrying)
+        finally:
+            # Succeeded, or gave up with an error that is not retried (the supervisor
+            # shows that one): either way this call no longer retries.
+            self._clickhouse_problems.pop(what, None)
+            self._log_problems.pop(what, None)
 
     def log_failed(self, call: str, exc: BaseException) -> None:
         since = self._log_problems.get(call, (time.monotonic(), ""))[0]
@@ -60,8 +65,8 @@ class Retrier:
         """ "clickhouse" while a read or write is being retried, "log" once a log call has
         failed for `log_unready_after_seconds` (shorter blips are ridden out)."""
         out = {}
-        if self._clickhouse_problem is not None:
-            out["clickhouse"] = self._clickhouse_problem
+        if self._clickhouse_problems:
+            out["clickhouse"] = "; ".join(sorted(self._clickhouse_problems.values()))
         now = time.monotonic()
         long = [
             reason

@@ -238,3 +238,32 @@ def test_a_refolded_state_replaces_a_held_one_but_never_revives_a_revoked_partit
     states.drop(frozenset({0}))
     states.replace(0, "p\x1fv", first)  # a re-fold finishing after the revocation
     assert states.of(0) == {} and len(states) == 1
+
+
+async def test_one_call_succeeding_does_not_clear_another_calls_clickhouse_problem() -> None:
+    """A rebalance's state load and the loop's batch write retry side by side: the first
+    to succeed must leave the other's problem in /readyz."""
+    import asyncio
+
+    from funnelstream.backoff import BackoffPolicy
+    from funnelstream.clickhouse import ClickHouseUnavailable
+    from processor.retry import Retrier
+
+    retrier = Retrier(BackoffPolicy(0.01, 0.01), log_unready_after_seconds=30)
+    write_fails = True
+
+    async def write() -> None:
+        if write_fails:
+            raise ClickHouseUnavailable("down")
+
+    async def load() -> int:
+        return 1
+
+    writing = asyncio.create_task(retrier.retry("batch write", write))
+    await asyncio.sleep(0.05)
+    assert "batch write" in retrier.problems()["clickhouse"]
+    assert await retrier.retry("loading state", load) == 1
+    assert "batch write" in retrier.problems()["clickhouse"]
+    write_fails = False
+    await writing
+    assert "clickhouse" not in retrier.problems()
