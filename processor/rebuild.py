@@ -8,6 +8,7 @@ in its order (processor/sink.py); each returns rows and leaves the writing to th
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ from processor.user_funnels import (
     user_rows,
 )
 from schemas.funnels import FunnelDefinition
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -138,6 +141,14 @@ class LateRefolder:
                 key = visitor_key(project, visitor)
                 partition, old = dirty[key]
                 new = refold(old, events.get(visitor, []), funnels, self._timing, now_ms)
+                for funnel, error in new.outputs.failed.values():
+                    log.error(
+                        "funnel %s/%s failed re-folding a visitor",
+                        funnel.project,
+                        funnel.id,
+                        exc_info=error,
+                    )
+                    self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
                 out.fixes.extend(
                     corrections(
                         old,

@@ -148,6 +148,13 @@ def refold(
     ).state
     state.applied_offset = old.applied_offset
     state.identity = old.identity
+    failed = {funnel.id for funnel, _ in out.failed.values()}
+    for funnel_id in failed:
+        # Its rule raised on a stored event: the caller quarantines it; until then its
+        # live progress and rows stay as they were, nothing is retracted for it.
+        state.funnels.pop(funnel_id, None)
+        if funnel_id in old.funnels:
+            state.funnels[funnel_id] = old.funnels[funnel_id]
     if old.identity is not None:
         for funnel in funnels:
             if funnel.count_by == "user":
@@ -158,6 +165,8 @@ def refold(
     for rows in out.transition_inserts():
         for row in rows:
             _, funnel_id, _, step, reached, started, event_id, _, kind = row
+            if funnel_id in failed:
+                continue
             steps = last.setdefault(funnel_id, {})
             if kind == "retracted":
                 steps.pop(int(step), None)
@@ -214,8 +223,10 @@ def corrections(
         out.sessions.append(session_row(project, visitor, gone, version, True))
 
     user_ids = {f.id for f in funnels if f.count_by == "user"} if old.identity else set()
+    # Funnels whose rule raised during the re-fold keep their rows (see `refold`).
+    untouched = user_ids | {funnel.id for funnel, _ in new.outputs.failed.values()}
     for funnel in funnels:
-        if funnel.id in user_ids:
+        if funnel.id in untouched:
             continue
         progress = new.state.funnels.get(funnel.id)
         if progress is None and funnel.id not in old.funnels:
@@ -229,11 +240,13 @@ def corrections(
     wanted = {
         (funnel_id, step): t
         for funnel_id, steps in new.last_transitions.items()
-        if funnel_id not in user_ids
+        if funnel_id not in untouched
         for step, t in steps.items()
     }
     for key in sorted(set(stored_transitions) | set(wanted)):
         funnel_id, step = key
+        if funnel_id in untouched:
+            continue
         want = wanted.get(key)
         have, kind = stored_transitions.get(key, (None, "retracted"))
         live = None if kind == "retracted" else have

@@ -23,6 +23,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from funnel.fold import FunnelProgress
 from processor.refold import StoredEvent, TransitionKey, corrections, refold
 from processor.rows import Row
 from processor.sessionize import reference_sessions
@@ -207,3 +208,31 @@ def test_a_day_late_event_moves_the_visitor_back_into_the_funnel() -> None:
     assert tables.states[("f", "v")][3] == 2
     assert sorted(step for (_, _, step) in tables.transition_end_state()) == [1, 2]
     assert len(tables.sessions) == 2  # {view, cart} and {later}
+
+
+def test_a_funnel_failing_in_the_refold_keeps_its_rows_and_the_others_are_corrected() -> None:
+    """A definition whose rule raises on a stored event: reported (the pipeline
+    quarantines it), its live progress and stored transitions left alone, and the good
+    funnel re-folded as usual."""
+    from tests.processor.test_transform import broken_funnel
+
+    good = FunnelDefinition.model_validate(
+        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
+    )
+    broken = broken_funnel().model_copy(update={"steps": broken_funnel().steps[:2]})
+    t0 = 1_760_000_000_000
+    timing = Timing(session_gap_ms=GAP_MS, lateness_ms=600_000)
+    cart = StoredEvent("00000000-0000-4000-8000-000000000002", "cart", t0 + 60_000, {}, {}, "", "")
+    view = StoredEvent("00000000-0000-4000-8000-000000000001", "view", t0, {}, {}, "", "")
+    old = VisitorState("p", "v")
+    old.funnels["broken"] = marker = FunnelProgress(steps=2)
+    stored = {("broken", 1): ((1, t0 + 60_000, t0, cart.event_id), "reached")}
+
+    new = refold(old, [cart, view], [broken, good], timing, 0)
+    assert set(new.outputs.failed) == {("p", "broken")}
+    assert new.state.funnels["broken"] is marker
+    assert new.state.funnels["f"].level == 2
+    fixes = corrections(old, new, set(), stored, [broken, good], 0, 0)
+    assert {row[1] for row in fixes.funnel_states} == {"f"}
+    assert fixes.retractions == []
+    assert sorted((row[1], row[3]) for row in fixes.transitions) == [("f", 1), ("f", 2)]
