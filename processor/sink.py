@@ -83,6 +83,10 @@ class Writes:
     progress: list[Row] = field(default_factory=list)
     # funnel_backfills rows: a backfill done for a partition.
     markers: list[Row] = field(default_factory=list)
+    # The late-event re-folds, worked out by the first attempt of the write: a retry
+    # writes the same corrections again (same rows, same write time, so a stream reader
+    # sees each once) instead of re-folding from states the first attempt replaced.
+    refolds: Refolds | None = None
 
     @classmethod
     def of_batch(cls, batch: Batch) -> Writes:
@@ -104,7 +108,6 @@ class _Pass:
 
     writes: Writes
     users: UserRows = field(default_factory=UserRows)
-    refolds: Refolds = field(default_factory=Refolds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +188,10 @@ class Sink:
         if not w.outputs.refold:
             return
         started = time.monotonic()
-        done.refolds = found = await self._refolder.refold(w.outputs.refold, w.dirty)
+        first = w.refolds is None
+        if w.refolds is None:
+            w.refolds = await self._refolder.refold(w.outputs.refold, w.dirty)
+        found = w.refolds
         fixes = found.fixes
         await self._ch.insert("sessions", fixes.sessions, SESSION_COLUMNS)
         await self._ch.insert("funnel_state", fixes.funnel_states, FUNNEL_STATE_COLUMNS)
@@ -197,6 +203,8 @@ class Sink:
         for key, (partition, state) in found.replaced.items():
             w.dirty[key] = (partition, state)
             self._states.replace(partition, key, state)
+        if not first:
+            return  # counted by the attempt that re-folded
         metrics.PROCESSOR_REFOLDED_VISITORS.inc(len(found.replaced))
         metrics.PROCESSOR_CORRECTIONS.labels("retracted").inc(len(fixes.retractions))
         metrics.PROCESSOR_CORRECTIONS.labels("corrected").inc(len(fixes.transitions))

@@ -163,3 +163,66 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
     by_step = {int(r[0]): int(r[1]) for r in ch.query_rows_sync(sql, params)}
     for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
         assert by_step.get(k + 1, 0) == want.entities, k
+
+
+async def test_a_retried_write_publishes_each_correction_once(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    """A late event re-folds its visitor and corrects its step-1 transition; the batch's
+    last write (visitor states) fails once, so the whole write is retried. The retry
+    writes the same correction again (one write time: a stream reader sees it once), and
+    the re-fold is counted once."""
+    from funnelstream import metrics
+    from schemas.events import Event
+    from tests.processor.test_pipeline import FlakyClickHouse
+
+    funnel = FunnelDefinition.model_validate(
+        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
+    )
+    t0 = 1_760_000_000_000
+
+    def ev(n: int, name: str, minute: int) -> Event:
+        return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", t0 + minute * 60_000, t0)
+
+    log = EmbeddedLog(tmp_path / "log", default_partitions=1)
+    producer = log.producer("events")
+    await producer.start()
+    flaky = FlakyClickHouse(ch, {})
+    config = ProcessorConfig(batch_max_seconds=0.02, retry_initial_seconds=0.05)
+    processor = Processor(log, flaky, FunnelCatalog([funnel]), config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+
+    async def send(events: list[Event]) -> None:
+        target = processor.processed_messages + len(events)
+        await producer.append([LogRecord(e.partition_key(), encode(e), 0) for e in events])
+        for _ in range(500):
+            if processor.processed_messages >= target:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not processed")
+
+    refolded = "funnelstream_processor_refolded_visitors_total"
+    await send([ev(1, "view", 60), ev(2, "cart", 61)])
+    before = metrics.REGISTRY.get_sample_value(refolded) or 0.0
+    flaky.fail_tables["processor_state"] = 1
+    await send([ev(3, "view", 0)])  # an hour before the rest: too late, re-folded
+    stop.set()
+    await task
+    await producer.stop()
+    await log.close()
+
+    assert flaky.fail_tables["processor_state"] == 0  # the write did fail once
+    assert (metrics.REGISTRY.get_sample_value(refolded) or 0.0) == before + 1
+    rows = ch.query_rows_sync(
+        "SELECT kind, uniqExact(processed_at), count() FROM funnel_transitions_by_time "
+        "WHERE kind != 'reached' GROUP BY kind ORDER BY kind"
+    )
+    assert [(str(k), int(times)) for k, times, _ in rows] == [("retracted", 1), ("corrected", 1)]
+    final = ch.query_rows_sync(
+        "SELECT step, toString(event_id), kind FROM funnel_transitions FINAL ORDER BY step"
+    )
+    assert [(int(s), str(i), str(k)) for s, i, k in final] == [
+        (1, "00000000-0000-4000-8000-000000000003", "corrected"),
+        (2, "00000000-0000-4000-8000-000000000002", "reached"),
+    ]
