@@ -27,7 +27,6 @@ event_id.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import csv
 import email.utils
 import gzip
@@ -38,7 +37,6 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +50,8 @@ from tenacity import (
     stop_after_delay,
     wait_exponential_jitter,
 )
+
+from schemas.events import iso_to_epoch_ms
 
 EXIT_OK = 0
 EXIT_BAD_LINES = 1
@@ -104,18 +104,7 @@ def parse_timestamp(value: object) -> int | None:
     text = value.strip()
     if _EPOCH_NUMBER.fullmatch(text):
         return _epoch_ms(Decimal(text))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        utc = parsed.utctimetuple()
-    except OverflowError:  # year 1 or 9999 shifted past the calendar by its offset
-        return None
-    # Integer arithmetic: float timestamps lose the millisecond for some datetimes.
-    return calendar.timegm(utc) * 1000 + parsed.microsecond // 1000
+    return iso_to_epoch_ms(text)
 
 
 def _epoch_ms(number: Decimal) -> int | None:

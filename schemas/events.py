@@ -7,10 +7,11 @@ so a processor can recognise a message it does not understand and dead-letter it
 
 from __future__ import annotations
 
+import calendar
 import math
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -93,17 +94,25 @@ def parse_timestamp(value: object) -> int | None:
                 return int(text)
             except ValueError:
                 return None
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            # A timestamp without a zone is read as UTC, as ClickHouse would.
-            from datetime import UTC
-
-            parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp() * 1000)
+        return iso_to_epoch_ms(text)
     return None
+
+
+def iso_to_epoch_ms(text: str) -> int | None:
+    """An ISO 8601 timestamp → epoch ms (below a millisecond truncated); None when
+    unreadable. No zone reads as UTC, as ClickHouse would. Integer arithmetic: a float
+    timestamp loses the millisecond for about one datetime in two hundred."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        utc = parsed.utctimetuple()
+    except OverflowError:  # year 1 or 9999 shifted past the calendar by its offset
+        return None
+    return calendar.timegm(utc) * 1000 + parsed.microsecond // 1000
 
 
 def _required_string(raw: dict[str, Any], name: str, limit: int, errors: list[FieldError]) -> str:

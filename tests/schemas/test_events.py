@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.events import (
     MAX_FUTURE_MS,
@@ -276,3 +279,17 @@ def test_invalid_message_text_names_reason_and_detail() -> None:
     assert str(info.value) == "unknown_schema_version: 7"
     assert info.value.detail == "7"
     assert str(InvalidMessage("undecodable")) == "undecodable"
+
+
+def test_iso_timestamps_keep_their_millisecond() -> None:
+    # Through a float, this one came out a millisecond early (…910).
+    assert parse_timestamp("2039-03-21T00:14:17.911Z") == 2184279257911
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)))
+def test_ingest_and_import_read_an_iso_timestamp_alike(moment: datetime) -> None:
+    from funnelstream import importer
+
+    text = moment.isoformat(timespec="milliseconds") + "Z"
+    expected = (moment - datetime(1970, 1, 1)) // timedelta(milliseconds=1)
+    assert parse_timestamp(text) == importer.parse_timestamp(text) == expected
