@@ -31,6 +31,7 @@ from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import truncate_all
 from tests.processor.test_pipeline import append, run_until_idle
 from tests.processor.test_user_funnels import (
     BY_USER,
@@ -102,14 +103,6 @@ def live_rows(ch: ClickHouse, funnel_ids: Sequence[str]) -> tuple[list[Any], lis
     return states, transitions
 
 
-def truncate(ch: ClickHouse) -> None:
-    for (name,) in ch.query_rows_sync(
-        "SELECT name FROM system.tables WHERE database = currentDatabase() "
-        "AND name != 'schema_migrations' AND engine NOT LIKE '%View%'"
-    ):
-        ch.command_sync(f"TRUNCATE TABLE {name}")
-
-
 async def wait_for(condition: Any, what: str, seconds: float = 60) -> None:
     for _ in range(int(seconds / 0.05)):
         if condition():
@@ -156,7 +149,7 @@ async def test_a_backfill_in_chunks_equals_one_in_a_single_shot(
     assert progress(BY_VISITOR) == 1.0
     chunked = live_rows(ch, ids)
     assert chunked[0] and chunked[1]
-    truncate(ch)
+    truncate_all(ch)
     await backfill_while_live(ch, tmp_path, chunk=10**9)
     single = live_rows(ch, ids)
     assert single[0] == chunked[0]

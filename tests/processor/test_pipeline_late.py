@@ -31,6 +31,7 @@ from processor.sessionize import reference_sessions
 from processor.transform import Timing
 from schemas.events import encode
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import truncate_all
 from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import as_event, expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
@@ -43,14 +44,6 @@ EXAMPLES = int(os.environ.get("LATE_PIPELINE_EXAMPLES", "12"))
 # out-of-order events are too late for the live state, so the re-fold path runs often.
 LATENESS_MS = (1_000, 10 * 60 * 1000)
 _runs = itertools.count()
-
-
-def _truncate(ch: ClickHouse) -> None:
-    for (name,) in ch.query_rows_sync(
-        "SELECT name FROM system.tables WHERE database = currentDatabase() "
-        "AND name != 'schema_migrations' AND engine NOT LIKE '%View%'"
-    ):
-        ch.command_sync(f"TRUNCATE TABLE {name}")
 
 
 async def _process(
@@ -108,7 +101,7 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
     events: list[reference.RefEvent],
     data: st.DataObject,
 ) -> None:
-    _truncate(ch)
+    truncate_all(ch)
     funnel = funnel.model_copy(update={"project": "p"})
     arrived = data.draw(late_orders(events))
     lateness = data.draw(st.sampled_from(LATENESS_MS))
