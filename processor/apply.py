@@ -66,7 +66,7 @@ class Applier:
                 self._states.put(partition, key, result.state)
             if result.absorbed:
                 batch.dirty[key] = (partition, result.state)
-                batch.received_ms.extend(columns.received_ms[i] for i in result.absorbed)
+                batch.received_ms.extend(columns.events[i].received_at_ms for i in result.absorbed)
         for funnel, error in batch.outputs.failed.values():
             log.error("funnel %s/%s failed on an event", funnel.project, funnel.id, exc_info=error)
             self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")

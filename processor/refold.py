@@ -38,6 +38,7 @@ from processor.transform import (
     transition_row,
 )
 from processor.visitor_fold import VisitorEvents, fold_visitor
+from schemas.events import Event
 from schemas.funnels import FunnelDefinition
 
 # Every stored event of the given visitors (FINAL: a replayed batch's identical rows once).
@@ -126,16 +127,20 @@ def refold(
     ordered = sorted(events, key=lambda e: (e.timestamp_ms, uuid_order(e.event_id)))
     columns = VisitorEvents(old.project_id, old.visitor_id, 0)
     for offset, e in enumerate(ordered):
-        columns.append_row(
+        columns.append(
             offset,
-            e.event_id,
-            e.event,
-            e.timestamp_ms,
-            e.timestamp_ms,
-            e.user_id,
-            e.session_id,
-            e.properties,
-            e.context,
+            Event(
+                old.project_id,
+                e.event_id,
+                e.event,
+                old.visitor_id,
+                e.timestamp_ms,
+                e.timestamp_ms,
+                session_id=e.session_id,
+                user_id=e.user_id,
+                properties=e.properties,
+                context=e.context,
+            ),
         )
     out = Outputs()
     state = fold_visitor(

@@ -3,11 +3,14 @@ and the rows they make out.
 
 Both callers hand a visitor's events over in one call: the apply step (a polled batch,
 grouped by visitor, in log order: processor/apply.py) and the late-event re-fold (every
-stored event of the visitor, in timestamp order: processor/refold.py). The events travel
-as columns, one list per field, so a faster fold (integer arrays, a compiled extension)
-can replace the body of `fold_visitor` without touching either caller. Today the body
-folds them one by one through `apply_event` (processor/transform.py), which holds the
-rules: dedupe and replay skips, sessionizing, every funnel's stage machine.
+stored event of the visitor, in timestamp order: processor/refold.py). A faster fold
+(integer arrays, a compiled extension) can replace the body of `fold_visitor` without
+touching either caller, reading the columns `VisitorEvents` exposes. Today the body
+folds the decoded events one by one through `apply_event` (processor/transform.py), which
+holds the rules: dedupe and replay skips, sessionizing, every funnel's stage machine. So
+the events are kept as the decoder made them and the columns are built only when asked:
+splitting every event into columns and rebuilding it for `apply_event` cost the fold
+about 14%.
 """
 
 from __future__ import annotations
@@ -23,21 +26,14 @@ from schemas.funnels import FunnelDefinition
 
 @dataclass(slots=True)
 class VisitorEvents:
-    """One visitor's events (all of one project and one log partition), as columns of
-    equal length, in the order they are folded."""
+    """One visitor's events (all of one project and one log partition), in the order they
+    are folded, with their log offsets and whether each is a resend."""
 
     project_id: str
     visitor_id: str
     partition: int
     offsets: list[int] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    timestamps_ms: list[int] = field(default_factory=list)
-    received_ms: list[int] = field(default_factory=list)
-    user_ids: list[str] = field(default_factory=list)
-    session_ids: list[str] = field(default_factory=list)
-    properties: list[dict[str, Any]] = field(default_factory=list)
-    contexts: list[dict[str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     # Resends of an event accepted before (processor/dedupe.py): counted, not folded.
     duplicates: list[bool] = field(default_factory=list)
 
@@ -45,56 +41,34 @@ class VisitorEvents:
         return len(self.offsets)
 
     def append(self, offset: int, event: Event, duplicate: bool = False) -> None:
-        self.append_row(
-            offset,
-            event.event_id,
-            event.event,
-            event.timestamp_ms,
-            event.received_at_ms,
-            event.user_id,
-            event.session_id,
-            event.properties,
-            event.context,
-            duplicate,
-        )
-
-    def append_row(
-        self,
-        offset: int,
-        event_id: str,
-        name: str,
-        timestamp_ms: int,
-        received_ms: int,
-        user_id: str,
-        session_id: str,
-        properties: dict[str, Any],
-        context: dict[str, str],
-        duplicate: bool = False,
-    ) -> None:
         self.offsets.append(offset)
-        self.event_ids.append(event_id)
-        self.names.append(name)
-        self.timestamps_ms.append(timestamp_ms)
-        self.received_ms.append(received_ms)
-        self.user_ids.append(user_id)
-        self.session_ids.append(session_id)
-        self.properties.append(properties)
-        self.contexts.append(context)
+        self.events.append(event)
         self.duplicates.append(duplicate)
 
-    def event(self, i: int) -> Event:
-        return Event(
-            self.project_id,
-            self.event_ids[i],
-            self.names[i],
-            self.visitor_id,
-            self.timestamps_ms[i],
-            self.received_ms[i],
-            session_id=self.session_ids[i],
-            user_id=self.user_ids[i],
-            properties=self.properties[i],
-            context=self.contexts[i],
-        )
+    # The columns a columnar fold reads.
+    @property
+    def event_ids(self) -> list[str]:
+        return [e.event_id for e in self.events]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    @property
+    def timestamps_ms(self) -> list[int]:
+        return [e.timestamp_ms for e in self.events]
+
+    @property
+    def received_ms(self) -> list[int]:
+        return [e.received_at_ms for e in self.events]
+
+    @property
+    def user_ids(self) -> list[str]:
+        return [e.user_id for e in self.events]
+
+    @property
+    def properties(self) -> list[dict[str, Any]]:
+        return [e.properties for e in self.events]
 
 
 @dataclass(slots=True)
@@ -118,11 +92,11 @@ def fold_visitor(
     """Fold one visitor's events into its state; the rows and transitions they make are
     appended to `out` (the batch's rows)."""
     absorbed = []
-    for i in range(len(events)):
+    for i, event in enumerate(events.events):
         before = state.applied_offset
         apply_event(
             state,
-            events.event(i),
+            event,
             partition=events.partition,
             offset=events.offsets[i],
             funnels=funnels,
