@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from processor.batch import Batch
-from processor.catalog import FunnelCatalog
+from processor.catalog import FunnelCatalog, FunnelsFor
 from processor.dedupe import Delivery, Position
 from processor.state import HeldStates, visitor_key
 from processor.transform import Timing
 from processor.visitor_fold import VisitorEvents, fold_visitor
-from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
-
-# The funnels an event of (partition, project, visitor key) advances live.
-FunnelsFor = Callable[[int, str, str], list[FunnelDefinition]]
 
 
 class Applier:

@@ -9,13 +9,17 @@ is replaced by another definition, and every other funnel and event goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from funnelstream import metrics
 from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
+
+
+# The funnels an event of (partition, project, visitor key) advances, live or re-folded.
+FunnelsFor = Callable[[int, str, str], list[FunnelDefinition]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from processor.retry import Retrier
 from processor.sink import BATCH_ORDER, Sink, Writes
 from processor.state import HeldStates
 from processor.transform import Timing
+from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,12 @@ def build_steps(
         config.log_unready_after_seconds,
     )
     states = HeldStates()
+
+    def funnels_for(partition: int, project: str, key: str) -> list[FunnelDefinition]:
+        # The funnels a visitor's events advance, live or re-folded: all the project's but
+        # those whose backfill has not reached the visitor yet (bound once it exists).
+        return backfiller.funnels_for(partition, project, key)
+
     sink = Sink(
         clickhouse,
         log_backend,
@@ -120,7 +127,7 @@ def build_steps(
         config.dead_letter_topic_name(),
         states,
         UserRebuilder(clickhouse, catalog, config.timing),
-        LateRefolder(clickhouse, catalog, config.timing),
+        LateRefolder(clickhouse, catalog, config.timing, funnels_for),
     )
     backfiller = Backfiller(
         clickhouse,
@@ -137,8 +144,7 @@ def build_steps(
         states=states,
         decoder=Decoder(config.topic),
         dedupe=DedupeStore(clickhouse),
-        # The live fold skips a funnel for a visitor its backfill has not reached yet.
-        applier=Applier(states, catalog, config.timing, backfiller.funnels_for),
+        applier=Applier(states, catalog, config.timing, funnels_for),
         policy=BatchPolicy(
             config.batch_max_messages, config.batch_max_seconds, config.poll_max_messages
         ),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
-from processor.catalog import FunnelCatalog
+from processor.catalog import FunnelCatalog, FunnelsFor
 from processor.refold import (
     VISITOR_EVENTS_SQL,
     VISITOR_SESSIONS_SQL,
@@ -110,10 +110,19 @@ class Refolds:
 
 
 class LateRefolder:
-    def __init__(self, clickhouse: ClickHouse, catalog: FunnelCatalog, timing: Timing) -> None:
+    def __init__(
+        self,
+        clickhouse: ClickHouse,
+        catalog: FunnelCatalog,
+        timing: Timing,
+        funnels_for: FunnelsFor | None = None,
+    ) -> None:
         self._ch = clickhouse
         self._catalog = catalog
         self._timing = timing
+        # The funnels a visitor's events advance: the live fold's own choice (a funnel
+        # whose backfill has not reached the visitor is left to its chunk).
+        self._funnels_for = funnels_for or (lambda _p, project, _k: catalog.for_project(project))
 
     async def refold(
         self,
@@ -140,7 +149,8 @@ class LateRefolder:
             for visitor in names:
                 key = visitor_key(project, visitor)
                 partition, old = dirty[key]
-                new = refold(old, events.get(visitor, []), funnels, self._timing, now_ms)
+                own = self._funnels_for(partition, project, key)
+                new = refold(old, events.get(visitor, []), own, self._timing, now_ms)
                 for funnel, error in new.outputs.failed.values():
                     log.error(
                         "funnel %s/%s failed re-folding a visitor",
@@ -155,7 +165,7 @@ class LateRefolder:
                         new,
                         sessions.get(visitor, set()),
                         stored.get(visitor, {}),
-                        funnels,
+                        own,
                         old.applied_offset,
                         now_ms,
                     )

@@ -228,8 +228,10 @@ def corrections(
         out.sessions.append(session_row(project, visitor, gone, version, True))
 
     user_ids = {f.id for f in funnels if f.count_by == "user"} if old.identity else set()
-    # Funnels whose rule raised during the re-fold keep their rows (see `refold`).
+    # Funnels whose rule raised during the re-fold keep their rows (see `refold`); so do
+    # funnels not passed (a backfill has not reached this visitor yet: its chunk writes).
     untouched = user_ids | {funnel.id for funnel, _ in new.outputs.failed.values()}
+    folded = {funnel.id for funnel in funnels}
     for funnel in funnels:
         if funnel.id in untouched:
             continue
@@ -250,7 +252,7 @@ def corrections(
     }
     for key in sorted(set(stored_transitions) | set(wanted)):
         funnel_id, step = key
-        if funnel_id in untouched:
+        if funnel_id in untouched or funnel_id not in folded:
             continue
         want = wanted.get(key)
         have, kind = stored_transitions.get(key, (None, "retracted"))

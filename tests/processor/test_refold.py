@@ -237,3 +237,21 @@ def test_a_funnel_failing_in_the_refold_keeps_its_rows_and_the_others_are_correc
     assert {row[1] for row in fixes.funnel_states} == {"f"}
     assert fixes.retractions == []
     assert sorted((row[1], row[3]) for row in fixes.transitions) == [("f", 1), ("f", 2)]
+
+
+def test_funnels_left_out_of_a_refold_keep_their_rows() -> None:
+    """A funnel whose backfill has not reached the visitor yet is not passed to the
+    re-fold (the live fold skips it too): its stored transitions stay, its chunk writes."""
+    good = FunnelDefinition.model_validate(
+        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
+    )
+    t0 = 1_760_000_000_000
+    timing = Timing(session_gap_ms=GAP_MS, lateness_ms=600_000)
+    view = StoredEvent("00000000-0000-4000-8000-000000000001", "view", t0, {}, {}, "", "")
+    old = VisitorState("p", "v")
+    stored = {("waiting", 1): ((1, t0, t0, view.event_id), "reached")}
+    new = refold(old, [view], [good], timing, 0)
+    fixes = corrections(old, new, set(), stored, [good], 0, 0)
+    assert fixes.retractions == []
+    assert {row[1] for row in fixes.transitions} == {"f"}
+    assert {row[1] for row in fixes.funnel_states} == {"f"}
