@@ -117,7 +117,10 @@ def build_app(
                 assert backend is not None
                 producer = backend.producer(settings.topic)
                 await producer.start()
-                app.state.ingest = IngestService(ingest_settings, project_config, producer)
+                app.state.ingest = service = IngestService(
+                    ingest_settings, project_config, producer
+                )
+                components.add_probe("log", lambda: service.log_problem)
             if isinstance(backend, EmbeddedLog):
                 supervisor.start("log_retention", partial(_enforce_retention, backend))
             if "processor" in roles:

@@ -17,6 +17,9 @@ class IngestService:
         self.config = config
         self.producer = producer
         self._pending = 0
+        # Why the log refused the last append, until one succeeds again: shown as the
+        # "log" component in /readyz (an ingest process has no other view of it).
+        self.log_problem: str | None = None
 
     async def handle(self, request: Request) -> Result:
         s = self.settings
@@ -49,8 +52,12 @@ class IngestService:
             self._pending += len(events)
             try:
                 await pipeline.append(self.producer, events, s.retry_after_seconds)
+            except IngestError as exc:
+                self.log_problem = f"appends failing: {exc.message}"
+                raise
             finally:
                 self._pending -= len(events)
+            self.log_problem = None
         except IngestError as exc:
             metrics.INGEST_REJECTED.labels(exc.code).inc()
             raise

@@ -146,14 +146,22 @@ async def _run(
         await asyncio.to_thread(broker.stop_node, 0)
         outage["on"] = True
         rss = [rss_mib(pid)]
+        readiness: list[tuple[int, str]] = []  # /readyz while appends are refused
         stop_at = time.monotonic()
         while time.monotonic() - stop_at < OUTAGE_S:
             await asyncio.sleep(0.5)
             rss.append(rss_mib(pid))
+            if refusals["log_unavailable"]:
+                r = await client.get("/readyz")
+                readiness.append((r.status_code, str(r.json().get("failed", {}).get("log"))))
         outage["on"] = False
         await asyncio.to_thread(broker.start_node, 0)
 
         await asyncio.wait_for(asyncio.gather(*senders), 180)
+        # The ingest process shows the refused appends as its failed "log", and ready
+        # again once an append has gone through.
+        assert any(code == 503 and "appends failing" in why for code, why in readiness)
+        assert (await client.get("/readyz")).status_code == 200
 
     # Refused at once while the buffer was full, and after the delivery timeout for
     # the requests that had to wait; a few may have made it before the stop took effect.
