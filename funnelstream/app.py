@@ -29,6 +29,7 @@ from funnelstream.config import (
     CommonSettings,
     IngestSettings,
     ProcessorSettings,
+    QueryApiSettings,
     load_config,
 )
 from funnelstream.log import Log, LogUnavailable
@@ -159,6 +160,10 @@ def build_app(
         lifespan=lifespan,
     )
     app.state.project_config = project_config
+    if "query" in roles:
+        # Read and validated now, like every service's settings: a bad value stops the
+        # start, not the first request that needs it (query_api/deps.py).
+        app.state.query_settings = QueryApiSettings()
     app.state.components = components
     app.add_middleware(
         CORSMiddleware,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
+from pydantic import ValidationError
 
 from funnelstream.app import build_app
 from funnelstream.clickhouse import ClickHouse
@@ -97,3 +98,13 @@ def test_a_crashing_processor_is_reported_and_restarted(tmp_path: Path, ch: Clic
         ((stored,),) = ch.query_rows_sync("SELECT count() FROM events FINAL")
         assert stored == 2
     # Leaving the client ran the shutdown: restarts stop, the tasks end within the bound.
+
+
+def test_query_api_settings_are_validated_when_the_app_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "c.toml").write_text(CONFIG)
+    common = {"data_dir": tmp_path / "data", "config_file": tmp_path / "c.toml"}
+    monkeypatch.setenv("FUNNELSTREAM_MAX_FUNNELS_PER_PROJECT", "0")
+    with pytest.raises(ValidationError, match="max_funnels_per_project"):
+        build_app(IngestSettings(**common), ProcessorSettings(**common))  # type: ignore[arg-type]
