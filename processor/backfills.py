@@ -115,6 +115,15 @@ class _Job:
         return 1.0 if self.total == 0 else self.rebuilt / self.total
 
 
+class _FunnelFailed(Exception):
+    """The funnel's rule raised while a chunk was folded."""
+
+    def __init__(self, funnel: FunnelDefinition, error: Exception) -> None:
+        super().__init__(str(error))
+        self.funnel = funnel
+        self.error = error
+
+
 class Backfiller:
     def __init__(
         self,
@@ -214,7 +223,20 @@ class Backfiller:
         await flush()
         if partition not in self.done:
             return  # revoked during the flush: its next owner backfills it
-        writes, touched = await self._rebuild(job, partition, keys)
+        try:
+            writes, touched = await self._rebuild(job, partition, keys)
+        except _FunnelFailed as failed:
+            # A rule validation let through that raises on stored events: the funnel is
+            # quarantined (out of the catalog, so out of the plan) and every other funnel
+            # and live event goes on. The chunk wrote nothing.
+            log.error(
+                "funnel %s/%s failed in its backfill",
+                job.funnel.project,
+                job.funnel.id,
+                exc_info=failed.error,
+            )
+            self._catalog.quarantine(job.funnel, f"{type(failed.error).__name__}: {failed.error}")
+            return
         last = start + len(keys) == len(job.keys[partition])
         now = ms_to_datetime(int(time.time() * 1000))
         if last:
@@ -329,13 +351,16 @@ class Backfiller:
             events = grouped.get((partition, state.visitor_id))
             if events is None and funnel.id not in state.funnels:
                 continue
-            progress, transitions = rebuild_progress(
-                funnel,
-                events or [],
-                state.newest_ms,
-                self._timing.lateness_ms,
-                session_gap_ms=self._timing.session_gap_ms,
-            )
+            try:
+                progress, transitions = rebuild_progress(
+                    funnel,
+                    events or [],
+                    state.newest_ms,
+                    self._timing.lateness_ms,
+                    session_gap_ms=self._timing.session_gap_ms,
+                )
+            except Exception as exc:
+                raise _FunnelFailed(funnel, exc) from exc
             apply_rebuilt(state, funnel, progress)
             shown = progress or FunnelProgress(steps=len(funnel.steps))
             out.pending_funnel_states[(funnel.project, funnel.id, state.visitor_id)] = (

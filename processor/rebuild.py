@@ -84,6 +84,7 @@ class UserRebuilder:
                 if visitors
                 else []
             )
+            failed: dict[tuple[str, str], tuple[FunnelDefinition, Exception]] = {}
             states, transitions = user_rows(
                 project,
                 funnels,
@@ -93,7 +94,16 @@ class UserRebuilder:
                 fresh,
                 int(time.time() * 1000),
                 session_gap_ms=self._timing.session_gap_ms,
+                failed=failed,
             )
+            for funnel, error in failed.values():
+                log.error(
+                    "funnel %s/%s failed rebuilding users",
+                    funnel.project,
+                    funnel.id,
+                    exc_info=error,
+                )
+                self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
             out.funnel_states += states
             out.transitions += transitions
             metrics.PROCESSOR_USERS_REBUILT.inc(len(names))

@@ -126,16 +126,33 @@ def user_rows(
     now_ms: int,
     *,
     session_gap_ms: int = DEFAULT_SESSION_GAP_MS,
+    failed: dict[tuple[str, str], tuple[FunnelDefinition, Exception]] | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """Funnel-state rows (versioned `version`) and transition rows of every user in
-    `per_user` (also those left without events: their row is emptied)."""
+    `per_user` (also those left without events: their row is emptied). A funnel whose
+    rule raises gets no rows and goes into `failed` (the caller quarantines it), so the
+    other funnels' rows are still written."""
     states: list[Row] = []
     transitions: list[Row] = []
     for funnel in funnels:
-        for user, events in per_user.items():
-            progress, moved = rebuild_user(
-                funnel, events, lateness_ms, fresh_event_ids, session_gap_ms=session_gap_ms
-            )
-            states.append(funnel_state_row(project, funnel.id, user, progress, version, now_ms))
-            transitions.extend(transition_row(project, funnel.id, user, t, now_ms) for t in moved)
+        own_states: list[Row] = []
+        own_transitions: list[Row] = []
+        try:
+            for user, events in per_user.items():
+                progress, moved = rebuild_user(
+                    funnel, events, lateness_ms, fresh_event_ids, session_gap_ms=session_gap_ms
+                )
+                own_states.append(
+                    funnel_state_row(project, funnel.id, user, progress, version, now_ms)
+                )
+                own_transitions.extend(
+                    transition_row(project, funnel.id, user, t, now_ms) for t in moved
+                )
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed[(funnel.project, funnel.id)] = (funnel, exc)
+            continue
+        states += own_states
+        transitions += own_transitions
     return states, transitions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,52 @@ def test_the_catalog_keeps_its_objects_when_the_same_definitions_come_again() ->
     catalog.replace([changed])
     assert catalog.for_project("p")[0] is changed
     assert catalog.version == version + 1
+
+
+@pytest.mark.parametrize("count_by", ["visitor", "user"])
+async def test_a_funnel_failing_over_stored_history_is_quarantined_and_the_rest_flows(
+    ch: ClickHouse, tmp_path: Path, count_by: str
+) -> None:
+    """Saved after its events were stored, the broken funnel fails in its backfill (or,
+    counted by user, in the user rebuild): quarantined there, the processor keeps going
+    and later events still reach the good funnel."""
+    from tests.processor.test_transform import broken_funnel
+
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    events = [
+        dataclasses.replace(e, user_id=f"u{e.visitor_id}") if count_by == "user" else e
+        for e in stream()
+    ]
+    first, later = events[:30], events[30:]
+    await append(log, [(e.partition_key(), encode(e)) for e in first])
+    catalog = FunnelCatalog([FUNNEL])
+    processor = Processor(log, ch, catalog, ProcessorConfig(batch_max_seconds=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    for _ in range(400):
+        if processor.processed_messages >= len(first):
+            break
+        await asyncio.sleep(0.02)
+    broken = broken_funnel().model_copy(update={"project": "p", "count_by": count_by})
+    catalog.upsert(broken)
+    for _ in range(400):
+        if catalog.quarantined("p"):
+            break
+        await asyncio.sleep(0.02)
+    await append(log, [(e.partition_key(), encode(e)) for e in later])
+    for _ in range(400):
+        if processor.processed_messages >= len(events):
+            break
+        await asyncio.sleep(0.02)
+    assert not task.done(), "the processor stopped"
+    stop.set()
+    await task
+    await log.close()
+
+    (quarantined,) = catalog.quarantined("p")
+    assert (quarantined.funnel_id, quarantined.code) == ("broken", "runtime_error")
+    assert processor.processed_messages == len(events)
+    rows = ch.query_rows_sync(
+        "SELECT level, count() FROM funnel_state FINAL WHERE funnel_id = 'f' GROUP BY level"
+    )
+    assert dict(rows) == {1: 10, 2: 10, 3: 10}
