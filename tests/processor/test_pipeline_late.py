@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -227,3 +228,72 @@ async def test_a_retried_write_publishes_each_correction_once(
         (1, "00000000-0000-4000-8000-000000000003", "corrected"),
         (2, "00000000-0000-4000-8000-000000000002", "reached"),
     ]
+
+
+async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    """The late event's retraction is written, then the processor dies before the
+    correction (and before the visitor's state and the commit). The next processor
+    replays the event from the log: the tables end as if nothing had happened."""
+    from funnelstream.clickhouse import ClickHouseUnavailable
+    from schemas.events import Event
+
+    class DiesAtTheCorrection(ClickHouse):
+        def __init__(self, real: ClickHouse) -> None:
+            self.__dict__.update(real.__dict__)
+            self.blocked = 0
+
+        async def insert(self, table: str, rows: Any, columns: Any) -> None:
+            if table == "funnel_transitions" and any(r[-1] == "corrected" for r in rows):
+                self.blocked += 1
+                raise ClickHouseUnavailable("injected: gone before the correction")
+            await super().insert(table, rows, columns)
+
+    funnel = FunnelDefinition.model_validate(
+        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
+    )
+    t0 = 1_760_000_000_000
+
+    def ev(n: int, name: str, minute: int) -> Event:
+        return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", t0 + minute * 60_000, t0)
+
+    log = EmbeddedLog(tmp_path / "log", default_partitions=1)
+    producer = log.producer("events")
+    await producer.start()
+    config = ProcessorConfig(batch_max_seconds=0.02, retry_initial_seconds=0.02)
+
+    async def run(clickhouse: ClickHouse, until: Any) -> None:
+        processor = Processor(log, clickhouse, FunnelCatalog([funnel]), config)
+        task = asyncio.create_task(processor.run(asyncio.Event()))
+        for _ in range(500):
+            if until(processor):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    records = [ev(1, "view", 60), ev(2, "cart", 61), ev(3, "view", 0)]
+    await producer.append([LogRecord(e.partition_key(), encode(e), 0) for e in records[:2]])
+    await run(ch, lambda p: p.processed_messages >= 2)
+    await producer.append([LogRecord(records[2].partition_key(), encode(records[2]), 0)])
+    dying = DiesAtTheCorrection(ch)
+    await run(dying, lambda _: dying.blocked >= 2)  # retracted, correction refused: "crash"
+    ((half,),) = ch.query_rows_sync("SELECT kind FROM funnel_transitions FINAL WHERE step = 1")
+    assert str(half) == "retracted"  # the state between the two writes
+    await run(ch, lambda p: p.processed_messages >= 1)
+    await producer.stop()
+    await log.close()
+
+    final = ch.query_rows_sync(
+        "SELECT step, toString(event_id), kind FROM funnel_transitions FINAL ORDER BY step"
+    )
+    assert [(int(s), str(i), str(k)) for s, i, k in final] == [
+        (1, "00000000-0000-4000-8000-000000000003", "corrected"),
+        (2, "00000000-0000-4000-8000-000000000002", "reached"),
+    ]
+    ((level,),) = ch.query_rows_sync("SELECT level FROM funnel_state FINAL")
+    assert level == 2
+    ((sessions,),) = ch.query_rows_sync("SELECT count() FROM sessions FINAL")
+    assert sessions == 2  # {view at 0} and {view, cart an hour later}
