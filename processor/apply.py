@@ -9,7 +9,6 @@ per batch.
 
 from __future__ import annotations
 
-import logging
 import time
 
 from processor.batch import Batch
@@ -18,8 +17,6 @@ from processor.dedupe import Delivery, Position
 from processor.state import HeldStates, visitor_key
 from processor.transform import Timing
 from processor.visitor_fold import VisitorEvents, fold_visitor
-
-log = logging.getLogger(__name__)
 
 
 class Applier:
@@ -63,6 +60,5 @@ class Applier:
                 batch.dirty[key] = (partition, result.state)
                 batch.received_ms.extend(columns.events[i].received_at_ms for i in result.absorbed)
         for funnel, error in batch.outputs.failed.values():
-            log.error("funnel %s/%s failed on an event", funnel.project, funnel.id, exc_info=error)
-            self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
+            self._catalog.quarantine(funnel, error, "on an event")
         batch.outputs.failed.clear()

@@ -229,13 +229,7 @@ class Backfiller:
             # A rule validation let through that raises on stored events: the funnel is
             # quarantined (out of the catalog, so out of the plan) and every other funnel
             # and live event goes on. The chunk wrote nothing.
-            log.error(
-                "funnel %s/%s failed in its backfill",
-                job.funnel.project,
-                job.funnel.id,
-                exc_info=failed.error,
-            )
-            self._catalog.quarantine(job.funnel, f"{type(failed.error).__name__}: {failed.error}")
+            self._catalog.quarantine(job.funnel, failed.error, "in its backfill")
             return
         last = start + len(keys) == len(job.keys[partition])
         now = ms_to_datetime(int(time.time() * 1000))

@@ -85,12 +85,22 @@ class FunnelCatalog:
         for q in self._quarantined + tuple(q for _, q in self._failed.values()):
             metrics.FUNNELS_QUARANTINED.labels(q.project, q.funnel_id, q.code).set(1)
 
-    def quarantine(self, funnel: FunnelDefinition, reason: str) -> None:
-        """Take a definition that failed at run time out of the catalog, with why."""
+    def quarantine(self, funnel: FunnelDefinition, error: Exception, doing: str) -> None:
+        """Take a definition whose rule raised while the processor was `doing` something
+        (folding an event, a backfill, a user rebuild, a re-fold) out of the catalog,
+        logged with its traceback and shown with why."""
         key = (funnel.project, funnel.id)
         if key in self._failed:
             return
-        log.error("funnel %s/%s quarantined at run time: %s", funnel.project, funnel.id, reason)
+        reason = f"{type(error).__name__}: {error}"
+        log.error(
+            "funnel %s/%s failed %s, quarantined: %s",
+            funnel.project,
+            funnel.id,
+            doing,
+            reason,
+            exc_info=error,
+        )
         self._failed[key] = (
             funnel,
             QuarantinedFunnel(funnel.project, funnel.id, "runtime_error", reason[:1000]),

@@ -8,7 +8,6 @@ in its order (processor/sink.py); each returns rows and leaves the writing to th
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -36,8 +35,6 @@ from processor.user_funnels import (
     user_rows,
 )
 from schemas.funnels import FunnelDefinition
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -97,13 +94,7 @@ class UserRebuilder:
                 failed=failed,
             )
             for funnel, error in failed.values():
-                log.error(
-                    "funnel %s/%s failed rebuilding users",
-                    funnel.project,
-                    funnel.id,
-                    exc_info=error,
-                )
-                self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
+                self._catalog.quarantine(funnel, error, "rebuilding users")
             out.funnel_states += states
             out.transitions += transitions
             metrics.PROCESSOR_USERS_REBUILT.inc(len(names))
@@ -162,13 +153,7 @@ class LateRefolder:
                 own = self._funnels_for(partition, project, key)
                 new = refold(old, events.get(visitor, []), own, self._timing, now_ms)
                 for funnel, error in new.outputs.failed.values():
-                    log.error(
-                        "funnel %s/%s failed re-folding a visitor",
-                        funnel.project,
-                        funnel.id,
-                        exc_info=error,
-                    )
-                    self._catalog.quarantine(funnel, f"{type(error).__name__}: {error}")
+                    self._catalog.quarantine(funnel, error, "re-folding a visitor")
                 out.fixes.extend(
                     corrections(
                         old,

@@ -30,7 +30,7 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.rows import ms_to_datetime
 from processor.sessionize import reference_sessions
 from processor.transform import Timing
-from schemas.events import encode
+from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
 from tests.fixtures.clickhouse import truncate_all
 from tests.oracle import funnel_reference as reference
@@ -167,6 +167,17 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
         assert by_step.get(k + 1, 0) == want.entities, k
 
 
+# Two steps, one visitor "v": the late-event scenarios below.
+VIEW_CART = FunnelDefinition.model_validate(
+    {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
+)
+_T0 = 1_760_000_000_000
+
+
+def _ev(n: int, name: str, minute: int) -> Event:
+    return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", _T0 + minute * 60_000, _T0)
+
+
 async def test_a_retried_write_publishes_each_correction_once(
     ch: ClickHouse, tmp_path: Path
 ) -> None:
@@ -175,16 +186,9 @@ async def test_a_retried_write_publishes_each_correction_once(
     writes the same correction again (one write time: a stream reader sees it once), and
     the re-fold is counted once."""
     from funnelstream import metrics
-    from schemas.events import Event
     from tests.processor.test_pipeline import FlakyClickHouse
 
-    funnel = FunnelDefinition.model_validate(
-        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
-    )
-    t0 = 1_760_000_000_000
-
-    def ev(n: int, name: str, minute: int) -> Event:
-        return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", t0 + minute * 60_000, t0)
+    funnel = VIEW_CART
 
     log = EmbeddedLog(tmp_path / "log", default_partitions=1)
     producer = log.producer("events")
@@ -205,10 +209,10 @@ async def test_a_retried_write_publishes_each_correction_once(
         raise AssertionError("not processed")
 
     refolded = "funnelstream_processor_refolded_visitors_total"
-    await send([ev(1, "view", 60), ev(2, "cart", 61)])
+    await send([_ev(1, "view", 60), _ev(2, "cart", 61)])
     before = metrics.REGISTRY.get_sample_value(refolded) or 0.0
     flaky.fail_tables["processor_state"] = 1
-    await send([ev(3, "view", 0)])  # an hour before the rest: too late, re-folded
+    await send([_ev(3, "view", 0)])  # an hour before the rest: too late, re-folded
     stop.set()
     await task
     await producer.stop()
@@ -237,7 +241,6 @@ async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
     correction (and before the visitor's state and the commit). The next processor
     replays the event from the log: the tables end as if nothing had happened."""
     from funnelstream.clickhouse import ClickHouseUnavailable
-    from schemas.events import Event
 
     class DiesAtTheCorrection(ClickHouse):
         def __init__(self, real: ClickHouse) -> None:
@@ -250,13 +253,7 @@ async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
                 raise ClickHouseUnavailable("injected: gone before the correction")
             await super().insert(table, rows, columns)
 
-    funnel = FunnelDefinition.model_validate(
-        {"id": "f", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
-    )
-    t0 = 1_760_000_000_000
-
-    def ev(n: int, name: str, minute: int) -> Event:
-        return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "v", t0 + minute * 60_000, t0)
+    funnel = VIEW_CART
 
     log = EmbeddedLog(tmp_path / "log", default_partitions=1)
     producer = log.producer("events")
@@ -274,7 +271,7 @@ async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    records = [ev(1, "view", 60), ev(2, "cart", 61), ev(3, "view", 0)]
+    records = [_ev(1, "view", 60), _ev(2, "cart", 61), _ev(3, "view", 0)]
     await producer.append([LogRecord(e.partition_key(), encode(e), 0) for e in records[:2]])
     await run(ch, lambda p: p.processed_messages >= 2)
     await producer.append([LogRecord(records[2].partition_key(), encode(records[2]), 0)])
