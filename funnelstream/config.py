@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,6 +95,8 @@ class Project:
     id: str
     write_key: SecretStr
     read_key: SecretStr
+    # Funnel definitions, keys, erasure. None: the project has no admin key in the file.
+    admin_key: SecretStr | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +106,22 @@ class ProjectConfig:
     path: Path | None = None
 
     def by_write_key(self, key: str) -> Project | None:
-        for p in self.projects:
-            if secrets.compare_digest(p.write_key.get_secret_value(), key):
-                return p
-        return None
+        return self._by_key(key, lambda p: p.write_key)
 
     def by_read_key(self, key: str) -> Project | None:
+        return self._by_key(key, lambda p: p.read_key)
+
+    def by_admin_key(self, key: str) -> Project | None:
+        return self._by_key(key, lambda p: p.admin_key)
+
+    def _by_key(self, key: str, which: Callable[[Project], SecretStr | None]) -> Project | None:
+        # Compared as bytes: compare_digest refuses non-ASCII str (a 500 before).
+        given = key.encode("utf-8", "surrogateescape")
         for p in self.projects:
-            if secrets.compare_digest(p.read_key.get_secret_value(), key):
+            secret = which(p)
+            if secret is not None and secrets.compare_digest(
+                secret.get_secret_value().encode(), given
+            ):
                 return p
         return None
 
@@ -139,9 +150,12 @@ def parse_config(text: str, mode: str = "local", path: Path | None = None) -> Pr
             wk, rk = str(raw["write_key"]), str(raw["read_key"])
         except KeyError as exc:
             raise ConfigError(f"projects[{i}]: missing {exc.args[0]}") from exc
+        ak = str(raw["admin_key"]) if "admin_key" in raw else None
         _check_key(pid, "write_key", wk, mode)
         _check_key(pid, "read_key", rk, mode)
-        projects.append(Project(pid, SecretStr(wk), SecretStr(rk)))
+        if ak is not None:
+            _check_key(pid, "admin_key", ak, mode)
+        projects.append(Project(pid, SecretStr(wk), SecretStr(rk), SecretStr(ak) if ak else None))
     if not projects:
         raise ConfigError("config defines no [[projects]]")
     seen_ids: set[str] = set()
@@ -150,7 +164,10 @@ def parse_config(text: str, mode: str = "local", path: Path | None = None) -> Pr
         if p.id in seen_ids:
             raise ConfigError(f"projects[{p.id}]: duplicate project id")
         seen_ids.add(p.id)
-        for name, key in (("write_key", p.write_key), ("read_key", p.read_key)):
+        named = [("write_key", p.write_key), ("read_key", p.read_key)]
+        if p.admin_key is not None:
+            named.append(("admin_key", p.admin_key))
+        for name, key in named:
             if key.get_secret_value() in seen_keys:
                 raise ConfigError(f"projects[{p.id}].{name}: key is used twice")
             seen_keys.add(key.get_secret_value())
@@ -197,7 +214,8 @@ def local_config(data_dir: Path) -> Path:
             "[[projects]]\n"
             'id = "demo"\n'
             f'write_key = "wk_{secrets.token_urlsafe(18)}"\n'
-            f'read_key = "rk_{secrets.token_urlsafe(18)}"\n' + DEMO_FUNNEL
+            f'read_key = "rk_{secrets.token_urlsafe(18)}"\n'
+            f'admin_key = "ak_{secrets.token_urlsafe(18)}"\n' + DEMO_FUNNEL
         )
     return path
 

@@ -45,10 +45,14 @@ def get_compiler(request: Request) -> FunnelCompiler:
     return partial(compile_funnel, session_gap_ms=gap_ms)
 
 
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
 def read_project(request: Request) -> Project:
     config: ProjectConfig = request.app.state.project_config
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    key = _bearer(request)
     if not key:
         raise HTTPException(
             401, {"error": "missing_read_key", "message": "send Authorization: Bearer <read key>"}
@@ -59,8 +63,23 @@ def read_project(request: Request) -> Project:
     return project
 
 
+def admin_project(request: Request) -> Project:
+    """The project an admin key belongs to: funnel definitions, keys, erasure."""
+    config: ProjectConfig = request.app.state.project_config
+    key = _bearer(request)
+    if not key:
+        raise HTTPException(
+            401, {"error": "missing_admin_key", "message": "send Authorization: Bearer <admin key>"}
+        )
+    project = config.by_admin_key(key)
+    if project is None:
+        raise HTTPException(401, {"error": "invalid_admin_key", "message": "unknown admin key"})
+    return project
+
+
 ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
 CatalogDep = Annotated[FunnelCatalog, Depends(get_catalog)]
 ReadProject = Annotated[Project, Depends(read_project)]
+AdminProject = Annotated[Project, Depends(admin_project)]
 SettingsDep = Annotated[QueryApiSettings, Depends(get_settings)]
 CompilerDep = Annotated[FunnelCompiler, Depends(get_compiler)]
