@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -32,6 +31,7 @@ from funnelstream.config import (
     QueryApiSettings,
     load_config,
 )
+from funnelstream.cors import CorsByRoute
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from funnelstream.supervise import Components, Supervisor
@@ -165,16 +165,7 @@ def build_app(
         # start, not the first request that needs it (query_api/deps.py).
         app.state.query_settings = QueryApiSettings()
     app.state.components = components
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_credentials=False,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization", "Content-Encoding"],
-        # The snippet reads Retry-After on 429/503 from cross-origin pages.
-        expose_headers=["Retry-After"],
-        max_age=86400,
-    )
+    app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

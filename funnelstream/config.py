@@ -44,6 +44,9 @@ class CommonSettings(BaseSettings):
     # "session"` funnels and their reports all split sessions at this one gap, so it is
     # common to the processor and the query API.
     session_gap_seconds: int = Field(default=30 * 60, ge=1)
+    # Origins whose pages may call the query API cross-origin (funnelstream/cors.py);
+    # ingest is open to every origin. Empty: same-origin pages and non-browser clients.
+    query_cors_origins: tuple[str, ...] = ()
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
