@@ -123,10 +123,21 @@ def _row_key(row: tuple[object, ...]) -> HashedKey | None:
         scope,
         str(label),
         "stored",
-        cast(datetime, created_at),
-        cast(datetime | None, revoked_at),
+        _utc(cast(datetime, created_at)),
+        _utc(cast(datetime, revoked_at)) if revoked_at is not None else None,
     )
     return HashedKey(record, bytes.fromhex(str(digest)))
+
+
+def _utc(at: datetime) -> datetime:
+    # The client returns DateTime64(3, 'UTC') without a zone.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    # At the table's precision, so this process's copy equals what a reload reads.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 _SELECT = (
@@ -239,8 +250,7 @@ class KeyStore:
             raise ValueError(f"unknown project {project_id!r}")
         with self._writing:
             new = generate(scope, taken=(k.record.key_id for k in self._stored))
-            now = datetime.now(UTC)
-            record = KeyRecord(new.key_id, project_id, scope, label, "stored", now)
+            record = KeyRecord(new.key_id, project_id, scope, label, "stored", _now())
             key = HashedKey(record, key_digest(self._secret, new.plaintext))
             _insert_sync(ch, key, time.time_ns())
             self._replace([*self._stored, key])
@@ -263,7 +273,7 @@ class KeyStore:
             if key is None or (project_id is not None and key.record.project_id != project_id):
                 return None
             if key.record.revoked_at is None:
-                key = HashedKey(replace(key.record, revoked_at=datetime.now(UTC)), key.digest)
+                key = HashedKey(replace(key.record, revoked_at=_now()), key.digest)
                 # Never below the created row's version, whatever this host's clock says.
                 _insert_sync(ch, key, max(time.time_ns(), version + 1))
             others = [k for k in self._stored if k.record.key_id != key_id]
