@@ -14,6 +14,7 @@ from funnelstream.config import (
     IngestSettings,
     ProcessorSettings,
     QueryApiSettings,
+    add_missing_admin_keys,
     load_config,
     local_config,
     parse_config,
@@ -224,3 +225,25 @@ def test_settings_refuse_an_unknown_mode(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FUNNELSTREAM_MODE", "prod")
     with pytest.raises(ValueError, match="mode"):
         CommonSettings()
+
+
+def test_missing_admin_keys_are_added_to_the_projects_without_one(tmp_path: Path) -> None:
+    path = tmp_path / "funnelstream.toml"
+    path.write_text(
+        '[[projects]]\nid = "a"\nwrite_key = "wk_a"\nread_key = "rk_a"  # keep\n\n'
+        '[[projects]]\nid = "b"\nwrite_key = "wk_b"\nread_key = "rk_b"\nadmin_key = "ak_b"\n'
+    )
+    assert add_missing_admin_keys(path) == ["a"]
+    a, b = parse_config(path.read_text()).projects
+    assert a.admin_key is not None and a.admin_key.get_secret_value().startswith("ak_")
+    assert b.admin_key is not None and b.admin_key.get_secret_value() == "ak_b"
+    assert 'read_key = "rk_a"  # keep\nadmin_key = "ak_' in path.read_text()
+    assert add_missing_admin_keys(path) == []
+
+
+def test_a_config_not_laid_out_as_written_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "funnelstream.toml"
+    text = 'projects = [{ id = "a", write_key = "wk_a", read_key = "rk_a" }]\n'
+    path.write_text(text)
+    assert add_missing_admin_keys(path) == []
+    assert path.read_text() == text
