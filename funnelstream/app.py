@@ -96,8 +96,13 @@ def build_app(
 ) -> FastAPI:
     settings: CommonSettings = ingest_settings
     project_config = load_config(settings)
-    # Checked now: a missing or placeholder key secret stops the start.
-    key_store = KeyStore(project_config, load_secret(settings))
+    # Checked now, where keys are checked: a missing or placeholder key secret stops the
+    # start. A processor alone authenticates nobody and needs none.
+    key_store = (
+        KeyStore(project_config, load_secret(settings))
+        if roles & {"ingest", "query"}
+        else KeyStore.config_only(project_config)
+    )
     components = Components()
     policy = BackoffPolicy(
         processor_settings.retry_initial_seconds, processor_settings.retry_max_seconds

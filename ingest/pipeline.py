@@ -151,7 +151,7 @@ def authenticate(keys: KeyStore, authorization: str, envelope: dict[str, Any]) -
         raise IngestError(
             403,
             "insufficient_scope",
-            f"sending events needs a write key; the key sent is a {found.held} key",
+            f"sending events needs a key of scope write; the key sent has scope {found.held}",
             field="write_key",
         )
     return found

@@ -96,7 +96,8 @@ def _project_for(request: Request, needed: Scope) -> Project:
                 "error": "insufficient_scope",
                 "field": "authorization",
                 "required_scope": needed,
-                "message": f"this route needs a {needed} key; the key sent is a {found.held} key",
+                "message": f"this route needs a key of scope {needed}; the key sent has scope"
+                f" {found.held}",
             },
         )
     return found

@@ -35,7 +35,9 @@ def run(
     (tmp_path / "c.toml").write_text(CONFIG)
     # The CLI turns its flags into FUNNELSTREAM_* variables: restore them afterwards.
     for name in ("DATA_DIR", "CONFIG_FILE", "CLICKHOUSE_DSN", "LOG_BACKEND", "KAFKA_BOOTSTRAP"):
-        monkeypatch.delenv(f"FUNNELSTREAM_{name}", raising=False)
+        # setenv records the variable's state (absent too) for the undo; then unset it.
+        monkeypatch.setenv(f"FUNNELSTREAM_{name}", "")
+        monkeypatch.delenv(f"FUNNELSTREAM_{name}")
     flags = ["--data-dir", str(tmp_path / "d"), "--config", str(tmp_path / "c.toml")]
     flags += ["--clickhouse-dsn", ch.dsn]
 

@@ -199,7 +199,7 @@ def test_authenticate_refusals(authorization: str, envelope: dict[str, Any], cod
 def test_a_read_key_sent_to_ingest_is_the_wrong_scope() -> None:
     err = refused(authenticate, KEYS, "Bearer rk_shop_0123456789", {})
     assert (err.status, err.code, err.field) == (403, "insufficient_scope", "write_key")
-    assert "read key" in err.message
+    assert "scope read" in err.message
 
 
 # validate
