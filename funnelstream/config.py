@@ -4,14 +4,14 @@ One typed settings class per service (`IngestSettings`, `ProcessorSettings`,
 `QueryApiSettings`), all sharing `CommonSettings`, validated at startup. Keys are
 `SecretStr`. In local mode (`funnelstream serve` with no config) a demo project with fresh
 random keys is written to the data directory; outside local mode a config with a
-placeholder or short key is refused.
+placeholder or short key is refused. Which project a presented key opens is decided in
+one place, funnelstream/keys.py (keys hashed, several per scope, reloaded from ClickHouse).
 """
 
 from __future__ import annotations
 
 import secrets
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,26 +111,6 @@ class ProjectConfig:
     projects: tuple[Project, ...]
     funnels: tuple[FunnelDefinition, ...]
     path: Path | None = None
-
-    def by_write_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.write_key)
-
-    def by_read_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.read_key)
-
-    def by_admin_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.admin_key)
-
-    def _by_key(self, key: str, which: Callable[[Project], SecretStr | None]) -> Project | None:
-        # Compared as bytes: compare_digest refuses non-ASCII str (a 500 before).
-        given = key.encode("utf-8", "surrogateescape")
-        for p in self.projects:
-            secret = which(p)
-            if secret is not None and secrets.compare_digest(
-                secret.get_secret_value().encode(), given
-            ):
-                return p
-        return None
 
 
 def _check_key(project: str, name: str, key: str, mode: str) -> None:

@@ -13,12 +13,15 @@ from funnelstream.config import (
     ConfigError,
     IngestSettings,
     ProcessorSettings,
+    Project,
     QueryApiSettings,
     add_missing_admin_keys,
     load_config,
     local_config,
     parse_config,
 )
+from funnelstream.key_store import KeyStore
+from funnelstream.keys import WrongScope
 
 GOOD_WK = "wk_0123456789abcdef"
 GOOD_RK = "rk_0123456789abcdef"
@@ -54,13 +57,14 @@ def test_parses_projects_and_funnels() -> None:
 
 def test_lookup_by_key() -> None:
     config = parse_config(project() + project("blog", "wk_b" * 5, "rk_b" * 5))
-    shop = config.by_write_key(GOOD_WK)
-    assert shop is not None and shop.id == "shop"
-    blog = config.by_read_key("rk_b" * 5)
-    assert blog is not None and blog.id == "blog"
-    assert config.by_write_key(GOOD_RK) is None  # a read key is not a write key
-    assert config.by_read_key(GOOD_WK) is None
-    assert config.by_write_key("") is None
+    keys = KeyStore.config_only(config)  # how every process looks keys up
+    shop = keys.authorize(GOOD_WK, "write")
+    assert isinstance(shop, Project) and shop.id == "shop"
+    blog = keys.authorize("rk_b" * 5, "read")
+    assert isinstance(blog, Project) and blog.id == "blog"
+    assert isinstance(keys.authorize(GOOD_RK, "write"), WrongScope)  # a read key
+    assert isinstance(keys.authorize(GOOD_WK, "read"), WrongScope)
+    assert keys.authorize("", "write") is None
 
 
 @pytest.mark.parametrize("key", ["changeme", "CHANGEME", "change-me", "secret", "password", "test"])
