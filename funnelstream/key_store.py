@@ -117,6 +117,10 @@ def _row_key(row: tuple[object, ...]) -> HashedKey | None:
     key_id, project_id, scope, digest, label, created_at, revoked_at = row
     if scope not in SCOPES:
         return None  # written by a newer release; not a key this one can place
+    try:
+        digest_bytes = bytes.fromhex(str(digest))
+    except ValueError:
+        return None  # not written by us; opens nothing rather than stopping every reload
     record = KeyRecord(
         str(key_id),
         str(project_id),
@@ -126,7 +130,7 @@ def _row_key(row: tuple[object, ...]) -> HashedKey | None:
         _utc(cast(datetime, created_at)),
         _utc(cast(datetime, revoked_at)) if revoked_at is not None else None,
     )
-    return HashedKey(record, bytes.fromhex(str(digest)))
+    return HashedKey(record, digest_bytes)
 
 
 def _utc(at: datetime) -> datetime:
