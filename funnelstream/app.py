@@ -23,7 +23,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from funnelstream import metrics
 from funnelstream.backoff import BackoffPolicy
-from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable, migrate
+from funnelstream.clickhouse import (
+    ClickHouse,
+    ClickHouseQueryError,
+    ClickHouseUnavailable,
+    migrate,
+)
 from funnelstream.config import (
     CommonSettings,
     IngestSettings,
@@ -32,6 +37,7 @@ from funnelstream.config import (
     load_config,
 )
 from funnelstream.cors import CorsByRoute
+from funnelstream.key_store import KeyRefresh, KeyStore, load_secret
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from funnelstream.supervise import Components, Supervisor
@@ -44,6 +50,7 @@ from query_api import funnel_store
 from query_api.errors import install_error_handlers
 from query_api.routes.analysis import router as analysis_router
 from query_api.routes.funnels import router as funnels_router
+from query_api.routes.keys import router as keys_router
 from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
 from query_api.routes.stats import router as stats_router
@@ -89,6 +96,13 @@ def build_app(
 ) -> FastAPI:
     settings: CommonSettings = ingest_settings
     project_config = load_config(settings)
+    # Checked now, where keys are checked: a missing or placeholder key secret stops the
+    # start. A processor alone authenticates nobody and needs none.
+    key_store = (
+        KeyStore(project_config, load_secret(settings))
+        if roles & {"ingest", "query"}
+        else KeyStore.config_only(project_config)
+    )
     components = Components()
     policy = BackoffPolicy(
         processor_settings.retry_initial_seconds, processor_settings.retry_max_seconds
@@ -114,12 +128,17 @@ def build_app(
                     refresh = _CatalogRefresh(app, ch)
                     components.add_probe("clickhouse", refresh.problem)
                     supervisor.start("catalog_refresh", refresh.run)
+            if roles & {"ingest", "query"}:
+                key_refresh = await _key_refresh(settings, key_store, ch)
+                if key_refresh is not None:
+                    components.add_probe("keys", key_store.problem)
+                    supervisor.start("key_refresh", key_refresh.run)
             if "ingest" in roles:
                 assert backend is not None
                 producer = backend.producer(settings.topic)
                 await producer.start()
                 app.state.ingest = service = IngestService(
-                    ingest_settings, project_config, producer
+                    ingest_settings, project_config, producer, key_store
                 )
                 components.add_probe("log", lambda: service.log_problem)
             if isinstance(backend, EmbeddedLog):
@@ -160,6 +179,7 @@ def build_app(
         lifespan=lifespan,
     )
     app.state.project_config = project_config
+    app.state.keys = key_store
     if "query" in roles:
         # Read and validated now, like every service's settings: a bad value stops the
         # start, not the first request that needs it (query_api/deps.py).
@@ -188,6 +208,7 @@ def build_app(
         app.include_router(live_router)
         app.include_router(analysis_router)
         app.include_router(stats_router)
+        app.include_router(keys_router)
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
@@ -226,6 +247,28 @@ def build_app(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _key_refresh(
+    settings: CommonSettings, store: KeyStore, ch: ClickHouse | None
+) -> KeyRefresh | None:
+    """The reload of stored keys for this process, or None when it has no shared key
+    table. With a ClickHouse connection open (processor, query API) the keys are loaded
+    before the first request. A lone ingest process opens its own connection, lazily:
+    it starts, and takes config file keys, while ClickHouse is down. A lone ingest process
+    on the embedded engine shares no table with anyone (one process per engine): it takes
+    the config file's keys only."""
+    every = settings.key_refresh_seconds
+    if ch is not None:
+        with contextlib.suppress(ClickHouseUnavailable, ClickHouseQueryError):
+            await asyncio.to_thread(store.reload_sync, ch)  # a failure is store.problem()
+        connection = ch
+        return KeyRefresh(store, lambda: connection, every)
+    dsn = settings.resolved_clickhouse_dsn()
+    if dsn.startswith("chdb://"):
+        log.info("ingest on the embedded engine: config file keys only (no shared key table)")
+        return None
+    return KeyRefresh(store, partial(ClickHouse, dsn), every, owns_connection=True)
 
 
 def _processor_problem(app: FastAPI, part: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`funnelstream` command line: serve (embedded), split-mode parts, import, migrate."""
+"""`funnelstream` command line: serve (embedded), split-mode parts, import, migrate, keys."""
 
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
     if config.path is not None:
         print(f"  config:   {config.path.resolve()}", flush=True)
     for p in config.projects:
+        admin = f"  admin key {p.admin_key.get_secret_value()}" if p.admin_key else ""
         print(
             f"  project {p.id}: write key {p.write_key.get_secret_value()}  "
-            f"read key {p.read_key.get_secret_value()}",
+            f"read key {p.read_key.get_secret_value()}{admin}",
             flush=True,
         )
     server = uvicorn.Server(
@@ -140,6 +141,67 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """`keys create|list|revoke`, straight against ClickHouse (funnelstream/key_store.py)."""
+    from funnelstream.clickhouse import (
+        ClickHouse,
+        ClickHouseQueryError,
+        ClickHouseUnavailable,
+        migrate,
+    )
+    from funnelstream.key_store import KeyStore, load_secret
+
+    _settings_env(args)
+    try:
+        settings = IngestSettings()
+        store = KeyStore(load_config(settings), load_secret(settings))
+    except (ConfigError, ValueError) as exc:
+        print(f"funnelstream keys: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ch = ClickHouse(settings.resolved_clickhouse_dsn())
+        migrate(ch)
+        store.reload_sync(ch)
+    except (ClickHouseUnavailable, ClickHouseQueryError) as exc:
+        print(
+            f"funnelstream keys: cannot open ClickHouse: {exc}\n(the embedded engine opens in "
+            "one process at a time: while `funnelstream serve` runs on this data directory, "
+            "use the admin API, POST/GET/DELETE /v1/keys)",
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        if args.keys_command == "create":
+            if args.project not in {p.id for p in store.config.projects}:
+                print(f"funnelstream keys: unknown project {args.project!r}", file=sys.stderr)
+                return 2
+            new = store.create_sync(ch, args.project, args.scope, args.label)
+            print(f"key_id: {new.key_id}", file=sys.stderr)
+            print("the key (shown only now; store it):", file=sys.stderr)
+            print(new.plaintext)
+            return 0
+        if args.keys_command == "list":
+            print(f"{'KEY_ID':<26} {'PROJECT':<16} {'SCOPE':<6} {'SOURCE':<7} REVOKED  LABEL")
+            for r in store.records(args.project):
+                revoked = r.revoked_at.strftime("%Y-%m-%d") if r.revoked_at else "-"
+                print(
+                    f"{r.key_id:<26} {r.project_id:<16} {r.scope:<6} {r.source:<7} "
+                    f"{revoked:<8} {r.label}"
+                )
+            return 0
+        if any(r.key_id == args.key_id and r.source == "config" for r in store.records()):
+            print("funnelstream keys: a config file key is removed in the file", file=sys.stderr)
+            return 2
+        record = store.revoke_sync(ch, args.key_id)
+        if record is None:
+            print(f"funnelstream keys: no stored key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {record.key_id} ({record.project_id}, {record.scope})")
+        return 0
+    finally:
+        ch.close()
+
+
 def _server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=port)
@@ -202,6 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--data-dir", dest="data_dir")
     mig.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys (stored hashed in ClickHouse)",
+        description=(
+            "Keys are stored hashed in ClickHouse; every process reloads them every "
+            "FUNNELSTREAM_KEY_REFRESH_SECONDS (default 5), so a revoked key is refused "
+            "everywhere within that. With the embedded engine, run these while the server "
+            "is stopped, or use the admin API (/v1/keys)."
+        ),
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    k_create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    k_create.add_argument("--project", required=True)
+    k_create.add_argument("--scope", required=True, choices=["write", "read", "admin"])
+    k_create.add_argument("--label", default="", help="what the key is for")
+    k_list = keys_sub.add_parser("list", help="keys with their ids, scopes and labels")
+    k_list.add_argument("--project")
+    k_revoke = keys_sub.add_parser("revoke", help="revoke a stored key by its id")
+    k_revoke.add_argument("key_id")
+    for k in (k_create, k_list, k_revoke):
+        k.add_argument("--data-dir", dest="data_dir")
+        k.add_argument("--config", help="TOML file with [[projects]]")
+        k.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
     args = parser.parse_args(argv)
     roles = {
         "serve": frozenset({"ingest", "processor", "query"}),
@@ -213,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_server(args, roles[args.command])
     if args.command == "import":
         return _import(args)
+    if args.command == "keys":
+        return _keys(args)
     return _migrate(args)
 
 

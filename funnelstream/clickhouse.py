@@ -132,6 +132,17 @@ def _open(dsn: str) -> Any:
     return clickhouse_connect.get_client(dsn=dsn)
 
 
+# The embedded engine is one session per process and data path, however many clients
+# open it (two apps in one test process, a key reload next to a query): one lock per path.
+_ENGINE_LOCKS: dict[str, threading.Lock] = {}
+_ENGINE_LOCKS_GUARD = threading.Lock()
+
+
+def _engine_lock(dsn: str) -> threading.Lock:
+    with _ENGINE_LOCKS_GUARD:
+        return _ENGINE_LOCKS.setdefault(dsn, threading.Lock())
+
+
 class ClickHouse:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -140,7 +151,7 @@ class ClickHouse:
             self._client = _open(dsn)
         except Exception as exc:  # the client connects (and asks the version) on open
             raise classify(exc, "-- connect") from exc
-        self._lock = threading.Lock()
+        self._lock = _engine_lock(dsn) if self.embedded else threading.Lock()
 
     def _call(self, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """`sql`: the statement, kept on a `ClickHouseQueryError` for the log."""

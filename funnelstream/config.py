@@ -4,14 +4,14 @@ One typed settings class per service (`IngestSettings`, `ProcessorSettings`,
 `QueryApiSettings`), all sharing `CommonSettings`, validated at startup. Keys are
 `SecretStr`. In local mode (`funnelstream serve` with no config) a demo project with fresh
 random keys is written to the data directory; outside local mode a config with a
-placeholder or short key is refused.
+placeholder or short key is refused. Which project a presented key opens is decided in
+one place, funnelstream/keys.py (keys hashed, several per scope, reloaded from ClickHouse).
 """
 
 from __future__ import annotations
 
 import secrets
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +47,13 @@ class CommonSettings(BaseSettings):
     # Origins whose pages may call the query API cross-origin (funnelstream/cors.py);
     # ingest is open to every origin. Empty: same-origin pages and non-browser clients.
     query_cors_origins: tuple[str, ...] = ()
+    # API keys (funnelstream/keys.py): the HMAC secret stored key digests are made with,
+    # the same in every process sharing one ClickHouse. Local mode: generated once into
+    # <data_dir>/key_secret when unset; required outside local mode.
+    key_secret: SecretStr | None = None
+    # How often every process reloads the stored keys: a revoked key stops working
+    # everywhere within this bound (while ClickHouse answers).
+    key_refresh_seconds: float = Field(default=5.0, gt=0)
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
@@ -107,26 +114,6 @@ class ProjectConfig:
     projects: tuple[Project, ...]
     funnels: tuple[FunnelDefinition, ...]
     path: Path | None = None
-
-    def by_write_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.write_key)
-
-    def by_read_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.read_key)
-
-    def by_admin_key(self, key: str) -> Project | None:
-        return self._by_key(key, lambda p: p.admin_key)
-
-    def _by_key(self, key: str, which: Callable[[Project], SecretStr | None]) -> Project | None:
-        # Compared as bytes: compare_digest refuses non-ASCII str (a 500 before).
-        given = key.encode("utf-8", "surrogateescape")
-        for p in self.projects:
-            secret = which(p)
-            if secret is not None and secrets.compare_digest(
-                secret.get_secret_value().encode(), given
-            ):
-                return p
-        return None
 
 
 def _check_key(project: str, name: str, key: str, mode: str) -> None:
@@ -220,7 +207,79 @@ def local_config(data_dir: Path) -> Path:
             f'read_key = "rk_{secrets.token_urlsafe(18)}"\n'
             f'admin_key = "ak_{secrets.token_urlsafe(18)}"\n' + DEMO_FUNNEL
         )
+    else:
+        add_missing_admin_keys(path)
     return path
+
+
+def add_missing_admin_keys(path: Path) -> list[str]:
+    """Give every project of a data directory's config an admin key if it has none: the
+    previous release wrote the demo project without one. The line goes right after the
+    project's read_key line, the file is replaced whole, and nothing else changes.
+    Returns the projects that got one."""
+    text = path.read_text()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return []  # load_config says what is wrong with it
+    missing = {
+        str(raw.get("id"))
+        for raw in doc.get("projects", [])
+        if isinstance(raw, dict) and "admin_key" not in raw
+    }
+    if not missing:
+        return []
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    in_project = False
+    added: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        # One [[projects]] table's lines: its id decides whether it needs a key.
+        ids = [tomllib.loads(line).get("id") for line in block if _is_assignment(line, "id")]
+        needs = bool(ids) and str(ids[0]) in missing
+        for line in block:
+            out.append(line)
+            if needs and _is_assignment(line, "read_key"):
+                out.append(f'admin_key = "ak_{secrets.token_urlsafe(18)}"\n')
+                added.append(str(ids[0]))
+        block.clear()
+
+    for line in lines:
+        header = line.strip()
+        if header.startswith("["):
+            if in_project:
+                flush()
+            in_project = header.replace(" ", "") == "[[projects]]"
+        (block if in_project else out).append(line)
+    if in_project:
+        flush()
+    migrated = "".join(out)
+    if not migrated.endswith("\n") or sorted(added) != sorted(missing):
+        # Not laid out as we write it (a key on one line after `read_key`): leave the file
+        # as the user keeps it; those projects go on without an admin key.
+        return []
+    try:
+        if any(p.admin_key is None for p in parse_config(migrated).projects):
+            return []
+    except ConfigError:
+        return []  # load_config says what is wrong with the file as it is
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(migrated)
+    tmp.chmod(path.stat().st_mode & 0o777)
+    tmp.replace(path)
+    return added
+
+
+def _is_assignment(line: str, name: str) -> bool:
+    head = line.split("=", 1)[0].strip()
+    if head != name or "=" not in line:
+        return False
+    try:
+        return name in tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return False
 
 
 def load_config(settings: CommonSettings) -> ProjectConfig:

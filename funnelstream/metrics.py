@@ -172,3 +172,28 @@ QUERY_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+
+# API keys (funnelstream/key_store.py)
+KEY_REFRESH_FAILURES = Counter(
+    "funnelstream_key_refresh_failures_total",
+    "Reloads of the stored API keys that failed (the last loaded keys stay in use)",
+    registry=REGISTRY,
+)
+KEYS_LOADED_AT = Gauge(
+    "funnelstream_keys_loaded_timestamp_seconds",
+    "When this process last loaded the stored API keys (seconds since the epoch); a "
+    "revocation made after it is not seen here yet",
+    registry=REGISTRY,
+)
+KEYS_ACTIVE = Gauge(
+    "funnelstream_keys_active",
+    "Active API keys this process accepts, by scope (config file and stored)",
+    ["scope"],
+    registry=REGISTRY,
+)
+AUTH_REFUSED = Counter(
+    "funnelstream_auth_refused_total",
+    "Requests refused for their key: missing, unknown, or of another scope",
+    ["reason"],
+    registry=REGISTRY,
+)

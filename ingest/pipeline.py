@@ -2,7 +2,8 @@
 
     read_body     size limit (before and after gzip), or 413
     parse_json    one event object or {"batch": [...]}, or 400
-    authenticate  write key from `Authorization: Bearer` or the body, or 401
+    authenticate  write key from `Authorization: Bearer` or the body, or 401 (403: a
+                  valid key of another scope)
     validate      per event: which index, which field, why
     drop_bots     typed reason + metric; the client is told how many were dropped
     enrich        received time, user agent → browser/os/device, CDN header → country
@@ -23,7 +24,9 @@ from typing import Any
 import orjson
 
 from funnelstream import metrics
-from funnelstream.config import Project, ProjectConfig
+from funnelstream.config import Project
+from funnelstream.key_store import KeyStore
+from funnelstream.keys import WrongScope
 from funnelstream.log import LogProducer, LogRecord, LogUnavailable
 from ingest.useragent import bot_reason, parse_user_agent
 from schemas.events import Event, FieldError, encode, parse_event, parse_timestamp
@@ -133,7 +136,7 @@ def parse_json(raw: bytes, max_events: int) -> tuple[list[Any], dict[str, Any]]:
     )
 
 
-def authenticate(config: ProjectConfig, authorization: str, envelope: dict[str, Any]) -> Project:
+def authenticate(keys: KeyStore, authorization: str, envelope: dict[str, Any]) -> Project:
     key = ""
     if authorization.lower().startswith("bearer "):
         key = authorization[7:].strip()
@@ -141,10 +144,17 @@ def authenticate(config: ProjectConfig, authorization: str, envelope: dict[str, 
         key = envelope["write_key"]
     if not key:
         raise IngestError(401, "missing_write_key", "send the project write key", field="write_key")
-    project = config.by_write_key(key)
-    if project is None:
+    found = keys.authorize(key, "write")
+    if found is None:
         raise IngestError(401, "invalid_write_key", "unknown write key", field="write_key")
-    return project
+    if isinstance(found, WrongScope):
+        raise IngestError(
+            403,
+            "insufficient_scope",
+            f"sending events needs a key of scope write; the key sent has scope {found.held}",
+            field="write_key",
+        )
+    return found
 
 
 def validate(

@@ -39,6 +39,7 @@ def error_response(exc: IngestError) -> JSONResponse:
         207: {"description": "Some events stored; `errors` lists the others by index/field"},
         400: {"description": "Nothing valid: `errors` or `field` says what and why"},
         401: {"description": "Missing or unknown write key"},
+        403: {"description": "A valid key of another scope (`insufficient_scope`)"},
         413: {"description": "Body or batch too large"},
         503: {"description": "The log is unavailable or overloaded; retry after Retry-After"},
     },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from funnelstream import metrics
 from funnelstream.config import IngestSettings, ProjectConfig
+from funnelstream.key_store import KeyStore
 from funnelstream.log import LogProducer
 from ingest import pipeline
 from ingest.pipeline import IngestError, Request, Result
@@ -11,10 +12,16 @@ from ingest.pipeline import IngestError, Request, Result
 
 class IngestService:
     def __init__(
-        self, settings: IngestSettings, config: ProjectConfig, producer: LogProducer
+        self,
+        settings: IngestSettings,
+        config: ProjectConfig,
+        producer: LogProducer,
+        keys: KeyStore | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
+        # The write keys: the app's key store (stored keys too), or the config's alone.
+        self.keys = keys if keys is not None else KeyStore.config_only(config)
         self.producer = producer
         self._pending = 0
         # Why the log refused the last append, until one succeeds again: shown as the
@@ -28,11 +35,11 @@ class IngestService:
             # set headers, put the key in the body.
             project = None
             if request.authorization.strip().lower() not in ("", "bearer"):
-                project = pipeline.authenticate(self.config, request.authorization, {})
+                project = pipeline.authenticate(self.keys, request.authorization, {})
             raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
             raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
             if project is None:
-                project = pipeline.authenticate(self.config, "", envelope)
+                project = pipeline.authenticate(self.keys, "", envelope)
             events, errors = pipeline.validate(
                 raw_events, envelope, project, request.received_at_ms
             )

@@ -8,8 +8,11 @@ from typing import Annotated, Protocol
 from fastapi import Depends, HTTPException, Request
 
 from funnel.compiled import CompiledFunnel, compile_funnel
+from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.config import Project, ProjectConfig, QueryApiSettings
+from funnelstream.config import Project, QueryApiSettings
+from funnelstream.key_store import KeyStore
+from funnelstream.keys import Scope, WrongScope
 from processor.catalog import FunnelCatalog
 from schemas.funnels import FunnelDefinition
 
@@ -50,36 +53,70 @@ def _bearer(request: Request) -> str:
     return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
 
-def read_project(request: Request) -> Project:
-    config: ProjectConfig = request.app.state.project_config
+def get_key_store(request: Request) -> KeyStore:
+    """The app's keys (funnelstream/key_store.py). An app assembled without one (a test
+    of a few routes) gets the config file's keys alone."""
+    store: KeyStore | None = getattr(request.app.state, "keys", None)
+    if store is None:
+        store = KeyStore.config_only(request.app.state.project_config)
+        request.app.state.keys = store
+    return store
+
+
+def _project_for(request: Request, needed: Scope) -> Project:
+    """The project the bearer key opens for a route needing `needed`: 401 without a key
+    or with an unknown one, 403 for a valid key of another scope."""
     key = _bearer(request)
     if not key:
+        metrics.AUTH_REFUSED.labels("missing_key").inc()
         raise HTTPException(
-            401, {"error": "missing_read_key", "message": "send Authorization: Bearer <read key>"}
+            401,
+            {
+                "error": f"missing_{needed}_key",
+                "field": "authorization",
+                "message": f"send Authorization: Bearer <{needed} key>",
+            },
         )
-    project = config.by_read_key(key)
-    if project is None:
-        raise HTTPException(401, {"error": "invalid_read_key", "message": "unknown read key"})
-    return project
+    found = get_key_store(request).authorize(key, needed)
+    if found is None:
+        metrics.AUTH_REFUSED.labels("unknown_key").inc()
+        raise HTTPException(
+            401,
+            {
+                "error": f"invalid_{needed}_key",
+                "field": "authorization",
+                "message": f"unknown {needed} key",
+            },
+        )
+    if isinstance(found, WrongScope):
+        metrics.AUTH_REFUSED.labels("insufficient_scope").inc()
+        raise HTTPException(
+            403,
+            {
+                "error": "insufficient_scope",
+                "field": "authorization",
+                "required_scope": needed,
+                "message": f"this route needs a key of scope {needed}; the key sent has scope"
+                f" {found.held}",
+            },
+        )
+    return found
+
+
+def read_project(request: Request) -> Project:
+    """The project a read key belongs to: the query routes."""
+    return _project_for(request, "read")
 
 
 def admin_project(request: Request) -> Project:
     """The project an admin key belongs to: funnel definitions, keys, erasure."""
-    config: ProjectConfig = request.app.state.project_config
-    key = _bearer(request)
-    if not key:
-        raise HTTPException(
-            401, {"error": "missing_admin_key", "message": "send Authorization: Bearer <admin key>"}
-        )
-    project = config.by_admin_key(key)
-    if project is None:
-        raise HTTPException(401, {"error": "invalid_admin_key", "message": "unknown admin key"})
-    return project
+    return _project_for(request, "admin")
 
 
 ClickHouseDep = Annotated[ClickHouse, Depends(get_clickhouse)]
 CatalogDep = Annotated[FunnelCatalog, Depends(get_catalog)]
 ReadProject = Annotated[Project, Depends(read_project)]
 AdminProject = Annotated[Project, Depends(admin_project)]
+KeyStoreDep = Annotated[KeyStore, Depends(get_key_store)]
 SettingsDep = Annotated[QueryApiSettings, Depends(get_settings)]
 CompilerDep = Annotated[FunnelCompiler, Depends(get_compiler)]

@@ -103,7 +103,11 @@ def test_bad_input_gets_clear_errors(server: Server) -> None:
     r = server.post([1, 2, 3])
     assert r.status_code == 400 and r.json()["error"] == "invalid_shape"
     r = httpx.post(f"{server.base}/v1/events", content=b"{nope", headers=READ)
-    assert r.status_code == 401
+    assert r.status_code == 403 and r.json()["error"] == "insufficient_scope"  # a read key
+    r = httpx.post(
+        f"{server.base}/v1/events", content=b"{nope", headers={"Authorization": "Bearer wk_nope"}
+    )
+    assert r.status_code == 401 and r.json()["error"] == "invalid_write_key"
     r = httpx.post(
         f"{server.base}/v1/events", content=b"{nope", headers={"Authorization": "Bearer wk_test"}
     )

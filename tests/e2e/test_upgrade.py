@@ -21,7 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from funnelstream.config import CommonSettings, load_config
 from funnelstream.demo import STEPS, storefront
+from funnelstream.key_store import KeyStore
 from tests.e2e.server import Server, stats
 
 pytestmark = pytest.mark.clickhouse
@@ -139,3 +141,43 @@ def test_a_previous_release_data_dir_is_migrated_forward(tmp_path: Path) -> None
         assert after["visitors"] == before["visitors"] + 1
     finally:
         new.stop()
+
+
+def test_a_previous_release_local_config_gets_an_admin_key(tmp_path: Path) -> None:
+    """The previous release wrote the local demo config without an admin key; starting
+    this release on that data directory adds one (and changes nothing else)."""
+    release = extract_release(PREVIOUS_RELEASE, tmp_path / "release")
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from funnelstream.config import local_config;"
+            " local_config(Path(sys.argv[1]))",
+            str(data),
+        ],
+        cwd=release,
+        env={**os.environ, "PYTHONPATH": str(release)},
+        check=True,
+    )
+    path = data / "funnelstream.toml"
+    old_text = path.read_text()
+    assert "admin_key" not in old_text
+    path.chmod(0o640)
+
+    config = load_config(CommonSettings(data_dir=data))  # what every start does first
+    [project] = config.projects
+    assert project.admin_key is not None
+    new_text = path.read_text()
+    # Only the one line is added, right after the read key (the README tour greps it).
+    added = [line for line in new_text.splitlines() if line not in old_text.splitlines()]
+    assert added == [f'admin_key = "{project.admin_key.get_secret_value()}"']
+    assert project.admin_key.get_secret_value().startswith("ak_")
+    assert (path.stat().st_mode & 0o777) == 0o640
+    assert [f.id for f in config.funnels] == ["checkout"]
+    keys = KeyStore.config_only(config)
+    assert keys.authorize(project.admin_key.get_secret_value(), "admin") is project
+    assert keys.authorize(project.write_key.get_secret_value(), "write") is project
+    # A second start finds nothing to add.
+    load_config(CommonSettings(data_dir=data))
+    assert path.read_text() == new_text

@@ -13,11 +13,15 @@ from funnelstream.config import (
     ConfigError,
     IngestSettings,
     ProcessorSettings,
+    Project,
     QueryApiSettings,
+    add_missing_admin_keys,
     load_config,
     local_config,
     parse_config,
 )
+from funnelstream.key_store import KeyStore
+from funnelstream.keys import WrongScope
 
 GOOD_WK = "wk_0123456789abcdef"
 GOOD_RK = "rk_0123456789abcdef"
@@ -53,13 +57,14 @@ def test_parses_projects_and_funnels() -> None:
 
 def test_lookup_by_key() -> None:
     config = parse_config(project() + project("blog", "wk_b" * 5, "rk_b" * 5))
-    shop = config.by_write_key(GOOD_WK)
-    assert shop is not None and shop.id == "shop"
-    blog = config.by_read_key("rk_b" * 5)
-    assert blog is not None and blog.id == "blog"
-    assert config.by_write_key(GOOD_RK) is None  # a read key is not a write key
-    assert config.by_read_key(GOOD_WK) is None
-    assert config.by_write_key("") is None
+    keys = KeyStore.config_only(config)  # how every process looks keys up
+    shop = keys.authorize(GOOD_WK, "write")
+    assert isinstance(shop, Project) and shop.id == "shop"
+    blog = keys.authorize("rk_b" * 5, "read")
+    assert isinstance(blog, Project) and blog.id == "blog"
+    assert isinstance(keys.authorize(GOOD_RK, "write"), WrongScope)  # a read key
+    assert isinstance(keys.authorize(GOOD_WK, "read"), WrongScope)
+    assert keys.authorize("", "write") is None
 
 
 @pytest.mark.parametrize("key", ["changeme", "CHANGEME", "change-me", "secret", "password", "test"])
@@ -224,3 +229,25 @@ def test_settings_refuse_an_unknown_mode(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FUNNELSTREAM_MODE", "prod")
     with pytest.raises(ValueError, match="mode"):
         CommonSettings()
+
+
+def test_missing_admin_keys_are_added_to_the_projects_without_one(tmp_path: Path) -> None:
+    path = tmp_path / "funnelstream.toml"
+    path.write_text(
+        '[[projects]]\nid = "a"\nwrite_key = "wk_a"\nread_key = "rk_a"  # keep\n\n'
+        '[[projects]]\nid = "b"\nwrite_key = "wk_b"\nread_key = "rk_b"\nadmin_key = "ak_b"\n'
+    )
+    assert add_missing_admin_keys(path) == ["a"]
+    a, b = parse_config(path.read_text()).projects
+    assert a.admin_key is not None and a.admin_key.get_secret_value().startswith("ak_")
+    assert b.admin_key is not None and b.admin_key.get_secret_value() == "ak_b"
+    assert 'read_key = "rk_a"  # keep\nadmin_key = "ak_' in path.read_text()
+    assert add_missing_admin_keys(path) == []
+
+
+def test_a_config_not_laid_out_as_written_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "funnelstream.toml"
+    text = 'projects = [{ id = "a", write_key = "wk_a", read_key = "rk_a" }]\n'
+    path.write_text(text)
+    assert add_missing_admin_keys(path) == []
+    assert path.read_text() == text

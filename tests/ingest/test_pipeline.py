@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.key_store import KeyStore
 from funnelstream.log import LogProducer, LogRecord, LogUnavailable
 from ingest.pipeline import (
     IngestError,
@@ -33,6 +34,7 @@ LIMIT = 1000
 SHOP = Project("shop", SecretStr("wk_shop_0123456789"), SecretStr("rk_shop_0123456789"))
 BLOG = Project("blog", SecretStr("wk_blog_0123456789"), SecretStr("rk_blog_0123456789"))
 CONFIG = ProjectConfig((SHOP, BLOG), ())
+KEYS = KeyStore.config_only(CONFIG)
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 
 
@@ -159,19 +161,18 @@ def test_error_body() -> None:
 
 
 def test_header_key() -> None:
-    assert authenticate(CONFIG, "Bearer wk_blog_0123456789", {}) is BLOG
-    assert authenticate(CONFIG, "bearer  wk_blog_0123456789 ", {}) is BLOG
+    assert authenticate(KEYS, "Bearer wk_blog_0123456789", {}) is BLOG
+    assert authenticate(KEYS, "bearer  wk_blog_0123456789 ", {}) is BLOG
 
 
 def test_header_key_wins_over_the_body_key() -> None:
     assert (
-        authenticate(CONFIG, "Bearer wk_blog_0123456789", {"write_key": "wk_shop_0123456789"})
-        is BLOG
+        authenticate(KEYS, "Bearer wk_blog_0123456789", {"write_key": "wk_shop_0123456789"}) is BLOG
     )
 
 
 def test_body_key() -> None:
-    assert authenticate(CONFIG, "", {"write_key": "wk_shop_0123456789"}) is SHOP
+    assert authenticate(KEYS, "", {"write_key": "wk_shop_0123456789"}) is SHOP
 
 
 @pytest.mark.parametrize(
@@ -184,12 +185,21 @@ def test_body_key() -> None:
         ("Basic dXNlcjpwYXNz", {}, "missing_write_key"),
         ("Bearer nope", {}, "invalid_write_key"),
         ("", {"write_key": "nope"}, "invalid_write_key"),
-        ("Bearer rk_shop_0123456789", {}, "invalid_write_key"),  # read key
+        # Keys that cannot be anyone's: no match, never a 500.
+        ("Bearer wk_shop_01234567é9", {}, "invalid_write_key"),
+        ("Bearer \xff\xfe", {}, "invalid_write_key"),
+        ("", {"write_key": "wk_\ud800"}, "invalid_write_key"),
     ],
 )
 def test_authenticate_refusals(authorization: str, envelope: dict[str, Any], code: str) -> None:
-    err = refused(authenticate, CONFIG, authorization, envelope)
+    err = refused(authenticate, KEYS, authorization, envelope)
     assert (err.status, err.code, err.field) == (401, code, "write_key")
+
+
+def test_a_read_key_sent_to_ingest_is_the_wrong_scope() -> None:
+    err = refused(authenticate, KEYS, "Bearer rk_shop_0123456789", {})
+    assert (err.status, err.code, err.field) == (403, "insufficient_scope", "write_key")
+    assert "scope read" in err.message
 
 
 # validate
