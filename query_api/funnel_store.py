@@ -28,14 +28,15 @@ COLUMNS = (
 )
 _SELECT = "SELECT project_id, funnel_id, version, definition, saved_at, archived_at"
 
-# Per funnel its newest version, with when the funnel was first saved.
+# Per funnel its newest version, with when the funnel was first saved. (Not argMax: it
+# skips NULLs, so an archived version's archived_at would stick to the next version.)
 LATEST_SQL = """
-SELECT project_id, funnel_id, max(version), argMax(definition, version),
-       argMax(saved_at, version), argMax(archived_at, version), min(saved_at)
+SELECT project_id, funnel_id, version, definition, saved_at, archived_at,
+       min(saved_at) OVER (PARTITION BY project_id, funnel_id)
 FROM funnel_versions FINAL
 {where}
-GROUP BY project_id, funnel_id
-ORDER BY project_id, funnel_id
+ORDER BY project_id, funnel_id, version DESC
+LIMIT 1 BY project_id, funnel_id
 """
 
 

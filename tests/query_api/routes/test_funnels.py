@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
@@ -23,6 +26,7 @@ from query_api.routes.funnels import router as funnels_router
 from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import truncate_all
 
 pytestmark = pytest.mark.clickhouse
 
@@ -264,3 +268,88 @@ def test_a_quarantined_version_is_listed_and_replaced_by_put(
     )
     assert client.put("/v1/funnels/flow", json=VIEW_CART, headers=ADMIN).json()["version"] == 2
     assert client.get("/v1/funnels/flow", headers=READ).json()["status"] == "active"
+
+
+# -- any sequence of writes against a model of the rules ------------------------------------
+
+IDS = ("a", "b", "checkout")  # checkout: the config file's
+STEP_EVENTS = ("cart", "buy", "x")
+LIMIT = 2  # the config funnel is one of them
+Op = tuple[str, str, str]  # (method, funnel id, second step's event)
+
+
+@dataclass
+class Modelled:
+    """One API funnel as the rules say it is: its versions' second steps, archived or not."""
+
+    versions: list[str] = field(default_factory=list)
+    archived: bool = False
+
+
+def expected(model: dict[str, Modelled], op: Op) -> tuple[int, str | None]:
+    """(status, error code) the rules give `op`, applied to the model when it succeeds."""
+    method, fid, event = op
+    if fid == "checkout":
+        return 409, "funnel_read_only"
+    funnel = model.get(fid)
+    active = 1 + sum(not f.archived for f in model.values())
+    if method == "DELETE":
+        if funnel is None:
+            return 404, "funnel_not_found"
+        funnel.archived = True
+        return 200, None
+    if method == "POST" and funnel is not None and not funnel.archived:
+        return 409, "funnel_exists"
+    if method == "PUT" and funnel is None:
+        return 404, "funnel_not_found"
+    if (funnel is None or funnel.archived) and active >= LIMIT + 1:
+        return 409, "funnel_limit_reached"
+    funnel = model.setdefault(fid, Modelled())
+    funnel.versions.append(event)
+    funnel.archived = False
+    return (201 if method == "POST" else 200), None
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(("POST", "PUT", "DELETE")),
+            st.sampled_from(IDS),
+            st.sampled_from(STEP_EVENTS),
+        ),
+        max_size=12,
+    )
+)
+def test_any_sequence_of_writes_follows_the_rules(ch: ClickHouse, ops: list[Op]) -> None:
+    truncate_all(ch)
+    events(ch, [("v1", "view", 0), ("v1", "cart", 5), ("v2", "view", 0), ("v2", "buy", 9)])
+    model: dict[str, Modelled] = {}
+    with TestClient(make_app(ch, limit=LIMIT + 1)) as client:
+        for method, fid, event in ops:
+            body = {"id": fid, "steps": [{"event": "view"}, {"event": event}]}
+            path = "/v1/funnels" if method == "POST" else f"/v1/funnels/{fid}"
+            r = client.request(
+                method, path, json=None if method == "DELETE" else body, headers=ADMIN
+            )
+            status, code = expected(model, (method, fid, event))
+            assert r.status_code == status, (method, fid, r.text)
+            if code is not None:
+                assert r.json()["detail"]["error"] == code
+        listed = {f["id"]: f for f in client.get("/v1/funnels", headers=READ).json()}
+        assert listed.keys() == {"checkout", *model}
+        for fid, funnel in model.items():
+            assert listed[fid]["version"] == len(funnel.versions)
+            assert listed[fid]["status"] == ("archived" if funnel.archived else "active")
+            history = client.get(f"/v1/funnels/{fid}/versions", headers=READ).json()
+            assert [v["definition"]["steps"][1]["event"] for v in history] == funnel.versions
+            # Every version's report computes with that version's definition.
+            for n, event in enumerate(funnel.versions, start=1):
+                reached = {"cart": 1, "buy": 1, "x": 0}[event]
+                assert visitors(client, fid, version=str(n)) == [2, reached]
+            live = client.get(f"/v1/funnels/{fid}/live", params={"minutes": 0}, headers=READ)
+            assert live.status_code == (404 if funnel.archived else 200)
