@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import ProjectConfig
@@ -26,6 +26,35 @@ from query_api.funnel_store import StoredVersion
 from schemas.funnels import FunnelDefinition, validate_funnel
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnels"])
+
+
+class FunnelOut(BaseModel):
+    """A funnel as listed: these fields, and its definition's (steps, window_seconds, ...;
+    absent on a stored definition that no longer parses). A save's answer adds `live`:
+    always true (every saved funnel is advanced live)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    project: str
+    source: Literal["config", "api"]
+    version: int | None = Field(description="The current version; null for config funnels")
+    status: Literal["active", "archived", "quarantined"]
+    created_at: datetime | None = Field(description="When version 1 was saved")
+    saved_at: datetime | None = Field(description="When the current version was saved")
+    archived_at: datetime | None
+    code: str | None = Field(default=None, description="Why quarantined: the rule's code")
+    reason: str | None = Field(default=None, description="Why quarantined")
+
+
+class VersionOut(BaseModel):
+    version: int | None = Field(description="null: a config funnel's one entry")
+    source: Literal["config", "api"]
+    definition: dict[str, Any] | str = Field(
+        description="As saved; the saved text if it no longer parses as a definition"
+    )
+    saved_at: datetime | None
+    archived_at: datetime | None
 
 
 def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
@@ -193,7 +222,7 @@ async def project_funnels(
     ]
 
 
-@router.get("", summary="List funnels")
+@router.get("", response_model=list[FunnelOut], summary="List funnels")
 async def list_funnels(
     request: Request, project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
 ) -> list[dict[str, Any]]:
@@ -210,7 +239,7 @@ async def list_funnels(
     return await project_funnels(config, catalog, ch, project.id)
 
 
-@router.get("/{funnel_id}", summary="One funnel")
+@router.get("/{funnel_id}", response_model=FunnelOut, summary="One funnel")
 async def one_funnel(
     funnel_id: str, request: Request, project: ReadProject, catalog: CatalogDep, ch: ClickHouseDep
 ) -> dict[str, Any]:
@@ -226,7 +255,9 @@ async def one_funnel(
     return stored_entry(stored[0], failed.get(funnel_id))
 
 
-@router.get("/{funnel_id}/versions", summary="Every version of a funnel")
+@router.get(
+    "/{funnel_id}/versions", response_model=list[VersionOut], summary="Every version of a funnel"
+)
 async def funnel_versions(
     funnel_id: str, request: Request, project: ReadProject, ch: ClickHouseDep
 ) -> list[dict[str, Any]]:
@@ -343,7 +374,7 @@ def _saved(funnel: FunnelDefinition, saved: StoredVersion) -> dict[str, Any]:
     return {**stored_entry(saved, None), **funnel.model_dump(), "live": True}
 
 
-@router.post("", status_code=201, summary="Create a funnel (admin key)")
+@router.post("", status_code=201, response_model=FunnelOut, summary="Create a funnel (admin key)")
 async def create_funnel(
     body: dict[str, Any],
     request: Request,
@@ -379,7 +410,11 @@ async def create_funnel(
     return _saved(funnel, saved)
 
 
-@router.put("/{funnel_id}", summary="Replace a funnel: a new version (admin key)")
+@router.put(
+    "/{funnel_id}",
+    response_model=FunnelOut,
+    summary="Replace a funnel: a new version (admin key)",
+)
 async def replace_funnel(
     funnel_id: str,
     body: dict[str, Any],
@@ -421,7 +456,7 @@ async def replace_funnel(
     return _saved(funnel, saved)
 
 
-@router.delete("/{funnel_id}", summary="Archive a funnel (admin key)")
+@router.delete("/{funnel_id}", response_model=FunnelOut, summary="Archive a funnel (admin key)")
 async def archive_funnel(
     funnel_id: str,
     request: Request,
