@@ -505,3 +505,32 @@ async def _report_funnel(
 
 
 ReportFunnel = Annotated[FunnelDefinition, Depends(_report_funnel)]
+
+
+async def _live_funnel(
+    funnel_id: str,
+    project: ReadProject,
+    catalog: CatalogDep,
+    ch: ClickHouseDep,
+    version: Annotated[
+        str | None,
+        Query(
+            description="Not accepted: live state is kept for the current version only;"
+            " an earlier version's numbers come from the report routes"
+        ),
+    ] = None,
+) -> FunnelDefinition:
+    if version is not None:
+        raise HTTPException(
+            400,
+            {
+                "error": "version_not_live",
+                "field": "version",
+                "message": "live state is kept for the current version only; ask a report"
+                f" route (GET /v1/funnels/{funnel_id}/report?version=…) for an earlier one",
+            },
+        )
+    return await live_funnel(catalog, ch, project.id, funnel_id)
+
+
+LiveFunnel = Annotated[FunnelDefinition, Depends(_live_funnel)]

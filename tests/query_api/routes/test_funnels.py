@@ -163,6 +163,8 @@ def test_archive_keeps_history_and_a_new_save_is_the_next_version(
     assert archived.status_code == 200, archived.text
     assert archived.json()["status"] == "archived" and archived.json()["archived_at"]
 
+    asked = error(client.get("/v1/funnels/flow/live?version=1", headers=READ), 400)
+    assert (asked["error"], asked["field"]) == ("version_not_live", "version")
     live = error(client.get("/v1/funnels/flow/live", headers=READ), 404)
     assert live["error"] == "funnel_archived"
     assert client.get("/v1/funnels/flow/live/stream", headers=READ).status_code == 404
