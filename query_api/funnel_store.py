@@ -163,3 +163,8 @@ def load_all_sync(ch: ClickHouse, config: ProjectConfig) -> LoadedFunnels:
         else:
             quarantined.append(QuarantinedFunnel(*key, *parsed))
     return LoadedFunnels(list(merged.values()), quarantined, loaded_versions)
+
+
+def config_funnel(config: ProjectConfig, project: str, funnel_id: str) -> FunnelDefinition | None:
+    """The config file's funnel of this id, if any (read-only through the API)."""
+    return next((f for f in config.funnels if f.project == project and f.id == funnel_id), None)

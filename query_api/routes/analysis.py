@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from funnelstream import metrics
 from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
-from query_api.routes.funnels import ReportFunnel
+from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
 from query_api.sql.analysis import (
     SESSION_FIELDS,

@@ -12,49 +12,22 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import ValidationError
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import ProjectConfig
-from processor.catalog import FunnelCatalog, QuarantinedFunnel
+from processor.catalog import FunnelCatalog
 from query_api import funnel_store
 from query_api.deps import AdminProject, CatalogDep, ClickHouseDep, ReadProject, SettingsDep
-from query_api.funnel_store import StoredVersion
+from query_api.funnel_store import StoredVersion, config_funnel
+from query_api.funnel_views import FunnelOut, VersionOut, as_saved, config_entry, stored_entry
+from query_api.routes.funnel_lookup import not_found
 from schemas.funnels import FunnelDefinition, validate_funnel
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnels"])
-
-
-class FunnelOut(BaseModel):
-    """A funnel as listed: these fields, and its definition's (steps, window_seconds, ...;
-    absent on a stored definition that no longer parses). A save's answer adds `live`:
-    always true (every saved funnel is advanced live)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    project: str
-    source: Literal["config", "api"]
-    version: int | None = Field(description="The current version; null for config funnels")
-    status: Literal["active", "archived", "quarantined"]
-    created_at: datetime | None = Field(description="When version 1 was saved")
-    saved_at: datetime | None = Field(description="When the current version was saved")
-    archived_at: datetime | None
-    code: str | None = Field(default=None, description="Why quarantined: the rule's code")
-    reason: str | None = Field(default=None, description="Why quarantined")
-
-
-class VersionOut(BaseModel):
-    version: int | None = Field(description="null: a config funnel's one entry")
-    source: Literal["config", "api"]
-    definition: dict[str, Any] | str = Field(
-        description="As saved; the saved text if it no longer parses as a definition"
-    )
-    saved_at: datetime | None
-    archived_at: datetime | None
 
 
 def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
@@ -78,135 +51,7 @@ def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
     return funnel
 
 
-def _not_found(funnel_id: str) -> HTTPException:
-    return HTTPException(404, {"error": "funnel_not_found", "message": funnel_id})
-
-
-async def live_funnel(
-    catalog: FunnelCatalog, ch: ClickHouse, project: str, funnel_id: str
-) -> FunnelDefinition:
-    """The funnel's current version, for the live routes; an archived funnel has no live
-    state to read (404 `funnel_archived`), its reports stay queryable."""
-    funnel = catalog.get(project, funnel_id)
-    if funnel is not None:
-        return funnel
-    stored = await funnel_store.latest(ch, project, funnel_id)
-    if stored and stored[0].archived_at is not None:
-        raise HTTPException(
-            404,
-            {
-                "error": "funnel_archived",
-                "message": f"{funnel_id} was archived at {stored[0].archived_at.isoformat()}:"
-                " the processor no longer advances it; its reports stay queryable",
-            },
-        )
-    raise _not_found(funnel_id)
-
-
-def _config_funnel(config: ProjectConfig, project: str, funnel_id: str) -> FunnelDefinition | None:
-    return next((f for f in config.funnels if f.project == project and f.id == funnel_id), None)
-
-
-def _stored_definition(stored: StoredVersion) -> FunnelDefinition:
-    parsed = funnel_store.parse_stored(stored.definition)
-    if isinstance(parsed, FunnelDefinition):
-        return parsed
-    code, reason = parsed
-    raise HTTPException(
-        409,
-        {
-            "error": "funnel_quarantined",
-            "message": f"version {stored.version} no longer validates ({code}: {reason});"
-            " replace it with PUT",
-        },
-    )
-
-
-async def report_funnel(
-    request: Request,
-    catalog: FunnelCatalog,
-    ch: ClickHouse,
-    project: str,
-    funnel_id: str,
-    version: int | None,
-) -> FunnelDefinition:
-    """The definition a report computes with: `version`'s, or the current one (an
-    archived funnel's last). Reports read stored events, so any version's is exact."""
-    config: ProjectConfig = request.app.state.project_config
-    if version is None:
-        current = catalog.get(project, funnel_id)
-        if current is not None:
-            return current
-        # Not advanced live: archived, or quarantined; its history is still there.
-        stored = await funnel_store.latest(ch, project, funnel_id)
-        if not stored or _config_funnel(config, project, funnel_id) is not None:
-            raise _not_found(funnel_id)
-        return _stored_definition(stored[0])
-    if _config_funnel(config, project, funnel_id) is not None:
-        raise HTTPException(
-            400,
-            {
-                "error": "funnel_has_no_versions",
-                "field": "version",
-                "message": f"{funnel_id} is defined in the config file: it has no stored"
-                " versions; leave out `version`",
-            },
-        )
-    found = [v for v in await funnel_store.versions(ch, project, funnel_id) if v.version == version]
-    if not found:
-        raise HTTPException(
-            404,
-            {
-                "error": "version_not_found",
-                "field": "version",
-                "message": f"{funnel_id} has no version {version}"
-                f" (GET /v1/funnels/{funnel_id}/versions lists them)",
-            },
-        )
-    return _stored_definition(found[0])
-
-
 # -- listing ---------------------------------------------------------------------------
-
-
-def config_entry(funnel: FunnelDefinition, failed: QuarantinedFunnel | None) -> dict[str, Any]:
-    """A config-file funnel as listed: no versions, no save times."""
-    entry: dict[str, Any] = {
-        **funnel.model_dump(),
-        "source": "config",
-        "version": None,
-        "status": "active",
-        "created_at": None,
-        "saved_at": None,
-        "archived_at": None,
-    }
-    return entry if failed is None else {**entry, **_quarantined(failed.code, failed.reason)}
-
-
-def stored_entry(stored: StoredVersion, failed: QuarantinedFunnel | None) -> dict[str, Any]:
-    """An API funnel as listed: its newest version, and whether it is advanced live."""
-    entry: dict[str, Any] = {
-        "id": stored.funnel_id,
-        "project": stored.project,
-        "source": "api",
-        "version": stored.version,
-        "status": "archived" if stored.archived else "active",
-        "created_at": stored.created_at,
-        "saved_at": stored.saved_at,
-        "archived_at": stored.archived_at,
-    }
-    parsed = funnel_store.parse_stored(stored.definition)
-    if isinstance(parsed, FunnelDefinition):
-        entry = {**parsed.model_dump(), **entry}
-    elif not stored.archived:
-        return {**entry, **_quarantined(*parsed)}
-    if failed is not None and not stored.archived:
-        return {**entry, **_quarantined(failed.code, failed.reason)}
-    return entry
-
-
-def _quarantined(code: str, reason: str) -> dict[str, Any]:
-    return {"status": "quarantined", "code": code, "reason": reason}
 
 
 async def project_funnels(
@@ -246,12 +91,12 @@ async def one_funnel(
     """The funnel as `GET /v1/funnels` lists it."""
     config: ProjectConfig = request.app.state.project_config
     failed = {q.funnel_id: q for q in catalog.quarantined(project.id)}
-    from_config = _config_funnel(config, project.id, funnel_id)
+    from_config = config_funnel(config, project.id, funnel_id)
     if from_config is not None:
         return config_entry(from_config, failed.get(funnel_id))
     stored = await funnel_store.latest(ch, project.id, funnel_id)
     if not stored:
-        raise _not_found(funnel_id)
+        raise not_found(funnel_id)
     return stored_entry(stored[0], failed.get(funnel_id))
 
 
@@ -265,7 +110,7 @@ async def funnel_versions(
     and `archived_at` on a version that was archived. A config funnel has one entry,
     `version` null: the config file is where its history is kept."""
     config: ProjectConfig = request.app.state.project_config
-    from_config = _config_funnel(config, project.id, funnel_id)
+    from_config = config_funnel(config, project.id, funnel_id)
     if from_config is not None:
         return [
             {
@@ -278,23 +123,17 @@ async def funnel_versions(
         ]
     stored = await funnel_store.versions(ch, project.id, funnel_id)
     if not stored:
-        raise _not_found(funnel_id)
+        raise not_found(funnel_id)
     return [
         {
             "version": v.version,
             "source": "api",
-            "definition": _as_saved(v.definition),
+            "definition": as_saved(v.definition),
             "saved_at": v.saved_at,
             "archived_at": v.archived_at,
         }
         for v in stored
     ]
-
-
-def _as_saved(definition: str) -> Any:
-    """The stored JSON as saved; text a definition no longer parses from stays text."""
-    parsed = funnel_store.parse_stored(definition)
-    return parsed.model_dump() if isinstance(parsed, FunnelDefinition) else definition
 
 
 # -- writes (admin key) ----------------------------------------------------------------
@@ -312,8 +151,8 @@ def write_lock(request: Request) -> asyncio.Lock:
 WriteLock = Annotated[asyncio.Lock, Depends(write_lock)]
 
 
-def refuse_config_funnel(config: ProjectConfig, project: str, funnel_id: str) -> None:
-    if _config_funnel(config, project, funnel_id) is None:
+def refuseconfig_funnel(config: ProjectConfig, project: str, funnel_id: str) -> None:
+    if config_funnel(config, project, funnel_id) is None:
         return
     raise HTTPException(
         409,
@@ -390,7 +229,7 @@ async def create_funnel(
     with PUT); a config funnel's id: 409 `funnel_read_only`."""
     funnel = parse_definition(body, project.id)
     config: ProjectConfig = request.app.state.project_config
-    refuse_config_funnel(config, project.id, funnel.id)
+    refuseconfig_funnel(config, project.id, funnel.id)
     async with lock:
         stored = await funnel_store.latest(ch, project.id)
         current = next((s for s in stored if s.funnel_id == funnel.id), None)
@@ -431,7 +270,7 @@ async def replace_funnel(
     given it must be the path's. An archived funnel is revived by this; an unknown id is
     404 (create it with POST)."""
     config: ProjectConfig = request.app.state.project_config
-    refuse_config_funnel(config, project.id, funnel_id)
+    refuseconfig_funnel(config, project.id, funnel_id)
     if "id" in body and body["id"] != funnel_id:
         raise HTTPException(
             400,
@@ -469,68 +308,14 @@ async def archive_funnel(
     `funnel_archived`; every version and its reports stay queryable. Saving the id again
     (POST or PUT) makes its next version. Archiving an archived funnel changes nothing."""
     config: ProjectConfig = request.app.state.project_config
-    refuse_config_funnel(config, project.id, funnel_id)
+    refuseconfig_funnel(config, project.id, funnel_id)
     async with lock:
         stored = await funnel_store.latest(ch, project.id, funnel_id)
         if not stored:
-            raise _not_found(funnel_id)
+            raise not_found(funnel_id)
         current = stored[0]
         if not current.archived:
             current = replace(current, archived_at=_now())
             await funnel_store.write(ch, current)
     catalog.remove(project.id, funnel_id)
     return stored_entry(current, None)
-
-
-# -- the definition a report route computes with -----------------------------------------
-
-
-async def _report_funnel(
-    funnel_id: str,
-    request: Request,
-    project: ReadProject,
-    catalog: CatalogDep,
-    ch: ClickHouseDep,
-    version: Annotated[
-        int | None,
-        Query(
-            ge=1,
-            le=2**32 - 1,
-            description="Compute with this saved version's definition (GET"
-            " /v1/funnels/{id}/versions lists them); default: the current one",
-        ),
-    ] = None,
-) -> FunnelDefinition:
-    return await report_funnel(request, catalog, ch, project.id, funnel_id, version)
-
-
-ReportFunnel = Annotated[FunnelDefinition, Depends(_report_funnel)]
-
-
-async def _live_funnel(
-    funnel_id: str,
-    project: ReadProject,
-    catalog: CatalogDep,
-    ch: ClickHouseDep,
-    version: Annotated[
-        str | None,
-        Query(
-            description="Not accepted: live state is kept for the current version only;"
-            " an earlier version's numbers come from the report routes"
-        ),
-    ] = None,
-) -> FunnelDefinition:
-    if version is not None:
-        raise HTTPException(
-            400,
-            {
-                "error": "version_not_live",
-                "field": "version",
-                "message": "live state is kept for the current version only; ask a report"
-                f" route (GET /v1/funnels/{funnel_id}/report?version=…) for an earlier one",
-            },
-        )
-    return await live_funnel(catalog, ch, project.id, funnel_id)
-
-
-LiveFunnel = Annotated[FunnelDefinition, Depends(_live_funnel)]

@@ -22,7 +22,7 @@ from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from query_api import compute
 from query_api.deps import ClickHouseDep, ReadProject
-from query_api.routes.funnels import LiveFunnel
+from query_api.routes.funnel_lookup import LiveFunnel
 from query_api.routes.reports import parse_time
 from query_api.sql.live import (
     attempt_counts_sql,

@@ -15,7 +15,8 @@ from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
 from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
-from query_api.routes.funnels import ReportFunnel, parse_definition
+from query_api.routes.funnel_lookup import ReportFunnel
+from query_api.routes.funnels import parse_definition
 from schemas.funnels import FunnelDefinition
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])
