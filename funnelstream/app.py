@@ -123,7 +123,9 @@ def build_app(
                 await asyncio.to_thread(migrate, ch)
                 loaded = await asyncio.to_thread(funnel_store.load_all_sync, ch, project_config)
                 app.state.clickhouse = ch
-                app.state.catalog = FunnelCatalog(loaded.funnels, loaded.quarantined)
+                app.state.catalog = FunnelCatalog(
+                    loaded.funnels, loaded.quarantined, loaded.versions
+                )
                 if roles != ROLES:
                     refresh = _CatalogRefresh(app, ch)
                     components.add_probe("clickhouse", refresh.problem)
@@ -314,4 +316,4 @@ class _CatalogRefresh:
                 log.warning("funnel catalog refresh failed, keeping the last: %s", exc)
                 continue
             self._problem = None
-            self._app.state.catalog.replace(loaded.funnels, loaded.quarantined)
+            self._app.state.catalog.replace(loaded.funnels, loaded.quarantined, loaded.versions)

@@ -95,8 +95,9 @@ class ProcessorSettings(CommonSettings):
 
 class QueryApiSettings(CommonSettings):
     # Reads session_gap_seconds (common): reports split sessions where the processor does.
-    # Saved funnels (config ones included) one project may hold; replacing one is always
-    # allowed. Every funnel is advanced live for every event, so this bounds that work.
+    # Active funnels (config ones included, archived ones not) one project may hold;
+    # replacing one is always allowed. Every active funnel is advanced live for every
+    # event, so this bounds that work.
     max_funnels_per_project: int = Field(default=100, ge=1)
 
 

@@ -24,6 +24,16 @@ def definition_hash(funnel: FunnelDefinition) -> str:
     return hashlib.sha256(funnel.model_dump_json(warnings=False).encode()).hexdigest()[:16]
 
 
+def state_key(funnel: FunnelDefinition, version: int | None) -> str:
+    """What a funnel's live state (backfill markers, per-visitor progress rows) is keyed
+    by: its definition and its version. A new version is rebuilt by its backfill even with
+    the definition of an earlier one: events stored while the funnel was archived were not
+    folded into it. Version 1 (and a config funnel, without versions) keeps the plain hash,
+    the key the previous release wrote, so an upgrade rebuilds nothing."""
+    digest = definition_hash(funnel)
+    return digest if version is None or version <= 1 else f"{digest}@v{version}"
+
+
 def rebuild_progress(
     funnel: FunnelDefinition,
     events: Iterable[tuple[str, str, int, dict[str, str]]],

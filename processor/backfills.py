@@ -43,7 +43,7 @@ import orjson
 from funnel.fold import FunnelProgress
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
-from processor.backfill import apply_rebuilt, definition_hash, group_rows, rebuild_progress
+from processor.backfill import apply_rebuilt, group_rows, rebuild_progress, state_key
 from processor.catalog import FunnelCatalog
 from processor.restore import stored_markers, stored_progress
 from processor.retry import Retrier
@@ -265,7 +265,7 @@ class Backfiller:
         keys_of: dict[tuple[int, str], list[str]] = {}
         jobs = []
         for funnel in self._catalog.all():
-            digest = definition_hash(funnel)
+            digest = state_key(funnel, self._catalog.version_of(funnel.project, funnel.id))
             key = (funnel.project, funnel.id)
             parts = [p for p in held if self.done[p].get(key) != digest]
             if not parts:

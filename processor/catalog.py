@@ -9,7 +9,7 @@ is replaced by another definition, and every other funnel and event goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from funnelstream import metrics
@@ -37,23 +37,31 @@ class FunnelCatalog:
         self,
         funnels: Iterable[FunnelDefinition] = (),
         quarantined: Iterable[QuarantinedFunnel] = (),
+        versions: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self._by_project: dict[str, list[FunnelDefinition]] = {}
+        # (project, funnel id) -> the stored version of an API funnel (config ones: none).
+        self._versions: dict[tuple[str, str], int] = {}
         self._defined: list[FunnelDefinition] = []
         self._quarantined: tuple[QuarantinedFunnel, ...] = ()
         # Definitions that failed at run time, with why: out until the definition changes.
         self._failed: dict[tuple[str, str], tuple[FunnelDefinition, QuarantinedFunnel]] = {}
         # Bumped on every change, so the processor notices funnels to backfill.
         self.version = 0
-        self.replace(funnels, quarantined)
+        self.replace(funnels, quarantined, versions or {})
 
     def replace(
         self,
         funnels: Iterable[FunnelDefinition],
         quarantined: Iterable[QuarantinedFunnel] | None = None,
+        versions: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
-        """`quarantined`: the stored definitions left out; None keeps the current list."""
+        """`quarantined`: the stored definitions left out; `versions`: the stored version
+        of each API funnel (query_api/funnel_store.py). None keeps the current ones."""
         defined_now = list(funnels)
+        versions_before = self._versions
+        if versions is not None:
+            self._versions = dict(versions)
         # The same definitions again (the catalog refresh, every few seconds): keep the
         # objects, whose compiled forms are cached by identity (funnel/compiled.py).
         self._defined = self._defined if defined_now == self._defined else defined_now
@@ -64,7 +72,8 @@ class FunnelCatalog:
         for f in self._defined:
             if (f.project, f.id) not in self._failed:
                 by_project.setdefault(f.project, []).append(f)
-        if by_project != self._by_project:
+        # A new version with the same definition changes the live state key (state_key).
+        if by_project != self._by_project or self._versions != versions_before:
             self.version += 1
         self._by_project = by_project
         if quarantined is not None:
@@ -108,19 +117,30 @@ class FunnelCatalog:
         self.replace(self._defined, None)
         self._export()
 
-    def upsert(self, funnel: FunnelDefinition) -> None:
+    def upsert(self, funnel: FunnelDefinition, version: int | None = None) -> None:
+        """`version`: the stored version saved (None: a funnel without versions)."""
         key = (funnel.project, funnel.id)
+        versions = {k: v for k, v in self._versions.items() if k != key}
+        if version is not None:
+            versions[key] = version
         self.replace(
             [f for f in self._defined if (f.project, f.id) != key] + [funnel],
             # A good definition saved under a quarantined id replaces the bad row.
             [q for q in self._quarantined if (q.project, q.funnel_id) != key],
+            versions,
         )
 
     def remove(self, project: str, funnel_id: str) -> None:
+        key = (project, funnel_id)
         self.replace(
-            [f for f in self._defined if (f.project, f.id) != (project, funnel_id)],
-            [q for q in self._quarantined if (q.project, q.funnel_id) != (project, funnel_id)],
+            [f for f in self._defined if (f.project, f.id) != key],
+            [q for q in self._quarantined if (q.project, q.funnel_id) != key],
+            {k: v for k, v in self._versions.items() if k != key},
         )
+
+    def version_of(self, project: str, funnel_id: str) -> int | None:
+        """The stored version of an API funnel; None for a config-file one."""
+        return self._versions.get((project, funnel_id))
 
     def for_project(self, project: str) -> list[FunnelDefinition]:
         return self._by_project.get(project, [])

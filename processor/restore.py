@@ -8,7 +8,7 @@ import orjson
 
 from funnel.fold import FunnelProgress
 from funnelstream.clickhouse import ClickHouse
-from processor.backfill import definition_hash
+from processor.backfill import state_key
 from processor.catalog import FunnelCatalog
 from processor.state import VisitorState
 
@@ -46,7 +46,10 @@ async def stored_states(
     for p, key, raw in await ch.query_rows(STATES_SQL, params):
         project = str(key).split("\x1f", 1)[0]
         states[(int(p), str(key))] = VisitorState.loads(raw, catalog.step_counts(project))
-    current = {(f.project, f.id): (definition_hash(f), len(f.steps)) for f in catalog.all()}
+    current = {
+        (f.project, f.id): (state_key(f, catalog.version_of(f.project, f.id)), len(f.steps))
+        for f in catalog.all()
+    }
     for p, key, funnel_id, digest, progress, offset in await ch.query_rows(
         FUNNEL_PROGRESS_SQL, params
     ):

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from funnelstream import metrics
 from query_api import compute
-from query_api.deps import CatalogDep, ClickHouseDep, CompilerDep, ReadProject
-from query_api.routes.funnels import get_funnel
+from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
+from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
 from query_api.sql.analysis import (
     SESSION_FIELDS,
@@ -75,7 +75,7 @@ class BreakdownOut(BaseModel):
 async def funnel_breakdown(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     property: Annotated[str, Query(min_length=1, max_length=200)],
@@ -94,7 +94,6 @@ async def funnel_breakdown(
     with most entities are listed; the rest are summed into one group with `other: true`.
     '' is the value of a missing property."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     if source == "session" and property not in SESSION_FIELDS:
         raise HTTPException(
             400,
@@ -145,7 +144,7 @@ def _at(ms: int) -> datetime:
 async def funnel_dropped(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     step: Annotated[int, Query(description="0-based, not the last step")],
@@ -159,7 +158,6 @@ async def funnel_dropped(
     listed), ordered by id, `limit` per page. Pass `next_after` as `after` for the next
     page; it is null on the last page."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
@@ -199,7 +197,7 @@ class NextEventsOut(BaseModel):
 async def funnel_next_events(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     step: Annotated[int, Query(description="0-based, not the last step")],
@@ -211,7 +209,6 @@ async def funnel_next_events(
     it (any event name, strictly later, within [from, to)), counted per event name, most
     frequent first. Entities with no later event are not counted."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
@@ -249,7 +246,7 @@ class HistogramOut(BaseModel):
 async def funnel_time_to_convert(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     step: Annotated[int | None, Query(description="0-based, > 0; default: the last")] = None,
@@ -261,7 +258,6 @@ async def funnel_time_to_convert(
     the report's `time_to_convert`), in `bins` equal bins from 0 s to just past the
     longest; each bin is [from_seconds, to_seconds)."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     k = len(funnel.steps) - 1 if step is None else step
     if not 1 <= k < len(funnel.steps):
         raise HTTPException(
@@ -304,7 +300,7 @@ class OpenFunnelOut(BaseModel):
 async def open_funnel(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     from_: From = None,
@@ -315,7 +311,6 @@ async def open_funnel(
     event matching the next step, strictly later and within the window (and the next
     step's `within_seconds`, if shorter): `continued`. Exclusions do not apply."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
     rows = await _rows(ch, open_funnel_sql(compiler(funnel), funnel.project, start, end))
     by_step = {int(s): (int(e), int(c)) for s, e, c in rows}

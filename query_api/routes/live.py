@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from query_api import compute
-from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
-from query_api.routes.funnels import get_funnel
+from query_api.deps import ClickHouseDep, ReadProject
+from query_api.routes.funnel_lookup import LiveFunnel
 from query_api.routes.reports import parse_time
 from query_api.sql.live import (
     attempt_counts_sql,
@@ -67,7 +67,7 @@ class LiveOut(BaseModel):
 async def live_stages(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: LiveFunnel,
     ch: ClickHouseDep,
     minutes: Annotated[int, Query(ge=0, le=24 * 60)] = 15,
 ) -> LiveOut:
@@ -75,7 +75,6 @@ async def live_stages(
     them), and per step the visitors who reached it in the last `minutes` (by event time;
     0 skips that query). Every saved funnel has live state, whatever its options."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     recent: list[tuple[Any, ...]] = []
     attempts: list[tuple[Any, ...]] = []
     # Attempts or sessions are counted per visitor by the processor (step_attempts).
@@ -224,7 +223,7 @@ async def live_stream(
     funnel_id: str,
     request: Request,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: LiveFunnel,
     ch: ClickHouseDep,
     since: Annotated[str | None, Query(description="ISO-8601 or epoch ms; default now")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -234,7 +233,6 @@ async def live_stream(
     reconnecting client sends `Last-Event-ID` (the write time in epoch ms) and resumes
     from there; `since` starts from an earlier write time. The stream ends when the
     client disconnects."""
-    funnel = get_funnel(catalog, project.id, funnel_id)
     now = datetime.now(UTC)
     resume = last_event_id if last_event_id and last_event_id.isdigit() else since
     after = parse_time(resume, now, "since")

@@ -14,8 +14,9 @@ from funnel.sql.report import report_sql, trend_sql
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
 from query_api import compute
-from query_api.deps import CatalogDep, ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
-from query_api.routes.funnels import get_funnel, parse_definition
+from query_api.deps import ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
+from query_api.routes.funnel_lookup import ReportFunnel
+from query_api.routes.funnels import parse_definition
 from schemas.funnels import FunnelDefinition
 
 router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])
@@ -126,7 +127,7 @@ async def run_report(
 async def funnel_report(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     from_: Annotated[str | None, Query(alias="from")] = None,
@@ -138,7 +139,6 @@ async def funnel_report(
     previous step; `dropped` reached the step but not the next; times to convert (seconds)
     are measured on the attempt holding each step, from its step 1 and its previous step.
     """
-    funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
     return await run_report(ch, compiler, funnel, start, end)
 
@@ -174,7 +174,7 @@ class TrendOut(BaseModel):
 async def funnel_trend(
     funnel_id: str,
     project: ReadProject,
-    catalog: CatalogDep,
+    funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     interval: Literal["hour", "day", "week"] = "day",
@@ -186,7 +186,6 @@ async def funnel_trend(
     entity's deepest step. The current period, and one reaching past `to`, is marked
     `incomplete`; buckets nobody entered are omitted."""
     started = time.monotonic()
-    funnel = get_funnel(catalog, project.id, funnel_id)
     start, end = parse_range(from_, to)
     sql, params = trend_sql(compiler(funnel), funnel.project, start, end, interval)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.browser.harness import DESKTOP_UA, SNIPPET, WATCH_ERRORS, Shop, wait_until
-from tests.e2e.server import READ, Server
+from tests.e2e.server import ADMIN, Server
 
 pytestmark = pytest.mark.browser
 
@@ -126,7 +126,7 @@ def test_one_customer_on_two_devices_counts_once_by_user(
     steps = [{"event": s} for s in ("add_to_cart", "checkout_started", "purchase")]
     for count_by in ("visitor", "user"):
         definition = {"id": f"by_{count_by}", "steps": steps, "count_by": count_by}
-        r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
+        r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=ADMIN, timeout=30)
         assert r.status_code == 201 and r.json()["live"] is True, r.text
 
     laptop = device(

@@ -19,6 +19,7 @@ CONFIG = """
 id = "shop"
 write_key = "wk_test"
 read_key = "rk_test"
+admin_key = "ak_test"
 
 [[funnels]]
 id = "checkout"
@@ -34,6 +35,7 @@ steps = [
 """
 WRITE = {"Authorization": "Bearer wk_test"}
 READ = {"Authorization": "Bearer rk_test"}
+ADMIN = {"Authorization": "Bearer ak_test"}
 
 
 def free_port() -> int:

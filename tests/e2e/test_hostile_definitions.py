@@ -19,12 +19,13 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.server import READ, Server
+from tests.e2e.server import ADMIN, READ, Server
 
 pytestmark = pytest.mark.clickhouse
 
 MAX_FUNNELS = 8  # the config's checkout + the accepted definitions below fit
 JSON = {**READ, "Content-Type": "application/json"}
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,14 @@ def funnel_body(fid: str, op: str, value: str, prop: str = "v") -> bytes:
 
 
 def save(server: Server, body: bytes, path: str = "/v1/funnels") -> httpx.Response:
-    return httpx.post(f"{server.base}{path}", content=body, headers=JSON, timeout=60)
+    # Saving takes the admin key; the ad-hoc report (same validation) the read key.
+    headers = JSON if path == "/v1/funnels/report" else ADMIN_JSON
+    return httpx.post(f"{server.base}{path}", content=body, headers=headers, timeout=60)
+
+
+def replace(server: Server, fid: str, body: bytes) -> httpx.Response:
+    url = f"{server.base}/v1/funnels/{fid}"
+    return httpx.put(url, content=body, headers=ADMIN_JSON, timeout=60)
 
 
 def send(server: Server, event: str, visitor: str, **props: Any) -> None:
@@ -186,21 +194,24 @@ def test_funnels_per_project_are_limited(server: Server) -> None:
     assert r.status_code == 409, r.text
     assert r.json()["detail"]["error"] == "funnel_limit_reached"
     assert str(MAX_FUNNELS) in r.json()["detail"]["message"]
-    # Replacing an existing id is always allowed.
-    assert save(server, funnel_body("fill0", "eq", '"y"')).status_code == 201
+    # Replacing an existing one (a new version) is always allowed.
+    assert replace(server, "fill0", funnel_body("fill0", "eq", '"y"')).status_code == 200
     Probe(server).check()
 
 
 def insert_stored_rows(data_dir: Path, rows: list[tuple[str, str, str]]) -> None:
-    """Rows written straight into the server's funnels table (it must be stopped: the
-    embedded engine opens its data directory in one process only)."""
+    """Rows written straight into the server's funnel_versions table, as version 1 (it
+    must be stopped: the embedded engine opens its data directory in one process only)."""
     script = (
         "import sys, time, orjson\n"
         "from funnelstream.clickhouse import ClickHouse\n"
         "ch = ClickHouse('chdb://' + sys.argv[1])\n"
-        "rows = [(p, f, d, time.time_ns(), 0) for p, f, d in orjson.loads(sys.argv[2])]\n"
-        "ch.insert_sync('funnels', rows, "
-        "('project_id', 'funnel_id', 'definition', 'version', 'is_deleted'))\n"
+        "from datetime import UTC, datetime\n"
+        "now = datetime.now(UTC)\n"
+        "stored = orjson.loads(sys.argv[2])\n"
+        "rows = [(p, f, 1, d, now, None, time.time_ns()) for p, f, d in stored]\n"
+        "ch.insert_sync('funnel_versions', rows, ('project_id', 'funnel_id', 'version', "
+        "'definition', 'saved_at', 'archived_at', 'written_at'))\n"
         "ch.close()\n"
     )
     path = str((data_dir / "clickhouse").resolve())
@@ -252,7 +263,7 @@ def test_a_stored_definition_that_no_longer_loads_is_quarantined(tmp_path: Path)
         Probe(server).check()
 
         # A corrected definition under the same id replaces the quarantined one.
-        assert save(server, funnel_body("overflow", "gt", "10")).status_code == 201
+        assert replace(server, "overflow", funnel_body("overflow", "gt", "10")).status_code == 200
         listed = httpx.get(f"{server.base}/v1/funnels", headers=READ, timeout=30).json()
         assert ("overflow", "active") in {(f["id"], f["status"]) for f in listed}
         assert "overflow" not in {f["id"] for f in listed if f["status"] == "quarantined"}

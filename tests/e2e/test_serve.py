@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from funnelstream.demo import storefront
-from tests.e2e.server import READ, Server
+from tests.e2e.server import ADMIN, READ, Server
 
 pytestmark = pytest.mark.clickhouse
 
@@ -171,7 +171,7 @@ def test_saving_a_funnel_backfills_its_live_state(server: Server) -> None:
         "window_seconds": 86400,
         "steps": [{"event": "add_to_cart"}, {"event": "purchase"}],
     }
-    r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
+    r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=ADMIN, timeout=30)
     assert r.status_code == 201, r.text
     expected = traffic.reached[2:5:2]  # reached add_to_cart, reached purchase
     deadline = time.monotonic() + 60
@@ -305,13 +305,13 @@ def test_live_counts_equal_the_report_for_every_live_option(server: Server) -> N
     processor's live stages (funnels advanced as events arrive, one backfilled when saved
     afterwards) equal the report over the same raw events."""
     for definition in LIVE_OPTIONS[:-1]:
-        r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=READ, timeout=30)
+        r = httpx.post(f"{server.base}/v1/funnels", json=definition, headers=ADMIN, timeout=30)
         assert r.status_code == 201 and r.json()["live"] is True, r.text
     events = noisy_traffic(400, int(time.time() * 1000) - 10 * 3600_000, seed=11)
     for i in range(0, len(events), 500):
         assert server.post({"batch": events[i : i + 500]}).status_code == 202
     server.wait_processed()
-    r = httpx.post(f"{server.base}/v1/funnels", json=LIVE_OPTIONS[-1], headers=READ, timeout=30)
+    r = httpx.post(f"{server.base}/v1/funnels", json=LIVE_OPTIONS[-1], headers=ADMIN, timeout=30)
     assert r.status_code == 201, r.text
     for definition in LIVE_OPTIONS:
         funnel = str(definition["id"])

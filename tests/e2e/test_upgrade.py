@@ -24,7 +24,7 @@ import pytest
 from funnelstream.config import CommonSettings, load_config
 from funnelstream.demo import STEPS, storefront
 from funnelstream.key_store import KeyStore
-from tests.e2e.server import Server, stats
+from tests.e2e.server import ADMIN, READ, Server, stats
 
 pytestmark = pytest.mark.clickhouse
 
@@ -73,6 +73,26 @@ def snapshot(server: Server) -> dict[str, Any]:
     }
 
 
+SAVED = {
+    "id": "cart_to_purchase",
+    "window_seconds": 86400,
+    "steps": [{"event": "add_to_cart"}, {"event": "purchase"}],
+}
+
+
+def wait_live_equals_report(server: Server, funnel: str) -> list[int]:
+    """The funnel's live stages once they equal its report (a backfill may be running)."""
+    deadline = time.monotonic() + 60
+    while True:
+        report = [s["visitors"] for s in server.report(funnel, **{"from": FROM, "to": TO})["steps"]]
+        live = [s["reached"] for s in server.live(funnel)["stages"]]
+        if live == report or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert live == report and report[-1] > 0, (live, report)
+    return report
+
+
 def test_a_previous_release_data_dir_is_migrated_forward(tmp_path: Path) -> None:
     release = extract_release(PREVIOUS_RELEASE, tmp_path / "release")
     data = tmp_path / "data"
@@ -95,7 +115,11 @@ def test_a_previous_release_data_dir_is_migrated_forward(tmp_path: Path) -> None
             r = old.post({"batch": traffic.events[i : i + 500]})
             assert r.status_code == 202, r.text
         old.wait_processed()
+        # A funnel saved through the previous release's API (its read key could save).
+        r = httpx.post(f"{old.base}/v1/funnels", json=SAVED, headers=READ, timeout=30)
+        assert r.status_code == 201, r.text
         before = snapshot(old)
+        saved_before = wait_live_equals_report(old, "cart_to_purchase")
     finally:
         old.stop()
     assert old.proc is not None and old.proc.returncode is not None
@@ -108,6 +132,22 @@ def test_a_previous_release_data_dir_is_migrated_forward(tmp_path: Path) -> None
         new.wait_processed()
         assert httpx.get(f"{new.base}/healthz", timeout=5).status_code == 200
         assert snapshot(new) == before
+        # The saved funnel loads as its version 1, with the same live state and report.
+        funnel = httpx.get(f"{new.base}/v1/funnels/cart_to_purchase", headers=READ, timeout=30)
+        assert funnel.status_code == 200, funnel.text
+        assert (funnel.json()["version"], funnel.json()["source"]) == (1, "api")
+        assert wait_live_equals_report(new, "cart_to_purchase") == saved_before
+        replaced = httpx.put(
+            f"{new.base}/v1/funnels/cart_to_purchase",
+            json={**SAVED, "window_seconds": 3600},
+            headers=ADMIN,
+            timeout=30,
+        )
+        assert replaced.status_code == 200 and replaced.json()["version"] == 2, replaced.text
+        versions = httpx.get(
+            f"{new.base}/v1/funnels/cart_to_purchase/versions", headers=READ, timeout=30
+        ).json()
+        assert [v["version"] for v in versions] == [1, 2]
 
         # An old visitor who stopped after product_view goes on to add_to_cart; one old
         # event is sent again with its event_id; a new visitor arrives.

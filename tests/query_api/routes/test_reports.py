@@ -23,6 +23,7 @@ from query_api.routes.reports import router as reports_router
 pytestmark = pytest.mark.clickhouse
 
 READ = {"Authorization": "Bearer rk"}
+ADMIN = {"Authorization": "Bearer ak"}
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 RANGE = {"from": "2025-01-01T00:00:00Z", "to": "2025-01-03T00:00:00Z"}
 CHECKOUT = {
@@ -38,7 +39,7 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog()
     app.state.project_config = ProjectConfig(
-        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
+        projects=(Project("shop", SecretStr("wk"), SecretStr("rk"), SecretStr("ak")),), funnels=()
     )
     app.include_router(funnels_router)
     app.include_router(reports_router)
@@ -146,7 +147,7 @@ def test_invalid_definitions_have_stable_codes(
 
 def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHouse) -> None:
     events(ch, [("v1", "view", 0), ("v1", "cart", 5), ("v1", "buy", 9), ("v2", "view", 90000)])
-    saved = client.post("/v1/funnels", json=CHECKOUT, headers=READ).json()
+    saved = client.post("/v1/funnels", json=CHECKOUT, headers=ADMIN).json()
     assert saved["live"] is True
     report = client.get("/v1/funnels/checkout/report", params=RANGE, headers=READ).json()
     assert [s["visitors"] for s in report["steps"]] == [2, 1, 1]
@@ -160,11 +161,11 @@ def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHo
 
     windowed = {**CHECKOUT, "id": "windowed"}
     windowed["steps"] = [{"event": "view"}, {"event": "cart", "within_seconds": 3}]
-    assert client.post("/v1/funnels", json=windowed, headers=READ).json()["live"] is True
+    assert client.post("/v1/funnels", json=windowed, headers=ADMIN).json()["live"] is True
     report = client.get("/v1/funnels/windowed/report", params=RANGE, headers=READ).json()
     assert [s["visitors"] for s in report["steps"]] == [2, 0]  # cart came 5 s after view
     by_user = {**CHECKOUT, "id": "by_user", "count_by": "user"}
-    assert client.post("/v1/funnels", json=by_user, headers=READ).json()["live"] is True
+    assert client.post("/v1/funnels", json=by_user, headers=ADMIN).json()["live"] is True
     held_sessions = {**CHECKOUT, "id": "held", "count_by": "session", "hold_property": "sku"}
-    assert client.post("/v1/funnels", json=held_sessions, headers=READ).json()["live"] is True
+    assert client.post("/v1/funnels", json=held_sessions, headers=ADMIN).json()["live"] is True
     assert client.get("/v1/funnels/held/live", headers=READ).status_code == 200
