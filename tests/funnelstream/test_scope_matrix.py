@@ -67,10 +67,16 @@ ROUTES: dict[tuple[str, str], Needs] = {
     # ingest
     ("POST", "/v1/events"): Needs("write", body={"event": "view", "visitor_id": "v1"}),
     ("GET", "/v1/funnelstream.js"): Needs("none"),
-    # funnel definitions. Saving one needs "admin" once the funnel lifecycle (issue 12,
-    # item 2) moves the route to AdminProject; change this row with it.
+    # funnel definitions: reading needs "read", every write "admin" ({funnel_id} is a
+    # config funnel, so the right key's PUT/DELETE get 409 funnel_read_only)
     ("GET", "/v1/funnels"): Needs("read"),
-    ("POST", "/v1/funnels"): Needs("read", body=FUNNEL),
+    ("GET", "/v1/funnels/{funnel_id}"): Needs("read", "not_found"),
+    ("GET", "/v1/funnels/{funnel_id}/versions"): Needs("read", "not_found"),
+    ("POST", "/v1/funnels"): Needs("admin", body=FUNNEL),
+    ("PUT", "/v1/funnels/{funnel_id}"): Needs(
+        "admin", "not_found", body={k: v for k, v in FUNNEL.items() if k != "id"}
+    ),
+    ("DELETE", "/v1/funnels/{funnel_id}"): Needs("admin", "not_found"),
     # reports
     ("GET", "/v1/funnels/{funnel_id}/report"): Needs("read", "not_found", params=RANGE),
     ("POST", "/v1/funnels/report"): Needs("read", body={"funnel": FUNNEL, **RANGE}),
