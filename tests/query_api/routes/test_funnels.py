@@ -93,7 +93,7 @@ def test_a_read_key_changes_nothing(client: TestClient) -> None:
         client.delete("/v1/funnels/flow", headers=READ),
         client.put("/v1/funnels/checkout", json=VIEW_CART, headers=READ),
     ):
-        assert error(r, 401)["error"] == "invalid_admin_key"
+        assert error(r, 403)["error"] == "insufficient_scope"
     assert [f["id"] for f in client.get("/v1/funnels", headers=READ).json()] == ["checkout"]
     # Another project's admin key writes into its own project, never this one.
     assert client.post("/v1/funnels", json=VIEW_CART, headers={"Authorization": "Bearer ak2"})
