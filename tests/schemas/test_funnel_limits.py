@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from schemas.filter_values import NUMBER_LIMIT, number_bound, number_problem
 from schemas.funnels import (
     MAX_ANY_OF,
+    MAX_DEFINITION_BYTES,
     MAX_EXCLUSIONS,
     MAX_FILTERS,
     MAX_FUNNEL_LIST_VALUES,
-    MAX_DEFINITION_BYTES,
     MAX_LABEL_CHARS,
     MAX_LIST_VALUES,
     MAX_REGEX_CHARS,
