@@ -109,6 +109,10 @@ def bearer_identity(headers: Headers) -> str | None:
 
 
 def declared_length(headers: Headers) -> int | None:
+    """The declared body length; 0 for a request that declares no body; None when it
+    cannot be known before reading (chunked)."""
+    if "content-length" not in headers and "transfer-encoding" not in headers:
+        return 0
     text = headers.get("content-length")
     if text is None or not text.strip().isdigit():
         return None
@@ -136,11 +140,15 @@ class RequestLimits:
             return
         policy = self.policies.policy_for(scope["path"])
         headers = Headers(scope=scope)
+        declared = declared_length(headers)
         refusal = self._rate_limit(policy, scope, headers)
         if refusal is not None:
-            await _answer(send, 429, refusal.body(), {"retry-after": str(refusal.retry_after)})
+            extra = {"retry-after": str(refusal.retry_after)}
+            if declared != 0:
+                # A body may follow that is never read: the connection cannot be reused.
+                extra["connection"] = "close"
+            await _answer(send, 429, refusal.body(), extra)
             return
-        declared = declared_length(headers)
         if declared is not None and declared > policy.max_body_bytes:
             await _too_large(send, policy)
             return

@@ -54,7 +54,7 @@ async def burst(base: str, count: int, **kwargs: Any) -> list[httpx.Response]:
         )
 
 
-def refused(base: str, limit: str) -> float:
+def refused(limit: str) -> float:
     return (
         metrics.REGISTRY.get_sample_value(
             "funnelstream_rate_limited_total", {"route_kind": "ingest", "limit": limit}
@@ -74,12 +74,17 @@ def check_refusals(responses: list[httpx.Response], limit: str, window: int) -> 
 @with_settings(ingest_rate_limit_per_address="20 per 2 seconds")
 def test_per_address_exact_under_concurrency_and_refilled(ingest: str) -> None:
     name = "ingest_rate_limit_per_address"
-    before = refused(ingest, name)
-    responses = asyncio.run(burst(ingest, 60, json=EVENT, headers=AUTH))
+    before = refused(name)
+    browser = {**AUTH, "Origin": "https://shop.example"}
+    responses = asyncio.run(burst(ingest, 60, json=EVENT, headers=browser))
     codes = sorted(r.status_code for r in responses)
     assert codes == [202] * 20 + [429] * 40
     check_refusals([r for r in responses if r.status_code == 429], name, 2)
-    assert refused(ingest, name) - before == 40
+    # A page on the shop's origin may read the refusal and its Retry-After (CORS).
+    refusal = next(r for r in responses if r.status_code == 429)
+    assert refusal.headers["access-control-allow-origin"] == "*"
+    assert "retry-after" in refusal.headers["access-control-expose-headers"].lower()
+    assert refused(name) - before == 40
     # The window ends within Retry-After; then the full amount passes again, exactly.
     time.sleep(max(int(r.headers.get("retry-after", 0)) for r in responses) + 0.1)
     again = sorted(r.status_code for r in asyncio.run(burst(ingest, 30, json=EVENT, headers=AUTH)))
