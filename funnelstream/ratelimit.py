@@ -11,7 +11,9 @@ over its in-process memory storage:
   across the end of one window and the start of the next: the price of O(1) memory.
 * The synchronous storage never awaits, so a check runs start to end on the event loop
   without interleaving: N concurrent requests against a limit of K pass exactly K
-  (tests/funnelstream/test_ratelimit.py).
+  (tests/funnelstream/test_ratelimit.py). The library's expiry thread can, at the instant
+  a window ends, drop the count of the request that opened the next one: one extra
+  request at most, never inside a running window.
 * Buckets live in this process. With N replicas behind a load balancer each replica
   counts on its own: the effective limit is up to N times the setting (docs/limits.md).
 
