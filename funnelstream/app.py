@@ -40,6 +40,8 @@ from funnelstream.cors import CorsByRoute
 from funnelstream.key_store import KeyRefresh, KeyStore, load_secret
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.ratelimit import Limiter
+from funnelstream.request_limits import RequestLimits, build_policies
 from funnelstream.supervise import Components, Supervisor
 from ingest.routes import router as ingest_router
 from ingest.service import IngestService
@@ -140,7 +142,7 @@ def build_app(
                 producer = backend.producer(settings.topic)
                 await producer.start()
                 app.state.ingest = service = IngestService(
-                    ingest_settings, project_config, producer, key_store
+                    ingest_settings, project_config, producer, key_store, limiter=limiter
                 )
                 components.add_probe("log", lambda: service.log_problem)
             if isinstance(backend, EmbeddedLog):
@@ -187,6 +189,19 @@ def build_app(
         # start, not the first request that needs it (query_api/deps.py).
         app.state.query_settings = QueryApiSettings()
     app.state.components = components
+    # Body caps and rate limits on every route (funnelstream/request_limits.py), counted in
+    # this process. Added before CORS so that CORS wraps their 413/429 answers: the
+    # snippet reads a 429's Retry-After from cross-origin pages.
+    limiter = Limiter()
+    app.add_middleware(
+        RequestLimits,
+        policies=build_policies(
+            ingest_settings if "ingest" in roles else None,
+            app.state.query_settings if "query" in roles else None,
+        ),
+        limiter=limiter,
+        trusted_proxies=settings.trusted_proxies,
+    )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
 
     @app.exception_handler(RequestValidationError)

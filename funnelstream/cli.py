@@ -58,7 +58,14 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
         )
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            # Whose X-Forwarded-For is believed is the `trusted_proxies` setting's alone
+            # (funnelstream/client_address.py); uvicorn's own would trust 127.0.0.1.
+            proxy_headers=False,
         )
     )
     if getattr(args, "demo", False):

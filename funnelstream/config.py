@@ -14,15 +14,34 @@ import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.funnels import FunnelDefinition, validate_funnel
+from funnelstream.ratelimit import parse_rate_limit
+from schemas.funnels import MAX_DEFINITION_BYTES, FunnelDefinition, validate_funnel
 
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "secret", "password", "test", ""})
 MIN_KEY_LENGTH_OUTSIDE_LOCAL = 16
+
+
+def _rate_limit_text(text: str) -> str:
+    parse_rate_limit(text)  # ValueError names the text: refused at startup
+    return text
+
+
+# A rate limit as `limits` writes it ("100/second", "100/second;3000/minute"); "" is off.
+RateLimitText = Annotated[str, AfterValidator(_rate_limit_text)]
+# What an ad hoc report's body adds around a definition (`{"funnel": ..., "from": ...}`).
+AD_HOC_ENVELOPE_BYTES = 4 * 1024
 
 
 class ConfigError(ValueError):
@@ -54,6 +73,10 @@ class CommonSettings(BaseSettings):
     # How often every process reloads the stored keys: a revoked key stops working
     # everywhere within this bound (while ClickHouse answers).
     key_refresh_seconds: float = Field(default=5.0, gt=0)
+    # Proxies (addresses or networks) whose X-Forwarded-For is believed when they are the
+    # socket peer: per-address rate limits then count the client they forwarded for
+    # (funnelstream/client_address.py). Empty: the peer is the client, the header ignored.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
@@ -77,6 +100,11 @@ class IngestSettings(CommonSettings):
         "x-vercel-ip-country",
         "x-country-code",
     )
+    # Requests per window (docs/limits.md). Per address is what protects ingest: a write
+    # key is public and shared by every browser of a shop, so its limit is only a ceiling
+    # per project, counted in each process (N replicas: up to N times).
+    ingest_rate_limit_per_address: RateLimitText = "500/second"
+    ingest_rate_limit_per_key: RateLimitText = "50000/second"
 
 
 class ProcessorSettings(CommonSettings):
@@ -99,6 +127,22 @@ class QueryApiSettings(CommonSettings):
     # replacing one is always allowed. Every active funnel is advanced live for every
     # event, so this bounds that work.
     max_funnels_per_project: int = Field(default=100, ge=1)
+    # Any query API request's body. At least a maximal definition plus an ad hoc report's
+    # envelope, so the cap never refuses a definition the validator accepts.
+    query_max_body_bytes: int = MAX_DEFINITION_BYTES + AD_HOC_ENVELOPE_BYTES
+    # Requests per window per client address, and per bearer key (docs/limits.md).
+    query_rate_limit_per_address: RateLimitText = "100/second"
+    query_rate_limit_per_key: RateLimitText = "100/second"
+
+    @model_validator(mode="after")
+    def _body_cap_fits_a_definition(self) -> QueryApiSettings:
+        least = MAX_DEFINITION_BYTES + AD_HOC_ENVELOPE_BYTES
+        if self.query_max_body_bytes < least:
+            raise ValueError(
+                f"query_max_body_bytes must be at least {least}: a maximal funnel definition "
+                f"({MAX_DEFINITION_BYTES} bytes) in an ad hoc report's body"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,3 +197,16 @@ AUTH_REFUSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# request limits (funnelstream/request_limits.py, funnelstream/ratelimit.py)
+RATE_LIMITED = Counter(
+    "funnelstream_rate_limited_total",
+    "Requests refused with 429, by route kind (ingest, query) and the limit's setting",
+    ["route_kind", "limit"],
+    registry=REGISTRY,
+)
+BODY_TOO_LARGE = Counter(
+    "funnelstream_body_too_large_total",
+    "Requests refused with 413 because the body passed its cap, by route kind",
+    ["route_kind"],
+    registry=REGISTRY,
+)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from funnelstream import metrics
 from ingest import pipeline
 from ingest.pipeline import IngestError
 from ingest.service import IngestService
@@ -45,10 +46,14 @@ def error_response(exc: IngestError) -> JSONResponse:
     },
 )
 async def post_events(request: Request, ingest: Ingest) -> Response:
+    # Content-Length over the cap was refused before this (funnelstream/request_limits.py);
+    # a body streamed without one is cut here, the moment it passes the cap.
     body = await _read_capped(request, ingest.settings.max_body_bytes)
     if body is None:
         limit = ingest.settings.max_body_bytes
-        return error_response(IngestError(413, "body_too_large", f"body exceeds {limit} bytes"))
+        metrics.BODY_TOO_LARGE.labels("ingest").inc()
+        message = f"request body exceeds {limit} bytes (max_body_bytes)"
+        return error_response(IngestError(413, "body_too_large", message))
     req = pipeline.Request(
         body=body,
         content_encoding=request.headers.get("content-encoding", ""),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from funnelstream import metrics
-from funnelstream.config import IngestSettings, ProjectConfig
+from funnelstream.config import IngestSettings, Project, ProjectConfig
 from funnelstream.key_store import KeyStore
 from funnelstream.log import LogProducer
+from funnelstream.ratelimit import Limiter, RateLimit
 from ingest import pipeline
 from ingest.pipeline import IngestError, Request, Result
 
@@ -17,12 +18,19 @@ class IngestService:
         config: ProjectConfig,
         producer: LogProducer,
         keys: KeyStore | None = None,
+        *,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         # The write keys: the app's key store (stored keys too), or the config's alone.
         self.keys = keys if keys is not None else KeyStore.config_only(config)
         self.producer = producer
+        # Per write key, counted once the key is known (per address: request_limits.py).
+        self._limiter = limiter
+        self._per_key = RateLimit.from_setting(
+            "ingest_rate_limit_per_key", settings.ingest_rate_limit_per_key
+        )
         self._pending = 0
         # Why the log refused the last append, until one succeeds again: shown as the
         # "log" component in /readyz (an ingest process has no other view of it).
@@ -36,10 +44,12 @@ class IngestService:
             project = None
             if request.authorization.strip().lower() not in ("", "bearer"):
                 project = pipeline.authenticate(self.keys, request.authorization, {})
+                self._admit(project)
             raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
             raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
             if project is None:
                 project = pipeline.authenticate(self.keys, "", envelope)
+                self._admit(project)
             events, errors = pipeline.validate(
                 raw_events, envelope, project, request.received_at_ms
             )
@@ -72,3 +82,14 @@ class IngestService:
             metrics.INGEST_REJECTED.labels("invalid_event").inc(len({e["index"] for e in errors}))
         metrics.INGEST_EVENTS.labels(project.id).inc(len(events))
         return Result(accepted=len(events), dropped=dropped, errors=errors)
+
+    def _admit(self, project: Project) -> None:
+        """429 past the write key's rate limit: one bucket per project, so every write key
+        of a project (several during a rotation) shares it."""
+        if self._limiter is None or not self._per_key.items:
+            return
+        refusal = self._limiter.hit(self._per_key, project.id, "ingest")
+        if refusal is not None:
+            raise IngestError(
+                429, "rate_limited", refusal.message(), retry_after=refusal.retry_after
+            )

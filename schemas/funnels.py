@@ -23,8 +23,12 @@ MAX_FILTERS = 20  # per step, per any_of alternative, per exclusion
 MAX_ANY_OF = 20  # alternatives of one step
 MAX_EXCLUSIONS = 10
 MAX_LIST_VALUES = 10_000  # members of one in / not_in list
-MAX_LIST_CHARS = 1_000_000  # those members' text, added up
 MAX_FUNNEL_LIST_VALUES = 100_000  # members of all lists of one definition
+# The whole definition, as its canonical JSON (`definition_bytes`). The query API's body
+# cap is at least this plus an ad hoc report's envelope (funnelstream/config.py), so a
+# definition this rule accepts always fits in a request, and no body the cap lets through
+# can hold a definition whose parsing costs more than this bounds.
+MAX_DEFINITION_BYTES = 256 * 1024
 MAX_VALUE_CHARS = 4096  # one eq / neq / contains value or list member, as text
 MAX_REGEX_CHARS = 1000
 MAX_NAME_CHARS = 200  # event and property names
@@ -427,9 +431,27 @@ class ListSizeRule(FunnelRule):
             if total > MAX_FUNNEL_LIST_VALUES:
                 message = f"a funnel's in/not_in lists may hold {MAX_FUNNEL_LIST_VALUES} values"
                 return FunnelValidationError(self.code, message, f"{where}.value")
-            if sum(len(v) for v in list_values(f.value)) > MAX_LIST_CHARS:
-                message = f"{f.op} values may add up to at most {MAX_LIST_CHARS} characters"
-                return FunnelValidationError(self.code, message, f"{where}.value")
+        return None
+
+
+def definition_bytes(funnel: FunnelDefinition) -> int | None:
+    """The size of the canonical JSON (compact, UTF-8, every field spelled out): never less
+    than the same definition sent compactly by a client, which omits defaults and
+    `project`. None: text that cannot be encoded (TextRule names it)."""
+    try:
+        return len(funnel.model_dump_json())
+    except ValueError:
+        return None
+
+
+class DefinitionSizeRule(FunnelRule):
+    code = "definition_too_large"
+
+    def check(self, funnel: FunnelDefinition) -> FunnelValidationError | None:
+        size = definition_bytes(funnel)
+        if size is not None and size > MAX_DEFINITION_BYTES:
+            message = f"the definition is {size} bytes as JSON; at most {MAX_DEFINITION_BYTES}"
+            return FunnelValidationError(self.code, message, "definition")
         return None
 
 
@@ -522,6 +544,8 @@ RULES: tuple[FunnelRule, ...] = (
     RegexLengthRule(),
     RegexRule(),
     TextRule(),
+    # Last: a definition over several count limits names the first of them instead.
+    DefinitionSizeRule(),
 )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from funnelstream.config import (
+    AD_HOC_ENVELOPE_BYTES,
     MIN_KEY_LENGTH_OUTSIDE_LOCAL,
     CommonSettings,
     ConfigError,
@@ -22,6 +23,7 @@ from funnelstream.config import (
 )
 from funnelstream.key_store import KeyStore
 from funnelstream.keys import WrongScope
+from schemas.funnels import MAX_DEFINITION_BYTES
 
 GOOD_WK = "wk_0123456789abcdef"
 GOOD_RK = "rk_0123456789abcdef"
@@ -251,3 +253,33 @@ def test_a_config_not_laid_out_as_written_is_left_alone(tmp_path: Path) -> None:
     path.write_text(text)
     assert add_missing_admin_keys(path) == []
     assert path.read_text() == text
+
+
+def test_limit_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUNNELSTREAM_TRUSTED_PROXIES", '["10.0.0.0/8", "::1"]')
+    monkeypatch.setenv("FUNNELSTREAM_INGEST_RATE_LIMIT_PER_ADDRESS", "5/second;100/minute")
+    monkeypatch.setenv("FUNNELSTREAM_QUERY_RATE_LIMIT_PER_KEY", "")
+    ingest, query = IngestSettings(), QueryApiSettings()
+    assert [str(n) for n in ingest.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert ingest.ingest_rate_limit_per_address == "5/second;100/minute"
+    assert query.query_rate_limit_per_key == ""  # off
+    assert query.query_max_body_bytes == MAX_DEFINITION_BYTES + AD_HOC_ENVELOPE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FUNNELSTREAM_TRUSTED_PROXIES", '["not-a-network"]'),
+        ("FUNNELSTREAM_QUERY_RATE_LIMIT_PER_ADDRESS", "many/second"),
+        ("FUNNELSTREAM_QUERY_RATE_LIMIT_PER_KEY", "0/second"),
+        # Below a maximal definition in an ad hoc report: it would refuse valid funnels.
+        ("FUNNELSTREAM_QUERY_MAX_BODY_BYTES", str(MAX_DEFINITION_BYTES)),
+    ],
+)
+def test_limit_settings_are_refused_at_startup_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    setting = name.removeprefix("FUNNELSTREAM_").lower()
+    with pytest.raises(ValueError, match=setting):
+        QueryApiSettings()

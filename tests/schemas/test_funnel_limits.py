@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from schemas.filter_values import NUMBER_LIMIT, number_bound, number_problem
 from schemas.funnels import (
     MAX_ANY_OF,
+    MAX_DEFINITION_BYTES,
     MAX_EXCLUSIONS,
     MAX_FILTERS,
     MAX_FUNNEL_LIST_VALUES,
     MAX_LABEL_CHARS,
-    MAX_LIST_CHARS,
     MAX_LIST_VALUES,
     MAX_REGEX_CHARS,
     MAX_VALUE_CHARS,
@@ -150,17 +151,14 @@ def test_list_sizes(op: str) -> None:
     assert with_filter(op, [str(i) for i in range(MAX_LIST_VALUES + 1)]) == [
         ("list_too_large", FIELD)
     ]
-    long = "x" * MAX_VALUE_CHARS
-    assert with_filter(op, [long] * (MAX_LIST_CHARS // MAX_VALUE_CHARS + 1)) == [
-        ("list_too_large", FIELD)
-    ]
     assert with_filter(op, [1, [2]]) == [("filter_value_invalid", FIELD)]
 
 
 def test_list_values_across_a_funnel() -> None:
     per_filter = MAX_LIST_VALUES
+    # One-digit members: the count limit binds before the definition's size does.
     filters = [
-        {"property": f"p{i}", "op": "in", "value": list(range(per_filter))}
+        {"property": f"p{i}", "op": "in", "value": [i % 10] * per_filter}
         for i in range(MAX_FUNNEL_LIST_VALUES // per_filter + 1)
     ]
     assert problems([{"event": "view"}, {"event": "buy", "filters": filters}]) == [
@@ -190,3 +188,50 @@ def test_text_that_cannot_be_stored_is_refused() -> None:
     with pytest.raises(ValueError, match="unicode"):  # typed text: the schema refuses it
         problems([{"event": "view"}, {"event": "b" + lone}])
     assert with_filter("regex", lone) == [("regex_invalid", FIELD), ("text_invalid", FIELD)]
+
+
+def test_a_definition_is_capped_as_a_whole() -> None:
+    # Every member within its own limits; 64 long ones are too many bytes together.
+    long = "x" * MAX_VALUE_CHARS
+    assert with_filter("in", [long] * 60) == []
+    assert with_filter("in", [long] * 64) == [("definition_too_large", "definition")]
+    # Many lists of long values: no count limit is passed, the size is.
+    filters = [{"property": f"p{i}", "op": "in", "value": [long] * 4} for i in range(16)]
+    assert problems([{"event": "view"}, {"event": "buy", "filters": filters}]) == [
+        ("definition_too_large", "definition")
+    ]
+
+
+# Members of any length up to the per-value limit, in characters of 1 to 4 UTF-8 bytes or
+# that JSON escapes (6 bytes): sizes in bytes and in characters differ.
+member = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.builds(
+        lambda char, n: char * n,
+        st.sampled_from(["x", "é", "€", "😀", "\u0001", '"']),
+        st.integers(0, MAX_VALUE_CHARS),
+    ),
+)
+
+
+@given(
+    lists=st.lists(st.lists(member, max_size=80), min_size=1, max_size=8),
+    name=st.text(max_size=MAX_LABEL_CHARS),
+)
+def test_an_accepted_definition_fits_in_a_request(lists: list[list[Any]], name: str) -> None:
+    """The query API's body cap is at least MAX_DEFINITION_BYTES (funnelstream/config.py):
+    whatever the validator accepts, its body as a client would send it fits."""
+    filters = [{"property": f"p{i}", "op": "in", "value": v} for i, v in enumerate(lists)]
+    body = {
+        "id": "f",
+        "name": name,
+        "steps": [{"event": "view"}, {"event": "b", "filters": filters}],
+    }
+    funnel = FunnelDefinition.model_validate({**body, "project": "p"})
+    sent = orjson.dumps(body)
+    found = [(e.code, e.field) for e in validate_funnel(funnel)]
+    event("accepted" if not found else "refused")
+    if not found:
+        assert len(sent) <= MAX_DEFINITION_BYTES
+    if len(sent) > MAX_DEFINITION_BYTES:
+        assert ("definition_too_large", "definition") in found

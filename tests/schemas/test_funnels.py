@@ -52,6 +52,7 @@ def test_rule_codes_are_stable_and_unique() -> None:
         "regex_too_long",
         "regex_invalid",
         "text_invalid",
+        "definition_too_large",
     ]
 
 
