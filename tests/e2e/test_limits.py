@@ -15,7 +15,7 @@ import pytest
 
 from funnelstream.config import AD_HOC_ENVELOPE_BYTES
 from schemas.funnels import MAX_DEFINITION_BYTES, MAX_VALUE_CHARS
-from tests.e2e.server import READ, WRITE, Server
+from tests.e2e.server import ADMIN, READ, WRITE, Server
 from tests.fixtures.raw_http import stream_body
 
 pytestmark = pytest.mark.clickhouse
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.clickhouse
 HUGE = 8 * 1024 * 1024
 QUERY_CAP = MAX_DEFINITION_BYTES + AD_HOC_ENVELOPE_BYTES
 JSON = {**READ, "Content-Type": "application/json"}
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
 KEY_LIMIT = 25
 ADDRESS_LIMIT = 10
 WINDOW = 2
@@ -57,7 +58,7 @@ def client(n: int) -> dict[str, str]:
 
 ROUTES = [
     ("/v1/events", WRITE, 1024 * 1024, "max_body_bytes"),
-    ("/v1/funnels", READ, QUERY_CAP, "query_max_body_bytes"),
+    ("/v1/funnels", ADMIN, QUERY_CAP, "query_max_body_bytes"),
     ("/v1/funnels/report", READ, QUERY_CAP, "query_max_body_bytes"),
 ]
 
@@ -96,7 +97,7 @@ def test_the_largest_definitions_fit_and_one_byte_more_is_named(server: Server) 
     fits = definition(MAX_DEFINITION_BYTES // MAX_VALUE_CHARS - 1)
     body = orjson.dumps(fits)
     assert MAX_DEFINITION_BYTES - 2 * MAX_VALUE_CHARS < len(body) <= MAX_DEFINITION_BYTES
-    r = httpx.post(f"{server.base}/v1/funnels", content=body, headers={**JSON, **client(100)})
+    r = httpx.post(f"{server.base}/v1/funnels", content=body, headers={**ADMIN_JSON, **client(100)})
     assert r.status_code == 201, r.text
     adhoc = orjson.dumps({"funnel": fits, "from": "2020-01-01T00:00:00Z", "to": "2030-01-01"})
     r = httpx.post(
@@ -108,7 +109,7 @@ def test_the_largest_definitions_fit_and_one_byte_more_is_named(server: Server) 
     bigger["steps"][1]["filters"].append({"property": "k", "value": "v" * MAX_VALUE_CHARS})
     over = orjson.dumps(bigger)
     assert MAX_DEFINITION_BYTES < len(over) <= QUERY_CAP
-    r = httpx.post(f"{server.base}/v1/funnels", content=over, headers={**JSON, **client(102)})
+    r = httpx.post(f"{server.base}/v1/funnels", content=over, headers={**ADMIN_JSON, **client(102)})
     assert r.status_code == 400, r.text
     detail = r.json()["detail"]
     assert (detail["error"], detail["field"]) == ("definition_too_large", "definition")

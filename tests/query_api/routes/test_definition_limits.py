@@ -33,6 +33,7 @@ from schemas.funnels import (
 pytestmark = pytest.mark.clickhouse
 
 READ = {"Authorization": "Bearer rk"}
+ADMIN = {"Authorization": "Bearer ak"}
 MAX_FUNNELS = 2
 
 
@@ -42,7 +43,7 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog()
     app.state.project_config = ProjectConfig(
-        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
+        projects=(Project("shop", SecretStr("wk"), SecretStr("rk"), SecretStr("ak")),), funnels=()
     )
     app.state.query_settings = QueryApiSettings(max_funnels_per_project=MAX_FUNNELS)
     app.include_router(funnels_router)
@@ -153,7 +154,7 @@ def test_each_definition_cap_is_a_400_naming_the_field(
         ("/v1/funnels", {"id": "f", **fields}),
         ("/v1/funnels/report", {"funnel": fields}),
     ):
-        r = client.post(path, json=body, headers=READ)
+        r = client.post(path, json=body, headers=ADMIN if path == "/v1/funnels" else READ)
         assert r.status_code == 400, (path, r.text)
         detail = r.json()["detail"]
         assert (detail["error"], detail["field"]) == (code, field), path
@@ -163,17 +164,15 @@ def test_funnels_per_project_is_a_409_naming_the_field(client: TestClient) -> No
     for i in range(MAX_FUNNELS):
         assert (
             client.post(
-                "/v1/funnels", json={"id": f"f{i}", "steps": steps()}, headers=READ
+                "/v1/funnels", json={"id": f"f{i}", "steps": steps()}, headers=ADMIN
             ).status_code
             == 201
         )
-    r = client.post("/v1/funnels", json={"id": "one_more", "steps": steps()}, headers=READ)
+    r = client.post("/v1/funnels", json={"id": "one_more", "steps": steps()}, headers=ADMIN)
     assert r.status_code == 409
     detail = r.json()["detail"]
     assert (detail["error"], detail["field"]) == ("funnel_limit_reached", "id")
     assert "max_funnels_per_project" in detail["message"]
     # Replacing one is always allowed.
-    assert (
-        client.post("/v1/funnels", json={"id": "f0", "steps": steps()}, headers=READ).status_code
-        == 201
-    )
+    r = client.put("/v1/funnels/f0", json={"steps": steps()}, headers=ADMIN)
+    assert r.status_code == 200, r.text
