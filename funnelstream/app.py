@@ -41,8 +41,10 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
+from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
 from query_api.routes.analysis import router as analysis_router
+from query_api.routes.erasure import router as erasure_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
@@ -124,6 +126,8 @@ def build_app(
                 components.add_probe("log", lambda: service.log_problem)
             if isinstance(backend, EmbeddedLog):
                 supervisor.start("log_retention", partial(_enforce_retention, backend))
+            if "query" in roles:
+                app.state.erasure_log = _erasure_log(settings, backend)
             if "processor" in roles:
                 assert ch is not None and backend is not None
                 log_backend, clickhouse = backend, ch
@@ -146,6 +150,9 @@ def build_app(
             yield
         finally:
             await supervisor.shutdown()
+            erasure_log: ErasureLog | None = getattr(app.state, "erasure_log", None)
+            if erasure_log is not None:
+                await erasure_log.close()
             if producer is not None:
                 await producer.stop()
             if backend is not None:
@@ -197,6 +204,7 @@ def build_app(
         app.include_router(live_router)
         app.include_router(analysis_router)
         app.include_router(stats_router)
+        app.include_router(erasure_router)
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
@@ -235,6 +243,26 @@ def build_app(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _erasure_log(settings: CommonSettings, backend: Log | None) -> ErasureLog:
+    """Erasures travel the events log (query_api/erasure.py): through this process's
+    backend when it has one, else through one opened on the first erasure. The embedded
+    log belongs to the process that runs ingest and the processor (one member per group,
+    offsets kept in memory), so a query API on its own erases only through Kafka."""
+    if backend is not None:
+        shared = backend
+        return ErasureLog(lambda: shared, settings.topic, settings.partitions, owned=False)
+
+    def open_own() -> Log:
+        if settings.log_backend != "kafka":
+            raise LogUnavailable(
+                "a query API on its own erases through Kafka; with the embedded log, "
+                "erase through `funnelstream serve`"
+            )
+        return open_log(settings)
+
+    return ErasureLog(open_own, settings.topic, settings.partitions, owned=True)
 
 
 def _processor_problem(app: FastAPI, part: str) -> str | None:
