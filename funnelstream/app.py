@@ -34,6 +34,7 @@ from funnelstream.config import (
 )
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.retention import apply_retention, log_retention_ms, retention_days
 from funnelstream.supervise import Components, Supervisor
 from ingest.routes import router as ingest_router
 from ingest.service import IngestService
@@ -58,14 +59,18 @@ CATALOG_REFRESH_SECONDS = 5.0
 RETENTION_CHECK_SECONDS = 3600.0
 
 
-def open_log(settings: CommonSettings) -> Log:
+def open_log(settings: CommonSettings, retention: dict[str, int] | None = None) -> Log:
+    """`retention`: days per project (funnelstream/retention.py), which bound the log's."""
+    days = retention or {}
     if settings.log_backend == "kafka":
         from funnelstream.log.kafka import KafkaLog
 
-        return KafkaLog(settings.kafka_bootstrap)
+        return KafkaLog(settings.kafka_bootstrap, retention_ms=log_retention_ms(days, None))
     from funnelstream.log.embedded import EmbeddedLog
 
-    return EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend = EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend.retention_ms = log_retention_ms(days, backend.retention_ms)
+    return backend
 
 
 def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
@@ -99,7 +104,8 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The query API alone reads ClickHouse only; it never touches the log.
-        backend = open_log(settings) if roles & {"ingest", "processor"} else None
+        retention = retention_days(project_config, settings.retention_days)
+        backend = open_log(settings, retention) if roles & {"ingest", "processor"} else None
         supervisor = Supervisor(components, policy, asyncio.Event())
         ch: ClickHouse | None = None
         producer = None
@@ -109,6 +115,9 @@ def build_app(
             if roles & {"processor", "query"}:
                 ch = ClickHouse(settings.resolved_clickhouse_dsn())
                 await asyncio.to_thread(migrate, ch)
+                changed = await apply_retention(ch, retention)
+                if changed:
+                    log.info("retention set on %s", ", ".join(changed))
                 loaded = await asyncio.to_thread(funnel_store.load_all_sync, ch, project_config)
                 app.state.clickhouse = ch
                 app.state.catalog = FunnelCatalog(loaded.funnels, loaded.quarantined)
@@ -127,7 +136,7 @@ def build_app(
             if isinstance(backend, EmbeddedLog):
                 supervisor.start("log_retention", partial(_enforce_retention, backend))
             if "query" in roles:
-                app.state.erasure_log = _erasure_log(settings, backend)
+                app.state.erasure_log = _erasure_log(settings, backend, retention)
             if "processor" in roles:
                 assert ch is not None and backend is not None
                 log_backend, clickhouse = backend, ch
@@ -245,7 +254,9 @@ def build_app(
     return app
 
 
-def _erasure_log(settings: CommonSettings, backend: Log | None) -> ErasureLog:
+def _erasure_log(
+    settings: CommonSettings, backend: Log | None, retention: dict[str, int]
+) -> ErasureLog:
     """Erasures travel the events log (query_api/erasure.py): through this process's
     backend when it has one, else through one opened on the first erasure. The embedded
     log belongs to the process that runs ingest and the processor (one member per group,
@@ -260,7 +271,7 @@ def _erasure_log(settings: CommonSettings, backend: Log | None) -> ErasureLog:
                 "a query API on its own erases through Kafka; with the embedded log, "
                 "erase through `funnelstream serve`"
             )
-        return open_log(settings)
+        return open_log(settings, retention)
 
     return ErasureLog(open_own, settings.topic, settings.partitions, owned=True)
 
