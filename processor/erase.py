@@ -37,7 +37,7 @@ import orjson
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.log import LogMessage
+from funnelstream.log import Log, LogMessage
 from processor.rebuild import UserRebuilder
 from processor.rows import FUNNEL_STATE_COLUMNS
 from processor.state import HeldStates, visitor_key
@@ -141,14 +141,26 @@ def segments(messages: list[LogMessage]) -> Iterator[Segment]:
 
 
 class Eraser:
-    def __init__(self, clickhouse: ClickHouse, states: HeldStates, users: UserRebuilder) -> None:
+    def __init__(
+        self,
+        clickhouse: ClickHouse,
+        states: HeldStates,
+        users: UserRebuilder,
+        log: Log,
+        topics: tuple[str, str],
+    ) -> None:
         self._ch = clickhouse
         self._states = states
         self._users = users
+        self._log = log
+        # The events topic and the dead-letter topic.
+        self._topics = topics
 
-    async def erase(self, erasure: Erasure) -> None:
-        """Delete the visitor from every table and from memory. Idempotent: a retry or a
-        replay does it again, and an unknown visitor deletes nothing."""
+    async def erase(self, erasure: Erasure, position: tuple[int, int]) -> None:
+        """Delete the visitor from every table, from memory and, where the log backend
+        can, from the log (its records before the erasure's `position`, and its dead
+        letters). Idempotent: a retry or a replay does it again, and an unknown visitor
+        deletes nothing."""
         started = time.monotonic()
         project = erasure.project_id
         rows = await self._ch.query_rows(USERS_SQL, {"p": project, "v": erasure.visitor_id})
@@ -163,5 +175,8 @@ class Eraser:
             rebuilt = await self._users.rebuild({(project, u) for u in users}, set())
             await self._ch.insert("funnel_state", rebuilt.funnel_states, FUNNEL_STATE_COLUMNS)
         self._states.forget(visitor_key(project, erasure.visitor_id))
+        events, dead_letters = self._topics
+        await self._log.forget_key(events, erasure.partition_key(), position)
+        await self._log.forget_key(dead_letters, erasure.partition_key(), None)
         metrics.PROCESSOR_ERASURES.inc()
         metrics.PROCESSOR_ERASURE_SECONDS.observe(time.monotonic() - started)

@@ -159,7 +159,13 @@ def build_steps(
         sink=sink,
         committer=Committer(retrier, config.log_timeout_seconds),
         backfiller=backfiller,
-        eraser=Eraser(clickhouse, states, users),
+        eraser=Eraser(
+            clickhouse,
+            states,
+            users,
+            log_backend,
+            (config.topic, config.dead_letter_topic_name()),
+        ),
     )
 
 
@@ -275,7 +281,11 @@ class Processor:
         steps = self._steps
         await self.flush()
         async with self._flush_lock:
-            await steps.retrier.retry("erasure", lambda: steps.eraser.erase(erasure))
+            await steps.retrier.retry(
+                "erasure",
+                lambda: steps.eraser.erase(erasure, (message.partition, message.offset)),
+                (ClickHouseUnavailable, LogUnavailable),
+            )
             self._batch.count(message.partition, message.offset)
         # The erasure id only: a log line naming the visitor would outlive the erasure.
         log.info("erasure %s done", erasure.erasure_id)
