@@ -21,9 +21,9 @@ visitors left (processor/user_funnels.py), and the user's transitions caused by 
 visitor's events are deleted with the visitor's. A user erasure (`user_id` set) deletes
 the rows keyed by the user instead.
 
-Deletes are ClickHouse lightweight deletes (`DELETE FROM`): synchronous by default since
-23.x (`lightweight_deletes_sync`), and read as gone by every query, FINAL included; the
-parts are rewritten by later merges.
+Deletes are ClickHouse lightweight deletes (`DELETE FROM`): they return once the rows are
+marked (`lightweight_deletes_sync`, default 2 since 24.4), and every query, FINAL
+included, reads them as gone from then on; later merges remove them from disk.
 """
 
 from __future__ import annotations
