@@ -71,7 +71,8 @@ def _quote(text: str) -> str:
 
 
 def _after(time: str, days: int) -> str:
-    return FOREVER if days == 0 else f"toDateTime({time}) + toIntervalDay({days})"
+    # Every branch a DateTime('UTC'): multiIf needs one type, whatever the columns' zones.
+    return FOREVER if days == 0 else f"toDateTime({time}, 'UTC') + toIntervalDay({days})"
 
 
 def ttl_expression(table: Expiring, days: dict[str, int]) -> str | None:

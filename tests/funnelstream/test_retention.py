@@ -56,7 +56,10 @@ def test_no_ttl_while_every_project_keeps_everything() -> None:
     # Dead letters (no project) keep the longest: forever if one project keeps forever.
     dead = Expiring("dead_letters", "recorded_at", None)
     assert ttl_expression(dead, {"a": 3, "b": 0}) is None
-    assert ttl_expression(dead, {"a": 3, "b": 9}) == "toDateTime(recorded_at) + toIntervalDay(9)"
+    assert (
+        ttl_expression(dead, {"a": 3, "b": 9})
+        == "toDateTime(recorded_at, 'UTC') + toIntervalDay(9)"
+    )
 
 
 NOW = datetime.now(UTC).replace(microsecond=0)
