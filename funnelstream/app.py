@@ -103,7 +103,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The query API alone reads ClickHouse only; it never touches the log.
+        # The query API alone reads ClickHouse; it opens the log only for an erasure.
         retention = retention_days(project_config, settings.retention_days)
         backend = open_log(settings, retention) if roles & {"ingest", "processor"} else None
         supervisor = Supervisor(components, policy, asyncio.Event())
