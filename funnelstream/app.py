@@ -42,6 +42,7 @@ from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from funnelstream.ratelimit import Limiter
 from funnelstream.request_limits import RequestLimits, build_policies
+from funnelstream.retention import apply_retention, log_retention_ms, retention_days
 from funnelstream.supervise import Components, Supervisor
 from ingest.routes import router as ingest_router
 from ingest.service import IngestService
@@ -49,8 +50,10 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
+from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
 from query_api.routes.analysis import router as analysis_router
+from query_api.routes.erasure import router as erasure_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.keys import router as keys_router
 from query_api.routes.live import router as live_router
@@ -65,14 +68,18 @@ CATALOG_REFRESH_SECONDS = 5.0
 RETENTION_CHECK_SECONDS = 3600.0
 
 
-def open_log(settings: CommonSettings) -> Log:
+def open_log(settings: CommonSettings, retention: dict[str, int] | None = None) -> Log:
+    """`retention`: days per project (funnelstream/retention.py), which bound the log's."""
+    days = retention or {}
     if settings.log_backend == "kafka":
         from funnelstream.log.kafka import KafkaLog
 
-        return KafkaLog(settings.kafka_bootstrap)
+        return KafkaLog(settings.kafka_bootstrap, retention_ms=log_retention_ms(days, None))
     from funnelstream.log.embedded import EmbeddedLog
 
-    return EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend = EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend.retention_ms = log_retention_ms(days, backend.retention_ms)
+    return backend
 
 
 def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
@@ -112,8 +119,9 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The query API alone reads ClickHouse only; it never touches the log.
-        backend = open_log(settings) if roles & {"ingest", "processor"} else None
+        # The query API alone reads ClickHouse; it opens the log only for an erasure.
+        retention = retention_days(project_config, settings.retention_days)
+        backend = open_log(settings, retention) if roles & {"ingest", "processor"} else None
         supervisor = Supervisor(components, policy, asyncio.Event())
         ch: ClickHouse | None = None
         producer = None
@@ -123,6 +131,9 @@ def build_app(
             if roles & {"processor", "query"}:
                 ch = ClickHouse(settings.resolved_clickhouse_dsn())
                 await asyncio.to_thread(migrate, ch)
+                changed = await apply_retention(ch, retention)
+                if changed:
+                    log.info("retention set on %s", ", ".join(changed))
                 loaded = await asyncio.to_thread(funnel_store.load_all_sync, ch, project_config)
                 app.state.clickhouse = ch
                 app.state.catalog = FunnelCatalog(
@@ -147,6 +158,8 @@ def build_app(
                 components.add_probe("log", lambda: service.log_problem)
             if isinstance(backend, EmbeddedLog):
                 supervisor.start("log_retention", partial(_enforce_retention, backend))
+            if "query" in roles:
+                app.state.erasure_log = _erasure_log(settings, backend, retention)
             if "processor" in roles:
                 assert ch is not None and backend is not None
                 log_backend, clickhouse = backend, ch
@@ -169,6 +182,9 @@ def build_app(
             yield
         finally:
             await supervisor.shutdown()
+            erasure_log: ErasureLog | None = getattr(app.state, "erasure_log", None)
+            if erasure_log is not None:
+                await erasure_log.close()
             if producer is not None:
                 await producer.stop()
             if backend is not None:
@@ -226,6 +242,7 @@ def build_app(
         app.include_router(analysis_router)
         app.include_router(stats_router)
         app.include_router(keys_router)
+        app.include_router(erasure_router)
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
@@ -286,6 +303,28 @@ async def _key_refresh(
         log.info("ingest on the embedded engine: config file keys only (no shared key table)")
         return None
     return KeyRefresh(store, partial(ClickHouse, dsn), every, owns_connection=True)
+
+
+def _erasure_log(
+    settings: CommonSettings, backend: Log | None, retention: dict[str, int]
+) -> ErasureLog:
+    """Erasures travel the events log (query_api/erasure.py): through this process's
+    backend when it has one, else through one opened on the first erasure. The embedded
+    log belongs to the process that runs ingest and the processor (one member per group,
+    offsets kept in memory), so a query API on its own erases only through Kafka."""
+    if backend is not None:
+        shared = backend
+        return ErasureLog(lambda: shared, settings.topic, settings.partitions, owned=False)
+
+    def open_own() -> Log:
+        if settings.log_backend != "kafka":
+            raise LogUnavailable(
+                "a query API on its own erases through Kafka; with the embedded log, "
+                "erase through `funnelstream serve`"
+            )
+        return open_log(settings, retention)
+
+    return ErasureLog(open_own, settings.topic, settings.partitions, owned=True)
 
 
 def _processor_problem(app: FastAPI, part: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`funnelstream` command line: serve (embedded), split-mode parts, import, migrate, keys."""
+"""`funnelstream` command line: serve (embedded), split-mode parts, import, migrate, keys, erase."""
 
 from __future__ import annotations
 
@@ -138,6 +138,39 @@ def _import(args: argparse.Namespace) -> int:
     return importer.run()
 
 
+def _erase(args: argparse.Namespace) -> int:
+    """Erase a visitor or a user through the query API (DELETE /v1/visitors or /v1/users),
+    which records the erasure in the log; the admin key names the project."""
+    from urllib.parse import quote
+
+    key = args.admin_key or os.environ.get("FUNNELSTREAM_ADMIN_KEY", "")
+    if not key:
+        print(
+            "funnelstream erase: --admin-key or FUNNELSTREAM_ADMIN_KEY is required", file=sys.stderr
+        )
+        return 2
+    path = (
+        f"/v1/visitors/{quote(args.visitor, safe='')}"
+        if args.visitor is not None
+        else (f"/v1/users/{quote(args.user, safe='')}")
+    )
+    try:
+        with httpx.Client(base_url=args.host, timeout=30) as client:
+            response = client.delete(path, headers={"Authorization": f"Bearer {key}"})
+    except httpx.HTTPError as exc:
+        print(f"funnelstream erase: {args.host}: {exc}", file=sys.stderr)
+        return 3
+    if response.status_code != 202:
+        print(f"funnelstream erase: {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+    body = response.json()
+    print(
+        f"erasure {body['erasure_id']} recorded for {len(body['visitors'])} visitor(s); "
+        "the processor erases them when it reaches it (see /healthz lag)"
+    )
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from funnelstream.clickhouse import ClickHouse, migrate
 
@@ -268,6 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument(
         "--quiet", action="store_true", help="no periodic progress (bad lines still shown)"
     )
+    erase = sub.add_parser(
+        "erase",
+        help="erase one visitor or one user (every event, session, state, identity)",
+        epilog="exit codes: 0 recorded; 1 refused (the answer is shown); 2 bad arguments; "
+        "3 the server did not answer",
+    )
+    erase.add_argument("--host", default="http://127.0.0.1:8080", help="query API base URL")
+    erase.add_argument(
+        "--admin-key", dest="admin_key", help="the project's admin key (or FUNNELSTREAM_ADMIN_KEY)"
+    )
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--visitor", help="a visitor id")
+    who.add_argument("--user", help="a user id: every visitor that sent it or counts for it")
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--data-dir", dest="data_dir")
     mig.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
@@ -307,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return _import(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "erase":
+        return _erase(args)
     return _migrate(args)
 
 

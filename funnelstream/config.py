@@ -77,6 +77,9 @@ class CommonSettings(BaseSettings):
     # socket peer: per-address rate limits then count the client they forwarded for
     # (funnelstream/client_address.py). Empty: the peer is the client, the header ignored.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    # Days a project's rows are kept when its config says nothing (funnelstream/retention.py);
+    # 0 keeps them forever, so an upgrade never deletes history nobody asked to delete.
+    retention_days: int = Field(default=0, ge=0, le=36500)
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
@@ -152,6 +155,8 @@ class Project:
     read_key: SecretStr
     # Funnel definitions, keys, erasure. None: the project has no admin key in the file.
     admin_key: SecretStr | None = None
+    # Days its rows are kept (0: forever); None: the `retention_days` setting.
+    retention_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,17 @@ def _check_key(project: str, name: str, key: str, mode: str) -> None:
         )
 
 
+def _retention_days(project: str, raw: object) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 36500:
+        raise ConfigError(
+            f"projects[{project}].retention_days: must be a whole number of days, 0 "
+            "(forever) to 36500"
+        )
+    return raw
+
+
 def parse_config(text: str, mode: str = "local", path: Path | None = None) -> ProjectConfig:
     try:
         doc = tomllib.loads(text)
@@ -190,7 +206,15 @@ def parse_config(text: str, mode: str = "local", path: Path | None = None) -> Pr
         _check_key(pid, "read_key", rk, mode)
         if ak is not None:
             _check_key(pid, "admin_key", ak, mode)
-        projects.append(Project(pid, SecretStr(wk), SecretStr(rk), SecretStr(ak) if ak else None))
+        projects.append(
+            Project(
+                pid,
+                SecretStr(wk),
+                SecretStr(rk),
+                SecretStr(ak) if ak else None,
+                _retention_days(pid, raw.get("retention_days")),
+            )
+        )
     if not projects:
         raise ConfigError("config defines no [[projects]]")
     seen_ids: set[str] = set()

@@ -210,3 +210,20 @@ BODY_TOO_LARGE = Counter(
     ["route_kind"],
     registry=REGISTRY,
 )
+# erasure (processor/erase.py, query_api/routes/erasure.py)
+ERASURES_REQUESTED = Counter(
+    "funnelstream_erasures_requested_total",
+    "Visitor erasures durably appended to the log (a user erasure counts its visitors)",
+    ["kind"],
+    registry=REGISTRY,
+)
+PROCESSOR_ERASURES = Counter(
+    "funnelstream_processor_erasures_total",
+    "Visitor erasures done by the processor (a replay after a crash counts one again)",
+    registry=REGISTRY,
+)
+PROCESSOR_ERASURE_SECONDS = Histogram(
+    "funnelstream_processor_erasure_seconds",
+    "Time to erase one visitor from every table",
+    registry=REGISTRY,
+)

@@ -14,6 +14,10 @@
     commit    the next offset per partition, only after the write succeeded
               (processor/commit.py)
 
+An erasure record in a poll (schemas/erasure.py) splits it: the messages before it go
+through the steps and are written and committed, then the visitor is erased from every
+table and from memory (processor/erase.py), then the messages after it go on.
+
 Between polls the loop also runs backfills (processor/backfills.py): live state for a
 funnel saved after its events were stored.
 
@@ -46,7 +50,7 @@ from dataclasses import dataclass, field
 from funnelstream import metrics
 from funnelstream.backoff import Backoff, BackoffPolicy
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
-from funnelstream.log import Log, LogConsumer, LogUnavailable, RebalanceListener
+from funnelstream.log import Log, LogConsumer, LogMessage, LogUnavailable, RebalanceListener
 from processor.apply import Applier
 from processor.backfills import Backfiller
 from processor.batch import Batch, BatchPolicy
@@ -54,12 +58,14 @@ from processor.catalog import FunnelCatalog
 from processor.commit import Committer
 from processor.decode import Decoder
 from processor.dedupe import DedupeStore
+from processor.erase import Eraser, segments
 from processor.rebuild import LateRefolder, UserRebuilder
 from processor.restore import stored_states
 from processor.retry import Retrier
 from processor.sink import BATCH_ORDER, Sink, Writes
 from processor.state import HeldStates
 from processor.transform import Timing
+from schemas.erasure import Erasure
 from schemas.funnels import FunnelDefinition
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,7 @@ class Steps:
     sink: Sink
     committer: Committer
     backfiller: Backfiller
+    eraser: Eraser
 
 
 def build_steps(
@@ -120,13 +127,14 @@ def build_steps(
         # those whose backfill has not reached the visitor yet (bound once it exists).
         return backfiller.funnels_for(partition, project, key)
 
+    users = UserRebuilder(clickhouse, catalog, config.timing)
     sink = Sink(
         clickhouse,
         log_backend,
         config.group,
         config.dead_letter_topic_name(),
         states,
-        UserRebuilder(clickhouse, catalog, config.timing),
+        users,
         LateRefolder(clickhouse, catalog, config.timing, funnels_for),
     )
     backfiller = Backfiller(
@@ -151,6 +159,13 @@ def build_steps(
         sink=sink,
         committer=Committer(retrier, config.log_timeout_seconds),
         backfiller=backfiller,
+        eraser=Eraser(
+            clickhouse,
+            states,
+            users,
+            log_backend,
+            (config.topic, config.dead_letter_topic_name()),
+        ),
     )
 
 
@@ -234,23 +249,46 @@ class Processor:
         else:
             self._poll_backoff.reset()
             steps.retrier.log_ok("poll")
-        if messages:
-            # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
-            # the apply: it would swap the batch whose pending ids the lookup checked
-            # against, and drop the states of revoked partitions.
-            async with self._flush_lock:
-                batch = self._batch
-                deliveries = steps.decoder.decode(messages, batch)
-                resends = await steps.retrier.retry(
-                    "dedupe lookup", lambda: steps.dedupe.seen(deliveries, batch.accepted)
-                )
-                steps.applier.apply(deliveries, resends, batch)
+        for segment in segments(messages):
+            if segment.messages:
+                await self._apply(segment.messages)
+            if segment.erasure is not None:
+                await self._erase(*segment.erasure)
         if backfilling:
             # One chunk per turn: live events flow between chunks, a stop is seen.
             await steps.backfiller.run_chunk(self.flush)
         if steps.policy.due(self._batch, time.monotonic()) or steps.committer.retry_due():
             # Due, or an earlier commit failed and no new batch came to carry it.
             await self.flush()
+
+    async def _apply(self, messages: list[LogMessage]) -> None:
+        steps = self._steps
+        # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
+        # the apply: it would swap the batch whose pending ids the lookup checked
+        # against, and drop the states of revoked partitions.
+        async with self._flush_lock:
+            batch = self._batch
+            deliveries = steps.decoder.decode(messages, batch)
+            resends = await steps.retrier.retry(
+                "dedupe lookup", lambda: steps.dedupe.seen(deliveries, batch.accepted)
+            )
+            steps.applier.apply(deliveries, resends, batch)
+
+    async def _erase(self, message: LogMessage, erasure: Erasure) -> None:
+        """Erase a visitor where the log says: after writing (and committing) everything
+        before the record, and before its offset counts, so the commit passes it only
+        once the deletes are done."""
+        steps = self._steps
+        await self.flush()
+        async with self._flush_lock:
+            await steps.retrier.retry(
+                "erasure",
+                lambda: steps.eraser.erase(erasure, (message.partition, message.offset)),
+                (ClickHouseUnavailable, LogUnavailable),
+            )
+            self._batch.count(message.partition, message.offset)
+        # The erasure id only: a log line naming the visitor would outlive the erasure.
+        log.info("erasure %s done", erasure.erasure_id)
 
     # -- write + commit ----------------------------------------------------------------
 

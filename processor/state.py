@@ -130,6 +130,11 @@ class HeldStates:
     def of(self, partition: int) -> dict[str, VisitorState]:
         return self._by_partition.get(partition, {})
 
+    def forget(self, key: str) -> None:
+        """Drop one visitor's state wherever it is held (an erasure)."""
+        for states in self._by_partition.values():
+            states.pop(key, None)
+
     def drop(self, partitions: frozenset[int]) -> None:
         for partition in partitions:
             self._by_partition.pop(partition, None)

@@ -157,5 +157,11 @@ class Log(abc.ABC):
         self, topic: str, group: str, listener: RebalanceListener | None = None
     ) -> LogConsumer: ...
 
+    async def forget_key(self, topic: str, key: bytes, before: tuple[int, int] | None) -> int:
+        """Drop the records of `key` (all, or those before (partition, offset)); return
+        how many went. For erasure (processor/erase.py). A backend that cannot drop single
+        records keeps them until its retention: Kafka does (0)."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources shared by producers and consumers."""

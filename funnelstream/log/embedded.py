@@ -182,6 +182,16 @@ class _Store:
             ).fetchone()
         return None if row is None else int(row[0])
 
+    def delete_key(self, topic: str, key: bytes, before: tuple[int, int] | None) -> int:
+        partition, offset = before if before is not None else (-1, -1)
+        with self._write_lock:
+            cur = self._write.execute(
+                "DELETE FROM records WHERE topic = ? AND key = ? "
+                "AND (? < 0 OR (partition = ? AND offset < ?))",
+                (topic, key, partition, partition, offset),
+            )
+            return cur.rowcount
+
     def delete_older_than(self, cutoff_ms: int) -> int:
         """Delete records older than the cutoff that every consumer group has committed
         past. Unlike Kafka, a record no group has read yet is kept whatever its age: on
@@ -280,6 +290,10 @@ class EmbeddedLog(Log):
             return 0
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return await asyncio.to_thread(self._store.delete_older_than, now - self.retention_ms)
+
+    async def forget_key(self, topic: str, key: bytes, before: tuple[int, int] | None) -> int:
+        # Offsets are never reused: a consumer reads past the gap.
+        return await asyncio.to_thread(self._store.delete_key, topic, key, before)
 
     async def close(self) -> None:
         for appender in self._appenders.values():

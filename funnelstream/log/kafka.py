@@ -56,6 +56,7 @@ class KafkaLog(Log):
         session_timeout_ms: int = 10000,
         heartbeat_interval_ms: int = 1000,
         max_poll_interval_ms: int = 300000,
+        retention_ms: int | None = None,
     ) -> None:
         """`replication_factor` None means min(3, brokers in the cluster), and
         `min_insync_replicas` None means min(2, replication_factor): with three replicas a
@@ -72,6 +73,9 @@ class KafkaLog(Log):
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_poll_interval_ms = max_poll_interval_ms
+        # `retention.ms` of the topics this creates (None: the broker's default); an
+        # existing topic keeps its own (funnelstream/retention.py).
+        self.retention_ms = retention_ms
         self._admin: AIOKafkaAdminClient | None = None
         self._admin_lock = asyncio.Lock()
 
@@ -100,12 +104,11 @@ class KafkaLog(Log):
                 brokers = (await admin.describe_cluster())["brokers"]
                 rf = min(3, len(brokers))
             min_isr = self.min_insync_replicas or min(2, rf)
+            configs = {"min.insync.replicas": str(min_isr)}
+            if self.retention_ms is not None:
+                configs["retention.ms"] = str(self.retention_ms)
             response = await admin.create_topics(
-                [
-                    NewTopic(
-                        topic, partitions, rf, topic_configs={"min.insync.replicas": str(min_isr)}
-                    )
-                ]
+                [NewTopic(topic, partitions, rf, topic_configs=configs)]
             )
             for error in response.to_object()["topic_errors"]:
                 err = for_code(error["error_code"])

@@ -104,6 +104,9 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ("GET", "/v1/keys"): Needs("admin"),
     ("POST", "/v1/keys"): Needs("admin", body={"scope": "read", "label": "matrix"}),
     ("DELETE", "/v1/keys/{key_id}"): Needs("admin", "not_found"),
+    # erasure: the right key's answer is 202 (or 503 when this app has no log to append to)
+    ("DELETE", "/v1/visitors/{visitor_id}"): Needs("admin"),
+    ("DELETE", "/v1/users/{user_id}"): Needs("admin"),
     # operations and documentation: no key
     ("GET", "/readyz"): Needs("none"),
     ("GET", "/healthz"): Needs("none"),
@@ -173,7 +176,9 @@ def test_each_route_takes_only_its_scope_of_its_project(
     method, template = route
     made = client.post("/v1/keys", json={"scope": "read"}, headers=bearer(KEYS["shop"]["admin"]))
     assert made.status_code == 201, made.text
-    path = template.format(funnel_id="checkout", key_id=made.json()["key_id"])
+    path = template.format(
+        funnel_id="checkout", key_id=made.json()["key_id"], visitor_id="v1", user_id="u1"
+    )
 
     def send(key: str | None) -> Any:
         return client.request(
