@@ -127,7 +127,9 @@ def served_routes(app: FastAPI) -> set[tuple[str, str]]:
     def walk(routes: list[Any], prefix: str) -> None:
         for route in routes:
             if hasattr(route, "path") and hasattr(route, "methods"):
-                found.update((m, prefix + route.path) for m in route.methods if m != "HEAD")
+                # path_format: "{visitor_id:path}" as OpenAPI writes it, "{visitor_id}"
+                path = getattr(route, "path_format", route.path)
+                found.update((m, prefix + path) for m in route.methods if m != "HEAD")
             elif hasattr(route, "original_router"):  # an included router (FastAPI 0.16x)
                 walk(route.original_router.routes, prefix + route.include_context.prefix)
             else:
