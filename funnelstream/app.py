@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +31,7 @@ from funnelstream.config import (
     QueryApiSettings,
     load_config,
 )
+from funnelstream.http_errors import install_error_envelope
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from funnelstream.supervise import Components, Supervisor
@@ -176,17 +176,7 @@ def build_app(
         max_age=86400,
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
-        return JSONResponse(
-            {
-                "error": "invalid_request",
-                "field": ".".join(str(p) for p in first["loc"]),
-                "message": first["msg"],
-            },
-            status_code=400,
-        )
+    install_error_envelope(app)
 
     if "ingest" in roles:
         app.include_router(ingest_router)

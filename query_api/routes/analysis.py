@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from funnelstream import metrics
+from funnelstream.http_errors import error_responses
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnels import get_funnel
@@ -27,7 +28,9 @@ from query_api.sql.analysis import (
 )
 from schemas.funnels import FunnelDefinition
 
-router = APIRouter(prefix="/v1/funnels", tags=["funnel analysis"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["funnel analysis"], responses=error_responses(400, 401, 404, 503)
+)
 
 From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
 To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]

@@ -7,12 +7,15 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import ValidationError
 
+from funnelstream.http_errors import error_responses
 from processor.catalog import FunnelCatalog
 from query_api import funnel_store
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject, SettingsDep
 from schemas.funnels import FunnelDefinition, validate_funnel
 
-router = APIRouter(prefix="/v1/funnels", tags=["funnels"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["funnels"], responses=error_responses(400, 401, 409, 503)
+)
 
 
 def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
+from funnelstream.http_errors import error_responses
 from query_api import compute
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject
 from query_api.routes.funnels import get_funnel
@@ -32,7 +33,9 @@ from query_api.sql.live import (
 )
 from schemas.funnels import FunnelDefinition
 
-router = APIRouter(prefix="/v1/funnels", tags=["live"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["live"], responses=error_responses(400, 401, 404, 503)
+)
 
 # The stream re-reads this much before its cursor, so a transition written late by another
 # processor (or in the same millisecond as the last one sent) is not missed.
@@ -236,8 +239,10 @@ async def live_stream(
     client disconnects."""
     funnel = get_funnel(catalog, project.id, funnel_id)
     now = datetime.now(UTC)
-    resume = last_event_id if last_event_id and last_event_id.isdigit() else since
-    after = parse_time(resume, now, "since")
+    if last_event_id and last_event_id.isdigit():
+        after = parse_time(last_event_id, now, "Last-Event-ID")
+    else:
+        after = parse_time(since, now, "since")
     return StreamingResponse(
         transition_stream(ch, funnel, after, request.is_disconnected),
         media_type="text/event-stream",

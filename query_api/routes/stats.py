@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from funnelstream.http_errors import error_responses
 from query_api.deps import ClickHouseDep, ReadProject
 
-router = APIRouter(prefix="/v1/stats", tags=["stats"])
+router = APIRouter(prefix="/v1/stats", tags=["stats"], responses=error_responses(401, 503))
 
 
 @router.get("", summary="Stored events, visitors, sessions and dead letters of the project")
@@ -26,7 +27,9 @@ async def project_stats(project: ReadProject, ch: ClickHouseDep) -> dict[str, An
         "WHERE project_id = {p:String} AND kind != 'retracted'",
         params,
     )
-    ((dead_letters,),) = await ch.query_rows("SELECT count() FROM dead_letters FINAL")
+    ((dead_letters,),) = await ch.query_rows(
+        "SELECT count() FROM dead_letters FINAL WHERE project_id = {p:String}", params
+    )
     return {
         "events": int(events),
         "visitors": int(visitors),
