@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from funnelstream.http_errors import error_responses
 from ingest import pipeline
 from ingest.pipeline import IngestError
 from ingest.service import IngestService
+from schemas.events_wire import AcceptedOut, request_body_schema
 
 router = APIRouter()
 
@@ -34,14 +36,19 @@ def error_response(exc: IngestError) -> JSONResponse:
     "/v1/events",
     status_code=202,
     summary="Send one event or a batch",
+    response_model=AcceptedOut,
+    response_model_exclude_none=True,
     responses={
         202: {"description": "All events durably stored (`accepted`, `dropped` bots)"},
-        207: {"description": "Some events stored; `errors` lists the others by index/field"},
-        400: {"description": "Nothing valid: `errors` or `field` says what and why"},
-        401: {"description": "Missing or unknown write key"},
-        413: {"description": "Body or batch too large"},
-        503: {"description": "The log is unavailable or overloaded; retry after Retry-After"},
+        207: {
+            "model": AcceptedOut,
+            "description": "Some events stored; `errors` lists the others by index/field",
+        },
+        **error_responses(400, 401, 413, 415, 503),
     },
+    # The body is read raw (size-capped, maybe gzip) and validated by the pipeline; its
+    # shape is documented from the wire models.
+    openapi_extra={"requestBody": request_body_schema()},
 )
 async def post_events(request: Request, ingest: Ingest) -> Response:
     body = await _read_capped(request, ingest.settings.max_body_bytes)
