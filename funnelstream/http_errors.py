@@ -15,6 +15,7 @@ document and the schemathesis contract test (tests/contract/) read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -96,13 +97,19 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=400)
 
 
+# What FastAPI raises when a JSON body does not parse (also past the parser's depth).
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.detail, dict) and "error" in exc.detail:
         body = {"message": exc.detail["error"], **exc.detail}
+    elif exc.detail == _FASTAPI_BODY_ERROR:
+        body = {"error": "invalid_json", "message": "the body is not valid JSON (or too deep)"}
     else:
-        # Starlette's own refusals (unknown route, wrong method) carry a phrase.
-        code = str(exc.detail).lower().replace(" ", "_") if exc.detail else str(exc.status_code)
+        # Starlette's own refusals (unknown route, wrong method) carry the status phrase.
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         body = {"error": code, "message": str(exc.detail)}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

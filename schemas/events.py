@@ -16,19 +16,13 @@ from typing import Any
 
 import orjson
 
+from schemas.properties import json_problem
+
 SCHEMA_VERSION = 1
 
 MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 200
 MAX_PROPERTIES_BYTES = 32 * 1024
-# Objects and lists inside `properties`, counted from it. Deeper is refused by name: the
-# flattening keeps 3 levels as keys and the rest as JSON, which orjson cannot write past
-# 254 levels (a 500 before this limit).
-MAX_PROPERTIES_DEPTH = 16
-# Integers a property may hold and keep exactly: what orjson reads and writes as an
-# integer (signed or unsigned 64 bits). Beyond, orjson would turn it into a float.
-MIN_INTEGER = -(2**63)
-MAX_INTEGER = 2**64 - 1
 # Historical imports are welcome; timestamps before this are almost surely unit mistakes
 # (seconds sent as milliseconds, zeros).
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -236,23 +230,10 @@ def parse_event(
     )
 
 
-def properties_problem(value: Any, path: str = "properties", depth: int = 0) -> FieldError | None:
-    """The first value of `properties` nested too deep or holding an integer that cannot be
-    kept exactly, named by its path (`properties.cart.items[2].qty`); None if all is well."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and not MIN_INTEGER <= value <= MAX_INTEGER:
-        return FieldError(path, "integer beyond 64 bits: send it as a string to keep it exactly")
-    if isinstance(value, dict | list):
-        if depth >= MAX_PROPERTIES_DEPTH:
-            return FieldError(path, f"nested deeper than {MAX_PROPERTIES_DEPTH} levels")
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            child = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
-            problem = properties_problem(item, child, depth + 1)
-            if problem is not None:
-                return problem
-    return None
+def properties_problem(properties: dict[str, Any]) -> FieldError | None:
+    """The first value of `properties` that could not be kept exactly, by its path."""
+    problem = json_problem(properties, "properties")
+    return None if problem is None else FieldError(*problem)
 
 
 def encode(event: Event) -> bytes:

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import MAX_ID_LENGTH, MAX_NAME_LENGTH, MAX_PROPERTIES_DEPTH
+from schemas.events import MAX_ID_LENGTH, MAX_NAME_LENGTH
+from schemas.properties import MAX_JSON_DEPTH
 
 _TIME = "ISO-8601 (no zone: UTC) or epoch milliseconds"
 
@@ -46,7 +47,7 @@ class EventIn(BaseModel):
     )
     properties: dict[str, Any] | None = Field(
         default=None,
-        description=f"At most 32 KiB of JSON, {MAX_PROPERTIES_DEPTH} levels deep; integers"
+        description=f"At most 32 KiB of JSON, {MAX_JSON_DEPTH} levels deep; integers"
         " within 64 bits (send larger ones as strings)",
     )
     write_key: str | None = Field(

@@ -12,6 +12,7 @@ from processor.catalog import FunnelCatalog
 from query_api import funnel_store
 from query_api.deps import CatalogDep, ClickHouseDep, ReadProject, SettingsDep
 from schemas.funnels import FunnelDefinition, validate_funnel
+from schemas.properties import json_problem
 
 router = APIRouter(
     prefix="/v1/funnels", tags=["funnels"], responses=error_responses(400, 401, 409, 503)
@@ -20,6 +21,11 @@ router = APIRouter(
 
 def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
     """A definition from a request body, validated; 400 with a stable error code if not."""
+    # Rules flatten filter values with orjson: what it cannot hold is refused by name first.
+    unkeepable = json_problem(body, "")
+    if unkeepable is not None:
+        field, message = unkeepable
+        raise HTTPException(400, {"error": "invalid_funnel", "field": field, "message": message})
     try:
         funnel = FunnelDefinition.model_validate({**body, "project": project})
     except ValidationError as exc:

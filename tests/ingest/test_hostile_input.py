@@ -13,7 +13,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from schemas.events import MAX_PROPERTIES_DEPTH
+from schemas.properties import MAX_JSON_DEPTH
 from tests.ingest.test_routes import AUTH, make_client
 
 
@@ -61,20 +61,20 @@ def test_properties_nested_300_levels_are_a_400_naming_the_path(
     )
     assert r.status_code == 400, r.text
     (error,) = r.json()["errors"]
-    assert error["field"] == "properties" + ".a" * MAX_PROPERTIES_DEPTH
+    assert error["field"] == "properties" + ".a" * MAX_JSON_DEPTH
     assert "nested deeper" in error["message"]
     # Lists count as levels too, and the limit itself is accepted.
     deep_list: Any = 1
-    for _ in range(MAX_PROPERTIES_DEPTH + 1):
+    for _ in range(MAX_JSON_DEPTH + 1):
         deep_list = [deep_list]
     r = client.post(
         "/v1/events", json={"event": "x", "visitor_id": "v", "properties": {"l": deep_list}},
         headers=AUTH,
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["errors"][0]["field"].startswith("properties.l[0]")
-    ok = {"event": "x", "visitor_id": "v", "properties": nested(MAX_PROPERTIES_DEPTH)}
+    ok = {"event": "x", "visitor_id": "v", "properties": nested(MAX_JSON_DEPTH)}
     assert client.post("/v1/events", json=ok, headers=AUTH).status_code == 202
-    assert stored(tmp_path)[0]["props"] == nested(MAX_PROPERTIES_DEPTH)
+    assert stored(tmp_path)[0]["props"] == nested(MAX_JSON_DEPTH)
 
 
 def test_json_nested_past_the_parser_limit_is_invalid_json(client: TestClient) -> None:

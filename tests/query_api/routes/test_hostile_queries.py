@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -176,3 +177,31 @@ def test_every_refusal_is_the_top_level_envelope(client: TestClient) -> None:
         assert isinstance(body["error"], str) and isinstance(body["message"], str), r.text
     assert answers[2].json()["field"] == "minutes"
     assert answers[3].json()["field"].startswith("steps")
+
+
+def test_funnel_bodies_with_huge_integers_or_deep_nesting_are_a_400(client: TestClient) -> None:
+    huge = 2**64
+    step = {"event": "buy", "filters": [{"property": "n", "op": "in", "value": [{"x": huge}]}]}
+    funnel = {"id": "f", "steps": [{"event": "view"}, step]}
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    nested = {"id": "f", "steps": [{"event": "view"}, {"event": "buy", "extra": deep}]}
+    for body, field in [(funnel, "steps[1].filters[0].value[0].x"), (nested, "steps[1].extra")]:
+        r = client.post("/v1/funnels", json=body, headers=READ)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "invalid_funnel" and r.json()["field"].startswith(field)
+        r = client.post("/v1/funnels/report", json={"funnel": body}, headers=READ)
+        assert r.status_code == 400 and r.json()["field"].startswith(field), r.text
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_json_bodies_nested_past_the_parser_are_a_400(client: TestClient, depth: int) -> None:
+    body = b'{"funnel": ' + b"[" * depth + b"]" * depth + b"}"
+    r = client.post(
+        "/v1/funnels/report",
+        content=body,
+        headers={**READ, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_json"
