@@ -42,6 +42,7 @@ from processor.pipeline import Processor, ProcessorConfig
 from processor.transform import Timing
 from query_api import funnel_store
 from query_api.errors import install_error_handlers
+from query_api.openapi import install_query_openapi
 from query_api.routes.analysis import router as analysis_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.live import router as live_router
@@ -182,13 +183,18 @@ def build_app(
         app.include_router(ingest_router)
     if "query" in roles:
         install_error_handlers(app)
+        install_query_openapi(app)
         app.include_router(funnels_router)
         app.include_router(reports_router)
         app.include_router(live_router)
         app.include_router(analysis_router)
         app.include_router(stats_router)
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        responses={503: {"description": "Failing: `failed` names each component and why"}},
+    )
     async def readyz() -> JSONResponse:
         """200 when every component is ready; 503 naming each failed one and why."""
         failed = components.failing()
@@ -215,7 +221,12 @@ def build_app(
             out["processed"] = processor.processed_messages
         return out
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics(request: Request) -> Response:
         processor: Processor | None = getattr(request.app.state, "processor", None)
         if processor is not None:

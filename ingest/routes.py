@@ -88,11 +88,20 @@ def _script() -> bytes | None:
         return None
 
 
-@router.get("/v1/funnelstream.js", summary="The storefront tracking script")
+@router.get(
+    "/v1/funnelstream.js",
+    summary="The storefront tracking script",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/javascript": {"schema": {"type": "string"}}}},
+        **error_responses(404),
+    },
+)
 async def tracking_script() -> Response:
     script = _script()
     if script is None:
-        return JSONResponse({"error": "not_built"}, status_code=404)
+        message = "the script is not built: run ingest/static/build.sh"
+        return JSONResponse({"error": "not_built", "message": message}, status_code=404)
     return Response(
         script,
         media_type="application/javascript; charset=utf-8",
