@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -34,6 +34,15 @@ class EventErrorOut(BaseModel):
 
 class ErrorOut(BaseModel):
     """The body of every 4xx and 5xx answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": "invalid_time", "message": "ISO-8601 or epoch ms", "field": "from"},
+                {"error": "clickhouse_unavailable", "message": "connection refused"},
+            ]
+        }
+    )
 
     error: str = Field(description="A stable code, e.g. `invalid_time`, `funnel_not_found`")
     message: str = Field(description="What is wrong, for a human")

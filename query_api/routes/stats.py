@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
 
 from funnelstream.http_errors import error_responses
 from query_api.deps import ClickHouseDep, ReadProject
@@ -12,8 +11,30 @@ from query_api.deps import ClickHouseDep, ReadProject
 router = APIRouter(prefix="/v1/stats", tags=["stats"], responses=error_responses(401, 503))
 
 
+class StatsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": 1200,
+                    "visitors": 310,
+                    "sessions": 420,
+                    "funnel_transitions": 640,
+                    "dead_letters": 0,
+                }
+            ]
+        }
+    )
+
+    events: int
+    visitors: int
+    sessions: int
+    funnel_transitions: int
+    dead_letters: int
+
+
 @router.get("", summary="Stored events, visitors, sessions and dead letters of the project")
-async def project_stats(project: ReadProject, ch: ClickHouseDep) -> dict[str, Any]:
+async def project_stats(project: ReadProject, ch: ClickHouseDep) -> StatsOut:
     params = {"p": project.id}
     ((events, visitors),) = await ch.query_rows(
         "SELECT count(), uniqExact(visitor_id) FROM events FINAL WHERE project_id = {p:String}",
@@ -30,10 +51,10 @@ async def project_stats(project: ReadProject, ch: ClickHouseDep) -> dict[str, An
     ((dead_letters,),) = await ch.query_rows(
         "SELECT count() FROM dead_letters FINAL WHERE project_id = {p:String}", params
     )
-    return {
-        "events": int(events),
-        "visitors": int(visitors),
-        "sessions": int(sessions),
-        "funnel_transitions": int(transitions),
-        "dead_letters": int(dead_letters),
-    }
+    return StatsOut(
+        events=int(events),
+        visitors=int(visitors),
+        sessions=int(sessions),
+        funnel_transitions=int(transitions),
+        dead_letters=int(dead_letters),
+    )
