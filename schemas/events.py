@@ -233,7 +233,7 @@ def parse_event(
 def properties_problem(properties: dict[str, Any]) -> FieldError | None:
     """The first value of `properties` that could not be kept exactly, by its path."""
     problem = json_problem(properties, "properties")
-    return None if problem is None else FieldError(*problem)
+    return None if problem is None else FieldError(problem.path, problem.message)
 
 
 def encode(event: Event) -> bytes:

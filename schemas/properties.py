@@ -7,7 +7,7 @@ when writing and by funnel matching, so a filter sees what the table holds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -47,17 +47,29 @@ def flatten(properties: dict[str, Any], prefix: str = "", depth: int = 0) -> dic
     return out
 
 
-def json_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
-    """(path, why) of the first part of a client's JSON value nested deeper than
-    MAX_JSON_DEPTH or holding an integer beyond 64 bits (`properties.cart.items[2].qty`);
-    None when all of it can be kept exactly."""
+class JsonProblem(NamedTuple):
+    path: str
+    code: str  # number_out_of_range or nested_too_deep
+    message: str
+
+
+def json_problem(value: Any, path: str, depth: int = 0) -> JsonProblem | None:
+    """The first part of a client's JSON value nested deeper than MAX_JSON_DEPTH or holding
+    an integer beyond 64 bits, by its path (`properties.cart.items[2].qty`); None when all
+    of it can be kept exactly."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and not MIN_INTEGER <= value <= MAX_INTEGER:
-        return path, "integer beyond 64 bits: send it as a string to keep it exactly"
+        return JsonProblem(
+            path,
+            "number_out_of_range",
+            "integer beyond 64 bits: send it as a string to keep it exactly",
+        )
     if isinstance(value, dict | list):
         if depth >= MAX_JSON_DEPTH:
-            return path, f"nested deeper than {MAX_JSON_DEPTH} levels"
+            return JsonProblem(
+                path, "nested_too_deep", f"nested deeper than {MAX_JSON_DEPTH} levels"
+            )
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             if isinstance(value, list):

@@ -24,8 +24,10 @@ def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
     # Rules flatten filter values with orjson: what it cannot hold is refused by name first.
     unkeepable = json_problem(body, "")
     if unkeepable is not None:
-        field, message = unkeepable
-        raise HTTPException(400, {"error": "invalid_funnel", "field": field, "message": message})
+        raise HTTPException(
+            400,
+            {"error": unkeepable.code, "field": unkeepable.path, "message": unkeepable.message},
+        )
     try:
         funnel = FunnelDefinition.model_validate({**body, "project": project})
     except ValidationError as exc:

