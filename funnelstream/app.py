@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -37,6 +36,7 @@ from funnelstream.config import (
     load_config,
 )
 from funnelstream.cors import CorsByRoute
+from funnelstream.http_errors import install_error_envelope
 from funnelstream.key_store import KeyRefresh, KeyStore, load_secret
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
@@ -52,6 +52,7 @@ from processor.transform import Timing
 from query_api import funnel_store
 from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
+from query_api.openapi import install_query_openapi
 from query_api.routes.analysis import router as analysis_router
 from query_api.routes.erasure import router as erasure_router
 from query_api.routes.funnels import router as funnels_router
@@ -220,22 +221,13 @@ def build_app(
     )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
-        return JSONResponse(
-            {
-                "error": "invalid_request",
-                "field": ".".join(str(p) for p in first["loc"]),
-                "message": first["msg"],
-            },
-            status_code=400,
-        )
+    install_error_envelope(app)
 
     if "ingest" in roles:
         app.include_router(ingest_router)
     if "query" in roles:
         install_error_handlers(app)
+        install_query_openapi(app)
         app.include_router(funnels_router)
         app.include_router(reports_router)
         app.include_router(live_router)
@@ -244,7 +236,11 @@ def build_app(
         app.include_router(keys_router)
         app.include_router(erasure_router)
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        responses={503: {"description": "Failing: `failed` names each component and why"}},
+    )
     async def readyz() -> JSONResponse:
         """200 when every component is ready; 503 naming each failed one and why."""
         failed = components.failing()
@@ -271,7 +267,12 @@ def build_app(
             out["processed"] = processor.processed_messages
         return out
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics(request: Request) -> Response:
         processor: Processor | None = getattr(request.app.state, "processor", None)
         if processor is not None:

@@ -15,6 +15,8 @@ Every refusal is an `IngestError` with a status, a stable code and the offending
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -109,15 +111,16 @@ def read_body(body: bytes, content_encoding: str, limit: int) -> bytes:
         raise IngestError(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
     if not decompressor.eof:
         raise IngestError(400, "bad_gzip", "body is not valid gzip: truncated")
+    if decompressor.unused_data:
+        # Bytes after the gzip stream (a second member included) are not what the client
+        # meant to send, or not what we would read: refused rather than silently ignored.
+        raise IngestError(400, "bad_gzip", "body has data after the end of the gzip stream")
     return out
 
 
 def parse_json(raw: bytes, max_events: int) -> tuple[list[Any], dict[str, Any]]:
     """→ (events, envelope). The envelope carries `write_key` and `sent_at` if present."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    doc = loads_exact(raw)
     if isinstance(doc, dict) and "batch" in doc:
         batch = doc["batch"]
         if not isinstance(batch, list):
@@ -134,6 +137,29 @@ def parse_json(raw: bytes, max_events: int) -> tuple[list[Any], dict[str, Any]]:
     raise IngestError(
         400, "invalid_shape", 'body must be an event object or {"batch": [...]}', field=""
     )
+
+
+# An integer literal of 19 digits or more may be beyond 64 bits.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def loads_exact(raw: bytes) -> Any:
+    """The JSON body with every integer as sent. orjson reads an integer beyond 64 bits as
+    a float (altering it silently); only when a long digit run is present, the body is read
+    again by the standard parser, which keeps it exactly, so validation can refuse it by
+    field (schemas/events.py `properties_problem`) or keep it exactly as an id string."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    if not _LONG_DIGITS.search(raw):
+        return doc
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise IngestError(400, "invalid_json", "body is nested too deep") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
 
 
 def authenticate(keys: KeyStore, authorization: str, envelope: dict[str, Any]) -> Project:

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from funnelstream import metrics
+from funnelstream.http_errors import error_responses
 from ingest import pipeline
 from ingest.pipeline import IngestError
 from ingest.service import IngestService
+from schemas.events_wire import AcceptedOut, request_body_schema
 
 router = APIRouter()
 
@@ -35,15 +37,19 @@ def error_response(exc: IngestError) -> JSONResponse:
     "/v1/events",
     status_code=202,
     summary="Send one event or a batch",
+    response_model=AcceptedOut,
+    response_model_exclude_none=True,
     responses={
         202: {"description": "All events durably stored (`accepted`, `dropped` bots)"},
-        207: {"description": "Some events stored; `errors` lists the others by index/field"},
-        400: {"description": "Nothing valid: `errors` or `field` says what and why"},
-        401: {"description": "Missing or unknown write key"},
-        403: {"description": "A valid key of another scope (`insufficient_scope`)"},
-        413: {"description": "Body or batch too large"},
-        503: {"description": "The log is unavailable or overloaded; retry after Retry-After"},
+        207: {
+            "model": AcceptedOut,
+            "description": "Some events stored; `errors` lists the others by index/field",
+        },
+        **error_responses(400, 401, 403, 413, 415, 429, 503),
     },
+    # The body is read raw (size-capped, maybe gzip) and validated by the pipeline; its
+    # shape is documented from the wire models.
+    openapi_extra={"requestBody": request_body_schema()},
 )
 async def post_events(request: Request, ingest: Ingest) -> Response:
     # Content-Length over the cap was refused before this (funnelstream/request_limits.py);
@@ -87,11 +93,20 @@ def _script() -> bytes | None:
         return None
 
 
-@router.get("/v1/funnelstream.js", summary="The storefront tracking script")
+@router.get(
+    "/v1/funnelstream.js",
+    summary="The storefront tracking script",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/javascript": {"schema": {"type": "string"}}}},
+        **error_responses(404),
+    },
+)
 async def tracking_script() -> Response:
     script = _script()
     if script is None:
-        return JSONResponse({"error": "not_built"}, status_code=404)
+        message = "the script is not built: run ingest/static/build.sh"
+        return JSONResponse({"error": "not_built", "message": message}, status_code=404)
     return Response(
         script,
         media_type="application/javascript; charset=utf-8",

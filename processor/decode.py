@@ -62,4 +62,11 @@ def dead_letter_row(message: LogMessage, exc: InvalidMessage, now_ms: int) -> Ro
         message.partition,
         message.offset,
         message.value.decode("utf-8", "replace")[:10000],
+        project_of_key(message.key),
     )
+
+
+def project_of_key(key: bytes) -> str:
+    """The project of a log key (`Event.partition_key`): a dead letter's payload may be
+    unreadable, its key was written by ingest for a known project."""
+    return key.split(b"\x1f", 1)[0].decode("utf-8", "replace")[:200] if b"\x1f" in key else ""

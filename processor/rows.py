@@ -70,6 +70,7 @@ DEAD_LETTER_COLUMNS = (
     "log_partition",
     "log_offset",
     "payload",
+    "project_id",
 )
 
 # The entry fields a session keeps from its first event.

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from schemas.properties import json_problem
+
 SCHEMA_VERSION = 1
 
 MAX_NAME_LENGTH = 200
@@ -207,6 +209,8 @@ def parse_event(
     elif not isinstance(properties, dict):
         errors.append(FieldError("properties", "must be an object"))
         properties = {}
+    elif (problem := properties_problem(properties)) is not None:
+        errors.append(problem)
     elif len(orjson.dumps(properties)) > MAX_PROPERTIES_BYTES:
         errors.append(FieldError("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes"))
 
@@ -224,6 +228,12 @@ def parse_event(
         user_id=user_id,
         properties=properties,
     )
+
+
+def properties_problem(properties: dict[str, Any]) -> FieldError | None:
+    """The first value of `properties` that could not be kept exactly, by its path."""
+    problem = json_problem(properties, "properties")
+    return None if problem is None else FieldError(problem.path, problem.message)
 
 
 def encode(event: Event) -> bytes:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from funnelstream import metrics
+from funnelstream.http_errors import keyed_route_errors
 from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
@@ -27,7 +28,9 @@ from query_api.sql.analysis import (
 )
 from schemas.funnels import FunnelDefinition
 
-router = APIRouter(prefix="/v1/funnels", tags=["funnel analysis"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["funnel analysis"], responses=keyed_route_errors(404, 409, 503)
+)
 
 From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
 To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]

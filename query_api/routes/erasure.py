@@ -8,13 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 
+from funnelstream.http_errors import keyed_route_errors
 from funnelstream.log import LogUnavailable
 from query_api.deps import AdminProject, ClickHouseDep
 from query_api.erasure import ErasureLog, erasures, new_erasure_id, user_visitors
 from schemas.erasure import Erasure
 from schemas.events import MAX_ID_LENGTH
 
-router = APIRouter(tags=["erasure"])
+router = APIRouter(tags=["erasure"], responses=keyed_route_errors(503))
 
 RETRY_AFTER_SECONDS = 5
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import ProjectConfig
+from funnelstream.http_errors import keyed_route_errors
 from processor.catalog import FunnelCatalog
 from query_api import funnel_store
 from query_api.deps import AdminProject, CatalogDep, ClickHouseDep, ReadProject, SettingsDep
@@ -26,12 +27,22 @@ from query_api.funnel_store import StoredVersion, config_funnel
 from query_api.funnel_views import FunnelOut, VersionOut, as_saved, config_entry, stored_entry
 from query_api.routes.funnel_lookup import not_found
 from schemas.funnels import FunnelDefinition, validate_funnel
+from schemas.properties import json_problem
 
-router = APIRouter(prefix="/v1/funnels", tags=["funnels"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["funnels"], responses=keyed_route_errors(404, 409, 503)
+)
 
 
 def parse_definition(body: dict[str, Any], project: str) -> FunnelDefinition:
     """A definition from a request body, validated; 400 with a stable error code if not."""
+    # Rules flatten filter values with orjson: what it cannot hold is refused by name first.
+    unkeepable = json_problem(body, "")
+    if unkeepable is not None:
+        raise HTTPException(
+            400,
+            {"error": unkeepable.code, "field": unkeepable.path, "message": unkeepable.message},
+        )
     try:
         funnel = FunnelDefinition.model_validate({**body, "project": project})
     except ValidationError as exc:

@@ -12,10 +12,11 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
+from funnelstream.http_errors import keyed_route_errors
 from funnelstream.keys import KeyRecord
 from query_api.deps import AdminProject, ClickHouseDep, KeyStoreDep
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=keyed_route_errors(404, 409, 503))
 
 MAX_LABEL_LENGTH = 200
 

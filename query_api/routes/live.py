@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
+from funnelstream.http_errors import keyed_route_errors
 from query_api import compute
 from query_api.deps import ClickHouseDep, ReadProject
 from query_api.routes.funnel_lookup import LiveFunnel
@@ -32,7 +33,7 @@ from query_api.sql.live import (
 )
 from schemas.funnels import FunnelDefinition
 
-router = APIRouter(prefix="/v1/funnels", tags=["live"])
+router = APIRouter(prefix="/v1/funnels", tags=["live"], responses=keyed_route_errors(404, 503))
 
 # The stream re-reads this much before its cursor, so a transition written late by another
 # processor (or in the same millisecond as the last one sent) is not missed.
@@ -234,8 +235,10 @@ async def live_stream(
     from there; `since` starts from an earlier write time. The stream ends when the
     client disconnects."""
     now = datetime.now(UTC)
-    resume = last_event_id if last_event_id and last_event_id.isdigit() else since
-    after = parse_time(resume, now, "since")
+    if last_event_id and last_event_id.isdigit():
+        after = parse_time(last_event_id, now, "Last-Event-ID")
+    else:
+        after = parse_time(since, now, "since")
     return StreamingResponse(
         transition_stream(ch, funnel, after, request.is_disconnected),
         media_type="text/event-stream",

@@ -13,13 +13,16 @@ from pydantic import BaseModel, Field
 from funnel.sql.report import report_sql, trend_sql
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
+from funnelstream.http_errors import keyed_route_errors
 from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.funnels import parse_definition
 from schemas.funnels import FunnelDefinition
 
-router = APIRouter(prefix="/v1/funnels", tags=["funnel reports"])
+router = APIRouter(
+    prefix="/v1/funnels", tags=["funnel reports"], responses=keyed_route_errors(404, 409, 503)
+)
 
 
 class TimeToConvertOut(BaseModel):
@@ -63,19 +66,37 @@ class AdHocReportIn(BaseModel):
     to: str | None = None
 
 
+# Times a query may name: ClickHouse's DateTime64 holds 1900..2299; events start in 2000
+# (schemas/events.py). Outside this a time is refused by name rather than reaching the engine.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def parse_time(value: str | None, default: datetime, name: str) -> datetime:
     if value is None:
         return default
     text = value.strip()
     try:
         if text.lstrip("-").isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
+            parsed = datetime.fromtimestamp(int(text) / 1000, UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    # Epoch ms past the calendar overflow (OverflowError, OSError) rather than misparse.
+    except (ValueError, OverflowError, OSError) as exc:
         raise HTTPException(
             400, {"error": "invalid_time", "field": name, "message": "ISO-8601 or epoch ms"}
         ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not EARLIEST_TIME <= parsed <= LATEST_TIME:
+        raise HTTPException(
+            400,
+            {
+                "error": "time_out_of_range",
+                "field": name,
+                "message": f"must be between {EARLIEST_TIME.date()} and {LATEST_TIME.date()}",
+            },
+        )
+    return parsed
 
 
 def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:

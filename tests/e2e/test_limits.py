@@ -111,7 +111,7 @@ def test_the_largest_definitions_fit_and_one_byte_more_is_named(server: Server) 
     assert MAX_DEFINITION_BYTES < len(over) <= QUERY_CAP
     r = httpx.post(f"{server.base}/v1/funnels", content=over, headers={**ADMIN_JSON, **client(102)})
     assert r.status_code == 400, r.text
-    detail = r.json()["detail"]
+    detail = r.json()
     assert (detail["error"], detail["field"]) == ("definition_too_large", "definition")
 
 

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.http_errors import install_error_envelope
 from funnelstream.log.embedded import EmbeddedLog
 from processor.backfill import state_key
 from processor.backfills import MARKER_SUFFIX
@@ -56,6 +57,7 @@ class Running:
         self.catalog = FunnelCatalog()
         self.processor = Processor(log, ch, self.catalog, config(5))
         app = FastAPI()
+        install_error_envelope(app)
         app.state.clickhouse = ch
         app.state.catalog = self.catalog
         app.state.project_config = ProjectConfig(
@@ -148,7 +150,7 @@ async def test_a_replaced_funnel_is_rebuilt_and_an_archived_one_stops(running: R
     archived = await running.write("DELETE", "/v1/funnels/flow")
     assert archived["status"] == "archived"
     gone = await running.api.get("/v1/funnels/flow/live", headers=READ)
-    assert gone.status_code == 404 and gone.json()["detail"]["error"] == "funnel_archived"
+    assert gone.status_code == 404 and gone.json()["error"] == "funnel_archived"
     frozen = funnel_state_rows(running.ch)
     await running.send(user_traffic(visitors=60, users=20, seed=53, start_ms=T_ARCHIVED))
     assert funnel_state_rows(running.ch) == frozen  # not advanced while archived

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, SESSION_COLUMNS, ms_to_datetime
 from query_api.routes.analysis import router as analysis_router
@@ -39,6 +40,7 @@ CHECKOUT = FunnelDefinition.model_validate(
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog([CHECKOUT])
     app.state.project_config = ProjectConfig(
@@ -133,7 +135,7 @@ def test_breakdown_by_session_property(client: TestClient) -> None:
     last = client.get(url, params={**params, "attribution": "last_touch"}, headers=READ).json()
     assert ("email", False, [1, 1, 1]) in groups(last)
     bad = client.get(url, params={**params, "property": "nope"}, headers=READ)
-    assert bad.status_code == 400 and bad.json()["detail"]["error"] == "invalid_breakdown"
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_breakdown"
 
 
 @pytest.mark.usefixtures("shop")

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig, QueryApiSettings
+from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.reports import router as reports_router
@@ -40,6 +41,7 @@ MAX_FUNNELS = 2
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog()
     app.state.project_config = ProjectConfig(
@@ -156,7 +158,7 @@ def test_each_definition_cap_is_a_400_naming_the_field(
     ):
         r = client.post(path, json=body, headers=ADMIN if path == "/v1/funnels" else READ)
         assert r.status_code == 400, (path, r.text)
-        detail = r.json()["detail"]
+        detail = r.json()
         assert (detail["error"], detail["field"]) == (code, field), path
 
 
@@ -170,7 +172,7 @@ def test_funnels_per_project_is_a_409_naming_the_field(client: TestClient) -> No
         )
     r = client.post("/v1/funnels", json={"id": "one_more", "steps": steps()}, headers=ADMIN)
     assert r.status_code == 409
-    detail = r.json()["detail"]
+    detail = r.json()
     assert (detail["error"], detail["field"]) == ("funnel_limit_reached", "id")
     assert "max_funnels_per_project" in detail["message"]
     # Replacing one is always allowed.

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, ms_to_datetime
 from query_api.errors import RETRY_AFTER_SECONDS, install_error_handlers
@@ -31,6 +32,7 @@ READ = {"Authorization": "Bearer rk"}
 
 def make_app(ch: ClickHouse) -> FastAPI:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog([])
     app.state.project_config = ProjectConfig(
@@ -89,7 +91,7 @@ def test_a_regex_clickhouse_cannot_compile_is_refused_before_it_runs(
     }
     r = client.post("/v1/funnels/report", json={"funnel": funnel}, headers=READ)
     assert r.status_code == 400, r.text
-    body = r.json().get("detail", r.json())
+    body = r.json()
     assert body["error"] == "regex_invalid"
     assert body["field"] == "steps[0].filters[0].value"
 
@@ -106,6 +108,8 @@ def test_clickhouse_unreachable_is_a_503_with_retry_after() -> None:
         pytest.fail("nothing listens there: the connection must be refused")
 
     app = FastAPI()
+
+    install_error_envelope(app)
     install_error_handlers(app)
 
     @app.get("/query")

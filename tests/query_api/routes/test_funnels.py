@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig, QueryApiSettings
+from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, ms_to_datetime
 from query_api.routes.funnels import router as funnels_router
@@ -43,6 +44,7 @@ FROM_CONFIG = FunnelDefinition.model_validate(
 
 def make_app(ch: ClickHouse, limit: int = 100) -> FastAPI:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog([FROM_CONFIG])
     app.state.project_config = ProjectConfig(
@@ -82,7 +84,7 @@ def visitors(client: TestClient, funnel_id: str, **params: str) -> list[int]:
 
 def error(r: Any, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
-    detail: dict[str, Any] = r.json()["detail"]
+    detail: dict[str, Any] = r.json()
     return detail
 
 
@@ -341,7 +343,7 @@ def test_any_sequence_of_writes_follows_the_rules(ch: ClickHouse, ops: list[Op])
             status, code = expected(model, (method, fid, event))
             assert r.status_code == status, (method, fid, r.text)
             if code is not None:
-                assert r.json()["detail"]["error"] == code
+                assert r.json()["error"] == code
         listed = {f["id"]: f for f in client.get("/v1/funnels", headers=READ).json()}
         assert listed.keys() == {"checkout", *model}
         for fid, funnel in model.items():

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.http_errors import install_error_envelope
 from funnelstream.key_store import KeyStore
 from query_api.routes.keys import router as keys_router
 from query_api.routes.stats import router as stats_router
@@ -32,6 +33,7 @@ CONFIG = ProjectConfig(
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.project_config = CONFIG
     app.state.keys = KeyStore(CONFIG, b"x" * 32)
@@ -87,7 +89,7 @@ def test_another_projects_admin_key_neither_sees_nor_revokes(client: TestClient)
     assert all(k["project"] == "blog" for k in listed)
     assert made["key_id"] not in {k["key_id"] for k in listed}
     r = client.delete(f"/v1/keys/{made['key_id']}", headers=BLOG_ADMIN)
-    assert r.status_code == 404 and r.json()["detail"]["error"] == "key_not_found"
+    assert r.status_code == 404 and r.json()["error"] == "key_not_found"
     r = client.delete("/v1/keys/config:shop:read", headers=BLOG_ADMIN)
     assert r.status_code == 404
     # Still active for its own project.
@@ -97,7 +99,7 @@ def test_another_projects_admin_key_neither_sees_nor_revokes(client: TestClient)
 
 def test_config_keys_are_read_only_here(client: TestClient) -> None:
     r = client.delete("/v1/keys/config:shop:read", headers=SHOP_ADMIN)
-    assert r.status_code == 409 and r.json()["detail"]["error"] == "config_key_read_only"
+    assert r.status_code == 409 and r.json()["error"] == "config_key_read_only"
     assert client.get("/v1/stats", headers=bearer("rk_shop")).status_code == 200
 
 

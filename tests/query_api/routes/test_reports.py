@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.config import Project, ProjectConfig
+from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, ms_to_datetime
 from query_api.routes.funnels import router as funnels_router
@@ -36,6 +37,7 @@ CHECKOUT = {
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
     app = FastAPI()
+    install_error_envelope(app)
     app.state.clickhouse = ch
     app.state.catalog = FunnelCatalog()
     app.state.project_config = ProjectConfig(
@@ -142,7 +144,7 @@ def test_invalid_definitions_have_stable_codes(
 ) -> None:
     r = client.post("/v1/funnels/report", json={"funnel": {**CHECKOUT, **change}}, headers=READ)
     assert r.status_code == 400
-    assert r.json()["detail"]["error"] == code
+    assert r.json()["error"] == code
 
 
 def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHouse) -> None:
