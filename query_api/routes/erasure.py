@@ -3,10 +3,11 @@ the processor's side: processor/erase.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from funnelstream.http_errors import keyed_route_errors
 from funnelstream.log import LogUnavailable
@@ -41,6 +42,14 @@ async def _append(erasure_log: ErasureLog, records: list[Erasure], kind: str) ->
         ) from exc
 
 
+class ErasureOut(BaseModel):
+    """A 202: the erasure is durably in the log; the processor erases in log order."""
+
+    erasure_id: str
+    visitors: list[str] = Field(description="The visitors the erasure covers")
+    status: Literal["accepted"]
+
+
 def _accepted(records: list[Erasure], erasure_id: str) -> JSONResponse:
     body: dict[str, Any] = {
         "erasure_id": erasure_id,
@@ -54,7 +63,7 @@ def _accepted(records: list[Erasure], erasure_id: str) -> JSONResponse:
     "/v1/visitors/{visitor_id:path}",
     summary="Erase a visitor",
     status_code=202,
-    responses={503: {"description": "the log did not take the erasure; send it again"}},
+    response_model=ErasureOut,
 )
 async def erase_visitor(
     project: AdminProject,
@@ -77,7 +86,7 @@ async def erase_visitor(
     "/v1/users/{user_id:path}",
     summary="Erase a user",
     status_code=202,
-    responses={503: {"description": "the log did not take the erasure; send it again"}},
+    response_model=ErasureOut,
 )
 async def erase_user(
     project: AdminProject,

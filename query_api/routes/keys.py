@@ -12,7 +12,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from funnelstream.http_errors import keyed_route_errors
+from funnelstream.http_errors import ErrorOut, keyed_route_errors
 from funnelstream.keys import KeyRecord
 from query_api.deps import AdminProject, ClickHouseDep, KeyStoreDep
 
@@ -83,8 +83,8 @@ async def list_keys(project: AdminProject, keys: KeyStoreDep) -> KeyListOut:
     response_model=KeyOut,
     summary="Revoke a key (refused everywhere within key_refresh_seconds)",
     responses={
-        404: {"description": "No such key in this project"},
-        409: {"description": "A config file key: remove it from the file instead"},
+        404: {"model": ErrorOut, "description": "No such key in this project"},
+        409: {"model": ErrorOut, "description": "A config file key: remove it from the file"},
     },
 )
 async def revoke_key(

@@ -29,6 +29,7 @@ from schemas.funnels import FunnelDefinition
 pytestmark = pytest.mark.clickhouse
 
 READ = {"Authorization": "Bearer rk"}
+ADMIN = {"Authorization": "Bearer ak"}
 CHECKOUT = FunnelDefinition.model_validate(
     {
         "id": "checkout",
@@ -167,8 +168,8 @@ def test_every_refusal_is_the_top_level_envelope(client: TestClient) -> None:
         client.get("/v1/stats"),
         client.get("/v1/funnels/nope/report", headers=READ),
         client.get("/v1/funnels/checkout/live", params={"minutes": "x"}, headers=READ),
-        client.post("/v1/funnels", json={"id": "x"}, headers=READ),
-        client.post("/v1/funnels", content=b"{not json", headers=READ),
+        client.post("/v1/funnels", json={"id": "x"}, headers=ADMIN),
+        client.post("/v1/funnels", content=b"{not json", headers=ADMIN),
         client.get("/v1/no-such-route"),
     ]
     for r in answers:
@@ -191,7 +192,7 @@ def test_funnel_bodies_with_huge_integers_or_deep_nesting_are_a_400(client: Test
         (funnel, "number_out_of_range", "steps[1].filters[0].value[0].x"),
         (nested, "nested_too_deep", "steps[1].extra"),
     ]:
-        r = client.post("/v1/funnels", json=body, headers=READ)
+        r = client.post("/v1/funnels", json=body, headers=ADMIN)
         assert r.status_code == 400, r.text
         assert r.json()["error"] == code and r.json()["field"].startswith(field)
         r = client.post("/v1/funnels/report", json={"funnel": body}, headers=READ)
