@@ -130,6 +130,9 @@ class QueryApiSettings(CommonSettings):
     # replacing one is always allowed. Every active funnel is advanced live for every
     # event, so this bounds that work.
     max_funnels_per_project: int = Field(default=100, ge=1)
+    # Active keys created through the API per project (config file keys aside): the key
+    # table every process reloads stays small.
+    max_keys_per_project: int = Field(default=50, ge=1)
     # Any query API request's body. At least a maximal definition plus an ad hoc report's
     # envelope, so the cap never refuses a definition the validator accepts.
     query_max_body_bytes: int = MAX_DEFINITION_BYTES + AD_HOC_ENVELOPE_BYTES

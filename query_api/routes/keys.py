@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from funnelstream.http_errors import ErrorOut, keyed_route_errors
 from funnelstream.keys import KeyRecord
-from query_api.deps import AdminProject, ClickHouseDep, KeyStoreDep
+from query_api.deps import AdminProject, ClickHouseDep, KeyStoreDep, SettingsDep
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=keyed_route_errors(404, 409, 503))
 
@@ -64,8 +64,24 @@ def _out(record: KeyRecord) -> KeyOut:
     summary="Create a key for this project (the key is in this answer only)",
 )
 async def create_key(
-    body: KeyIn, project: AdminProject, keys: KeyStoreDep, ch: ClickHouseDep
+    body: KeyIn,
+    project: AdminProject,
+    keys: KeyStoreDep,
+    ch: ClickHouseDep,
+    settings: SettingsDep,
 ) -> CreatedKeyOut:
+    """409 `key_limit_reached` past `max_keys_per_project` active stored keys: revoke one
+    first (counted over the keys this process last loaded)."""
+    active = [r for r in keys.records(project.id) if r.source == "stored" and not r.revoked_at]
+    if len(active) >= settings.max_keys_per_project:
+        raise HTTPException(
+            409,
+            {
+                "error": "key_limit_reached",
+                "message": f"a project holds at most {settings.max_keys_per_project} active"
+                " keys (max_keys_per_project); revoke one first",
+            },
+        )
     new = await asyncio.to_thread(keys.create_sync, ch, project.id, body.scope, body.label)
     record = next(r for r in keys.records(project.id) if r.key_id == new.key_id)
     return CreatedKeyOut(**_out(record).model_dump(), key=new.plaintext)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.config import Project, ProjectConfig
+from funnelstream.config import Project, ProjectConfig, QueryApiSettings
 from funnelstream.http_errors import install_error_envelope
 from funnelstream.key_store import KeyStore
 from query_api.routes.keys import router as keys_router
@@ -37,10 +37,14 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
     app.state.clickhouse = ch
     app.state.project_config = CONFIG
     app.state.keys = KeyStore(CONFIG, b"x" * 32)
+    app.state.query_settings = QueryApiSettings(max_keys_per_project=MAX_KEYS)
     app.include_router(keys_router)
     app.include_router(stats_router)
     with TestClient(app) as c:
         yield c
+
+
+MAX_KEYS = 3
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -110,3 +114,23 @@ def test_config_keys_are_read_only_here(client: TestClient) -> None:
 def test_a_bad_create_body_is_a_4xx(client: TestClient, body: object) -> None:
     r = client.post("/v1/keys", json=body, headers=SHOP_ADMIN)
     assert 400 <= r.status_code < 500, r.text
+
+
+def test_active_keys_per_project_are_capped_and_revoking_frees_a_place(
+    client: TestClient, ch: ClickHouse
+) -> None:
+    made = [
+        client.post("/v1/keys", json={"scope": "read"}, headers=SHOP_ADMIN) for _ in range(MAX_KEYS)
+    ]
+    assert [r.status_code for r in made] == [201] * MAX_KEYS
+    r = client.post("/v1/keys", json={"scope": "write"}, headers=SHOP_ADMIN)
+    assert r.status_code == 409 and r.json()["error"] == "key_limit_reached", r.text
+    assert "max_keys_per_project" in r.json()["message"]
+    # Another project has its own count.
+    assert (
+        client.post("/v1/keys", json={"scope": "read"}, headers=bearer("ak_blog")).status_code
+        == 201
+    )
+    key_id = made[0].json()["key_id"]
+    assert client.delete(f"/v1/keys/{key_id}", headers=SHOP_ADMIN).status_code == 200
+    assert client.post("/v1/keys", json={"scope": "read"}, headers=SHOP_ADMIN).status_code == 201
