@@ -22,6 +22,10 @@ full         the real processor (embedded log with the messages appended beforeh
              embedded ClickHouse): from its start until every message is written and
              committed; each run in a fresh subprocess (one embedded engine per process).
              Same floor.
+serve        `funnelstream serve` (ingest, processor and query API in one process, as
+             shipped) taking `--serve-events` once in 500-event gzip batches from 4
+             clients: acknowledged and processed events/s (no baseline: the issue's
+             headline figure), and the process's RSS idle and at its peak.
 state        bytes per visitor held after the fold: the stored JSON (`VisitorState.dumps`)
              and the objects in memory (deep size; objects shared by several states
              counted once).
@@ -129,6 +133,16 @@ def http_requests(load: Load, events: list[dict[str, object]]) -> list[bytes]:
 # -- HTTP load ----------------------------------------------------------------------------
 
 
+async def _answer(reader: asyncio.StreamReader) -> int:
+    """Read one response; its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    at = lower.find(b"content-length:")
+    length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _client(
     port: int, requests: list[bytes], start: int, until: float
 ) -> tuple[int, int, float]:
@@ -141,13 +155,7 @@ async def _client(
         while last < until:
             writer.write(requests[i % len(requests)])
             i += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            lower = head.lower()
-            at = lower.find(b"content-length:")
-            length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
-            await reader.readexactly(length)
-            if status == 202:
+            if await _answer(reader) == 202:
                 ok += 1
             else:
                 refused += 1
@@ -155,6 +163,24 @@ async def _client(
     finally:
         writer.close()
     return ok, refused, last
+
+
+async def send_once(port: int, requests: list[bytes], clients: int) -> int:
+    """Send every request once over `clients` connections; the count not answered 202."""
+    queue = list(reversed(requests))
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = 0
+        try:
+            while queue:
+                writer.write(queue.pop())
+                refused += await _answer(reader) != 202
+        finally:
+            writer.close()
+        return refused
+
+    return sum(await asyncio.gather(*(one() for _ in range(clients))))
 
 
 async def hammer(port: int, requests: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
@@ -252,6 +278,47 @@ def ingest_run(seconds: float) -> dict[str, dict[str, Any]]:
             echo = measure_http(echo_port, requests, load.clients, seconds)
             out[load.name] = {"ingest": ingest, "echo": echo}
     return out
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory now and at its peak (VmHWM), from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def serve_run(events: int) -> dict[str, float]:
+    """`funnelstream serve` (one process: ingest, processor, query API) taking every
+    event once in 500-event gzip batches from 4 clients: events/s acknowledged, and
+    processed (sent → the processor's lag 0); its RSS idle and at the peak."""
+    load = Load("500-event batches, gzip", 500, True, 4)
+    requests = http_requests(load, client_events(events))
+    sent = len(requests) * load.events_per_request
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp) / "data", **UNLIMITED).start()
+        try:
+            assert server.proc is not None
+            time.sleep(1)
+            idle = rss_mb(server.proc.pid)["VmRSS"]
+            started = time.perf_counter()
+            refused = run_client(send_once(server.port, requests, load.clients))
+            acked = time.perf_counter() - started
+            server.wait_processed(timeout=600)
+            processed = time.perf_counter() - started
+            peak = rss_mb(server.proc.pid)["VmHWM"]
+        finally:
+            server.stop()
+    return {
+        "acked": sent / acked,
+        "processed": sent / processed,
+        "idle_rss_mb": idle,
+        "peak_rss_mb": peak,
+        "refused": refused,
+        "events": sent,
+    }
 
 
 # -- processor ----------------------------------------------------------------------------
@@ -503,7 +570,14 @@ def git_commit() -> str:
     done = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     )
-    return done.stdout.strip() or "unknown"
+    commit = done.stdout.strip() or "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.split()[1::2]
+    return f"{commit} (uncommitted: {', '.join(dirty)})" if dirty else commit
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
@@ -531,6 +605,27 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
         per_run.append(
             f"- ingest {load.name}: ingest {[fmt(x) for x in ingest]}, echo "
             f"{[fmt(x) for x in echo]} {unit}; non-202 answers: {refused}"
+        )
+    serves = results.get("serve", [])
+    if serves:
+        acked = [r["acked"] for r in serves]
+        processed = [r["processed"] for r in serves]
+        idle = [r["idle_rss_mb"] for r in serves]
+        peak = [r["peak_rss_mb"] for r in serves]
+        what = f"`funnelstream serve`, {serves[0]['events']:,} events in 500-event gzip batches"
+        rows.append(f"| {what}, 4 clients: acknowledged | {fmt(med(acked))} ev/s | — | — | ~8k |")
+        rows.append(
+            f"| same: processed into ClickHouse (sent → lag 0) | {fmt(med(processed))} ev/s "
+            "| — | — | ~3k (done means ≥ 20k) |"
+        )
+        rows.append(
+            f"| same: server RSS idle / peak | {fmt(med(idle))} / {fmt(med(peak))} MB | — | — "
+            "| ~500 / ~770 MB (goal: peak ≤ 800) |"
+        )
+        per_run.append(
+            f"- serve: acknowledged {[fmt(x) for x in acked]}, processed "
+            f"{[fmt(x) for x in processed]} ev/s; RSS idle {[fmt(x) for x in idle]}, peak "
+            f"{[fmt(x) for x in peak]} MB; non-202 answers: {sum(r['refused'] for r in serves)}"
         )
     folds = results.get("fold", [])
     if folds:
@@ -577,7 +672,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
             f"- state: memory {[fmt(x) for x in mem_b]} B, JSON {[fmt(x) for x in json_b]} B"
         )
     command = f"python bench/throughput.py --runs {args.runs} --seconds {args.seconds:g} " + (
-        f"--events {args.events} --full-events {args.full_events} --late-share {args.late_share:g}"
+        f"--events {args.events} --full-events {args.full_events} "
+        f"--serve-events {args.serve_events} --late-share {args.late_share:g}"
     )
     if args.part != "all":
         command += f" --part {args.part}"
@@ -602,10 +698,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per HTTP measurement")
     parser.add_argument("--events", type=int, default=30_000, help="fold-only events")
     parser.add_argument("--full-events", type=int, default=20_000, help="full processor events")
+    parser.add_argument("--serve-events", type=int, default=40_000)
     parser.add_argument("--late-share", type=float, default=0.05)
     parser.add_argument(
         "--part",
-        choices=["all", "ingest", "fold", "full", "full-once", "fold-loop"],
+        choices=["all", "ingest", "serve", "fold", "full", "full-once", "fold-loop"],
         default="all",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -624,6 +721,7 @@ def main() -> None:
         "ingest": lambda: ingest_run(args.seconds),
         "fold": lambda: fold_run(fold_messages),
         "full": lambda: full_run(args.full_events, args.late_share),
+        "serve": lambda: serve_run(args.serve_events),
     }
     chosen = list(parts) if args.part == "all" else [args.part]
     fold_messages = log_messages(args.events, args.late_share) if "fold" in chosen else []
