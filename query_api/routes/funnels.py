@@ -162,7 +162,7 @@ def write_lock(request: Request) -> asyncio.Lock:
 WriteLock = Annotated[asyncio.Lock, Depends(write_lock)]
 
 
-def refuseconfig_funnel(config: ProjectConfig, project: str, funnel_id: str) -> None:
+def refuse_config_funnel(config: ProjectConfig, project: str, funnel_id: str) -> None:
     if config_funnel(config, project, funnel_id) is None:
         return
     raise HTTPException(
@@ -240,7 +240,7 @@ async def create_funnel(
     with PUT); a config funnel's id: 409 `funnel_read_only`."""
     funnel = parse_definition(body, project.id)
     config: ProjectConfig = request.app.state.project_config
-    refuseconfig_funnel(config, project.id, funnel.id)
+    refuse_config_funnel(config, project.id, funnel.id)
     async with lock:
         stored = await funnel_store.latest(ch, project.id)
         current = next((s for s in stored if s.funnel_id == funnel.id), None)
@@ -281,7 +281,7 @@ async def replace_funnel(
     given it must be the path's. An archived funnel is revived by this; an unknown id is
     404 (create it with POST)."""
     config: ProjectConfig = request.app.state.project_config
-    refuseconfig_funnel(config, project.id, funnel_id)
+    refuse_config_funnel(config, project.id, funnel_id)
     if "id" in body and body["id"] != funnel_id:
         raise HTTPException(
             400,
@@ -319,7 +319,7 @@ async def archive_funnel(
     `funnel_archived`; every version and its reports stay queryable. Saving the id again
     (POST or PUT) makes its next version. Archiving an archived funnel changes nothing."""
     config: ProjectConfig = request.app.state.project_config
-    refuseconfig_funnel(config, project.id, funnel_id)
+    refuse_config_funnel(config, project.id, funnel_id)
     async with lock:
         stored = await funnel_store.latest(ch, project.id, funnel_id)
         if not stored:

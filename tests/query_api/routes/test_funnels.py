@@ -23,6 +23,7 @@ from funnelstream.config import Project, ProjectConfig, QueryApiSettings
 from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import EVENT_COLUMNS, ms_to_datetime
+from query_api import funnel_store
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.live import router as live_router
 from query_api.routes.reports import router as reports_router
@@ -213,15 +214,7 @@ def test_a_stored_funnel_under_a_config_id_does_not_override_it(
     ch.insert_sync(
         "funnel_versions",
         [("shop", "checkout", 1, '{"id":"checkout"}', ms_to_datetime(T0), None, time.time_ns())],
-        (
-            "project_id",
-            "funnel_id",
-            "version",
-            "definition",
-            "saved_at",
-            "archived_at",
-            "written_at",
-        ),
+        funnel_store.COLUMNS,
     )
     [listed] = client.get("/v1/funnels", headers=READ).json()
     assert listed["source"] == "config"
@@ -251,15 +244,7 @@ def test_a_quarantined_version_is_listed_and_replaced_by_put(
     ch.insert_sync(
         "funnel_versions",
         [("shop", "flow", 1, bad, ms_to_datetime(T0), None, time.time_ns())],
-        (
-            "project_id",
-            "funnel_id",
-            "version",
-            "definition",
-            "saved_at",
-            "archived_at",
-            "written_at",
-        ),
+        funnel_store.COLUMNS,
     )
     [listed] = [f for f in client.get("/v1/funnels", headers=READ).json() if f["id"] == "flow"]
     assert (listed["status"], listed["code"], listed["version"]) == (
