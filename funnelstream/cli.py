@@ -49,13 +49,18 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
     print(f"  data dir: {ingest_settings.data_dir.resolve()}", flush=True)
     if config.path is not None:
         print(f"  config:   {config.path.resolve()}", flush=True)
+    # The keys themselves only in local mode (the demo's tour reads them); elsewhere a
+    # start would put every read and admin key in the container's log.
+    local = ingest_settings.mode == "local"
     for p in config.projects:
-        admin = f"  admin key {p.admin_key.get_secret_value()}" if p.admin_key else ""
-        print(
-            f"  project {p.id}: write key {p.write_key.get_secret_value()}  "
-            f"read key {p.read_key.get_secret_value()}{admin}",
-            flush=True,
+        admin = p.admin_key.get_secret_value() if p.admin_key else "(none)"
+        keys = (
+            f"write key {p.write_key.get_secret_value()}  "
+            f"read key {p.read_key.get_secret_value()}  admin key {admin}"
+            if local
+            else "keys from the config file (see `funnelstream keys list`)"
         )
+        print(f"  project {p.id}: {keys}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -306,8 +306,12 @@ class KeyRefresh:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
+            # Keys loaded at start (the app's connection) are not loaded again at once.
+            due_now = self._store.loaded_at is None
             while not stop.is_set():
-                await self._once()
+                if due_now:
+                    await self._once()
+                due_now = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._every)
         finally:
