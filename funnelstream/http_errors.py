@@ -81,10 +81,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-# Every route of the query API can be refused for a bad key, and can find ClickHouse away.
-QUERY_ERRORS = (400, 401, 503)
-
-
 def _field_path(loc: Sequence[int | str]) -> str:
     """FastAPI's error location as the caller names it: `from`, `funnel.steps[0].event`."""
     parts = list(loc[1:]) if loc and loc[0] in ("query", "body", "path", "header") else list(loc)

@@ -11,6 +11,7 @@ changing this file. Bounded and seeded for CI; `FUNNELSTREAM_CONTRACT_EXAMPLES=2
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,21 @@ def test_create_funnel_then_follow_links_to_every_funnel_route(api: Any, server:
                 Workflow.creates += 1
                 body = case.body if isinstance(case.body, dict) else {}
                 if Workflow.creates % 2 == 0 and isinstance(body.get("id"), str):
-                    case.body = {**VALID_FUNNEL, "id": body["id"]}
+                    # A fresh id: the server keeps the funnels of earlier runs and tests,
+                    # and a taken one answers 409, so no link would ever be followed.
+                    case.body = {
+                        **VALID_FUNNEL,
+                        "id": f"c{Workflow.creates}_{uuid.uuid4().hex[:8]}",
+                    }
 
         def call(self, case: Any, **kwargs: Any) -> Any:
-            response = call(case)
+            # A call that raises (a hang, a reset after a crash) is a failure too: the
+            # flaky-generation branch below must not swallow it.
+            try:
+                response = call(case)
+            except Exception as exc:
+                failures.append(f"{case.method} {case.formatted_path}: call raised {exc!r}")
+                raise
             answered.append((case.method, case.path, response.status_code))
             return response
 
