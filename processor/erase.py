@@ -74,7 +74,6 @@ ERASE_ORDER: tuple[Delete, ...] = (
     Delete("funnel_transitions_by_time", _TRANSITIONS_WHERE),
     Delete("funnel_state", "project_id = {p:String} AND visitor_id = {v:String}"),
     Delete("sessions", "project_id = {p:String} AND visitor_id = {v:String}"),
-    Delete("visitor_identities", "project_id = {p:String} AND visitor_id = {v:String}"),
     Delete("visitor_funnel_progress", "visitor_key = {key:String}"),
     Delete("processor_state", "visitor_key = {key:String}"),
     # The payload is the message as the log held it: an event's JSON names its project
@@ -92,6 +91,11 @@ ERASE_ORDER: tuple[Delete, ...] = (
     Delete("visitor_identities", "project_id = {p:String} AND user_id = {u:String}", True),
     # Last: the transition deletes above read them.
     Delete("events", "project_id = {p:String} AND visitor_id = {v:String}"),
+)
+# After the users' rebuild: they are how a retry or a replay of an erasure that failed
+# past the deletes above still finds the users the visitor counted for.
+IDENTITIES_LAST = Delete(
+    "visitor_identities", "project_id = {p:String} AND visitor_id = {v:String}"
 )
 
 
@@ -174,6 +178,7 @@ class Eraser:
             # The users it counted for, from the visitors left; no transitions are new.
             rebuilt = await self._users.rebuild({(project, u) for u in users}, set())
             await self._ch.insert("funnel_state", rebuilt.funnel_states, FUNNEL_STATE_COLUMNS)
+        await self._ch.command(IDENTITIES_LAST.sql(), params)
         self._states.forget(visitor_key(project, erasure.visitor_id))
         events, dead_letters = self._topics
         await self._log.forget_key(events, erasure.partition_key(), position)

@@ -203,3 +203,29 @@ async def test_a_crash_mid_erasure_replays_it(ch: ClickHouse, tmp_path: Path) ->
     want = [(v, str(uuid.UUID(int=n, version=4))) for v, n in [("w", 2), ("v", 4), ("w", 5)]]
     assert sorted(stored) == sorted(want)
     assert live_levels(ch, funnel) == {1: 1, 2: 1}
+
+
+async def test_a_crash_after_the_deletes_still_rebuilds_the_users(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    """The replay of an erasure that failed after the visitor's identities would have gone
+    still finds the user it counted for: the user's state is rebuilt from the others."""
+    log = EmbeddedLog(tmp_path / "log", default_partitions=1)
+    funnel = BY_USER
+
+    def visit(visitor: str, n: int, name: str) -> tuple[bytes, bytes]:
+        e = Event("p", str(uuid.UUID(int=n, version=4)), name, visitor, T0 + n * 1000, T0)
+        e = dataclasses.replace(e, user_id="u")
+        return e.partition_key(), encode(e)
+
+    # v reaches "view" and "cart" for u; w only "view".
+    await append(log, [visit("v", 1, "view"), visit("v", 2, "cart"), visit("w", 3, "view")])
+    await run_until_idle(Processor(log, ch, FunnelCatalog([funnel]), config()), log, 3)
+    assert live_levels(ch, funnel) == {2: 1}
+    await append(log, [erasure("v")])
+    with pytest.raises(RuntimeError, match="crash"):
+        crashing = CrashBeforeEventDelete(ch)
+        await Processor(log, crashing, FunnelCatalog([funnel]), config()).run(asyncio.Event())
+    await run_until_idle(Processor(log, ch, FunnelCatalog([funnel]), config()), log, 1)
+    await log.close()
+    assert live_levels(ch, funnel) == {1: 1}  # u, from w's view alone
