@@ -405,9 +405,12 @@ def fold_once(messages: list[LogMessage]) -> tuple[dict[str, float], Any]:
     from processor.apply import Applier
     from processor.batch import Batch
     from processor.catalog import FunnelCatalog
+    from processor.collector import tune_collector
     from processor.decode import Decoder
     from processor.state import HeldStates
     from processor.transform import Timing
+
+    tune_collector()  # as the processor does on start
 
     catalog = FunnelCatalog(bench_funnels())
     states = HeldStates()

@@ -42,8 +42,11 @@ class CompiledFunnel:
             return None
         return props.get(self.hold_property, "")
 
-    def entries(self, name: str, props: dict[str, str], ts: int, event_id: str) -> list[Entry]:
-        """The entries of one event ([] when it does not concern this funnel)."""
+    def entries(
+        self, name: str, props: dict[str, str], ts: int, event_id: str, tie: int | None = None
+    ) -> list[Entry]:
+        """The entries of one event ([] when it does not concern this funnel); `tie`: the
+        event's `uuid_order` if the caller has it."""
         matched = self.step_index.match(name, props)
         excluded = self.exclusion_index.match(name, props) if self.exclusion_index else []
         # Strict order and sessions read every event: one matching nothing still breaks a
@@ -51,7 +54,7 @@ class CompiledFunnel:
         every = self.rule.strict or self.rule.session_gap_ms is not None
         held = self.hold_property if self.rule.held else None
         value = None if held is None else props.get(held, "")
-        return entries_for(ts, event_id, matched, excluded, other=every, value=value)
+        return entries_for(ts, event_id, matched, excluded, other=every, value=value, tie=tie)
 
 
 def fold_rule(funnel: FunnelDefinition, session_gap_ms: int = DEFAULT_SESSION_GAP_MS) -> FoldRule:

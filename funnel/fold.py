@@ -111,18 +111,21 @@ def entries_for(
     *,
     other: bool = False,
     value: str | None = None,
+    tie: int | None = None,
 ) -> list[Entry]:
     """One event's entries, in the order `fold` must see them. `other`: an event that
     matches nothing still gets an entry (strict order reads every event). `value`: the
-    held property's value, carried by each entry (sessions with a held property)."""
+    held property's value, carried by each entry (sessions with a held property). `tie`:
+    the event's `uuid_order`, when the caller computed it once for all funnels."""
     excluded = exclusions or []
     if not steps and not excluded:
         if not other:
             return []
-        entries = [Entry(timestamp_ms, OTHER, event_id, -1, uuid_order(event_id))]
+        tie = uuid_order(event_id) if tie is None else tie
+        entries = [Entry(timestamp_ms, OTHER, event_id, -1, tie)]
     else:
         first = -1 if excluded else min(steps)
-        tie = uuid_order(event_id)
+        tie = uuid_order(event_id) if tie is None else tie
         entries = [
             Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie) for x in sorted(excluded)
         ]
@@ -223,16 +226,23 @@ def _discard(slots: list[Slot], lo: int, hi: int) -> list[Slot]:
     return [None if s is not None and lo <= depth[s[0]] < hi else s for s in slots]
 
 
-def fold_state(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
-    """Apply sorted entries to a copy of `state`."""
+def fold_state(
+    state: Folded, entries: list[Entry], rule: FoldRule, *, in_place: bool = False
+) -> Folded:
+    """Apply sorted entries to a copy of `state` (`in_place`: to `state` itself, for an
+    owner that replaces its state with the result anyway: the copy was a third of the
+    live fold's cost)."""
+    out = state if in_place else state.copy()
     if rule.plain:
-        return _fold_ordered(state, entries, rule)
-    if rule.session_gap_ms is not None:
-        return _fold_sessions(state, entries, rule)
-    return _fold_any(state, entries, rule)
+        _fold_ordered(out, entries, rule)
+    elif rule.session_gap_ms is not None:
+        _fold_sessions(out, entries, rule)
+    else:
+        _fold_any(out, entries, rule)
+    return out
 
 
-def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+def _fold_sessions(out: Folded, entries: list[Entry], rule: FoldRule) -> None:
     """count_by "session": fold each session's entries apart. Every event of the visitor
     has an entry (events matching nothing included), so the gaps between entries are the
     gaps between the visitor's events. At a gap of `session_gap_ms` or more the session
@@ -242,7 +252,6 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
     while folding, re-folding the pending entries from the checkpoint gets that right for
     any gap that ends after the horizon (one that ends before it can no longer be filled:
     an event landing inside it would be too late)."""
-    out = state.copy()
     if not out.sessions:
         out.sessions = [0] * rule.steps
     gap = rule.session_gap_ms
@@ -252,7 +261,7 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
     for i, entry in enumerate(entries):
         ts = entry.timestamp_ms
         if out.last_ms is not None and ts - out.last_ms >= gap:
-            out = inner(out, entries[start:i], rule)
+            inner(out, entries[start:i], rule)
             start = i
             for k in range(level_of(out.slots)):
                 out.sessions[k] += 1
@@ -260,32 +269,30 @@ def _fold_sessions(state: Folded, entries: list[Entry], rule: FoldRule) -> Folde
             out.latest = []
             out.values = None
         out.last_ms = ts
-    return inner(out, entries[start:], rule)
+    inner(out, entries[start:], rule)
 
 
-def _fold_held(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+def _fold_held(out: Folded, entries: list[Entry], rule: FoldRule) -> None:
     """A held property inside one session: each value's entries fold on their own slots
     (values never interact), and per step the attempt with the greatest (start, reached,
     value) among the values holding it is the entity's, as the reference picks it."""
-    out = state.copy()
     values = out.values = out.values or {}
     by_value: dict[str, list[Entry]] = {}
     for entry in entries:
         by_value.setdefault(entry.value if isinstance(entry, HeldEntry) else "", []).append(entry)
     for value, own in by_value.items():
-        slots = values.get(value) or [None] * rule.steps
-        values[value] = _fold_ordered(Folded(slots), own, rule).slots
+        one = Folded(values.get(value) or [None] * rule.steps)
+        _fold_ordered(one, own, rule)
+        values[value] = one.slots
     merged: list[Slot] = []
     for k in range(rule.steps):
         held = [(s[0], s[1], v, s) for v, slots in values.items() if (s := slots[k])]
         merged.append(max(held)[3] if held else None)
     out.slots = merged
-    return out
 
 
-def _fold_ordered(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+def _fold_ordered(out: Folded, entries: list[Entry], rule: FoldRule) -> None:
     """Ordered and strict funnels, one entity: the rule in the module docstring."""
-    out = state.copy()
     slots, attempts = out.slots, out.attempts
     window = rule.window_ms
     current = previous = out.tail
@@ -322,10 +329,9 @@ def _fold_ordered(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded
                 attempts[step] += 1
         slots[step] = new
     out.tail = current
-    return out
 
 
-def _fold_any(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
+def _fold_any(out: Folded, entries: list[Entry], rule: FoldRule) -> None:
     """order "any": the deepest level is the most distinct steps any attempt takes.
 
     An attempt starting at event a covers the step events from a to a + window; sliding
@@ -338,7 +344,6 @@ def _fold_any(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
     Slots record, per level, the attempt that first reached it (the reference's slots
     hold the latest such attempt, which needs the events of a whole window).
     """
-    out = state.copy()
     slots = out.slots
     if not out.latest:
         out.latest = [None] * rule.steps
@@ -353,7 +358,6 @@ def _fold_any(state: Folded, entries: list[Entry], rule: FoldRule) -> Folded:
         while level < len(starts):
             level += 1
             slots[level - 1] = (min(starts), ts, entry.event_id)
-    return out
 
 
 def fold(slots: list[Slot], entries: list[Entry], rule: FoldRule) -> list[Slot]:
@@ -473,8 +477,12 @@ class FunnelProgress:
         appended_in_order = not self.pending or (
             entries and entries[0].sort_key() >= self.pending[-1].sort_key()
         )
-        for entry in entries:
-            bisect.insort(self.pending, entry, key=Entry.sort_key)
+        if appended_in_order:
+            # One event's entries are sorted among themselves (`entries_for`).
+            self.pending.extend(entries)
+        else:
+            for entry in entries:
+                bisect.insort(self.pending, entry, key=Entry.sort_key)
         if appended_in_order:
             transitions = self._fold_in(entries, rule)
             if transitions:
@@ -488,7 +496,7 @@ class FunnelProgress:
     def _fold_in(self, entries: list[Entry], rule: FoldRule) -> list[Transition]:
         """Fold one event's entries into `current`; the steps newly reached."""
         closed_before = self.current.sessions[0] if self.current.sessions else 0
-        self.current = fold_state(self.current, entries, rule)
+        fold_state(self.current, entries, rule, in_place=True)
         new_level = level_of(self.current.slots)
         old_level = self.level
         if self.current.sessions and self.current.sessions[0] > closed_before:
@@ -571,7 +579,7 @@ class FunnelProgress:
         while cut < len(self.pending) and self.pending[cut].timestamp_ms < horizon_ms:
             cut += 1
         if cut:
-            self.checkpoint = fold_state(self.checkpoint, self.pending[:cut], rule)
+            fold_state(self.checkpoint, self.pending[:cut], rule, in_place=True)
             del self.pending[:cut]
         done = 0
         while done < len(self.emitted) and self.emitted[done][0] < horizon_ms:

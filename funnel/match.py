@@ -156,5 +156,8 @@ class StepIndex:
         candidates = self._by_event.get(event)
         if not candidates:
             return []
+        if len(candidates) == 1:  # the usual case: one step names the event
+            i, tests = candidates[0]
+            return [i] if all(t(properties) for t in tests) else []
         matched = {i for i, tests in candidates if all(t(properties) for t in tests)}
         return sorted(matched)

@@ -55,6 +55,7 @@ from processor.apply import Applier
 from processor.backfills import Backfiller
 from processor.batch import Batch, BatchPolicy
 from processor.catalog import FunnelCatalog
+from processor.collector import tune_collector
 from processor.commit import Committer
 from processor.decode import Decoder
 from processor.dedupe import DedupeStore
@@ -197,6 +198,7 @@ class Processor:
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        tune_collector()
         consumer = self._log.consumer(
             self.config.topic,
             self.config.group,

@@ -53,18 +53,19 @@ def place(
     sessions: list[Session],
     *,
     timestamp_ms: int,
-    entry: dict[str, str],
+    entry: dict[str, str] | Callable[[], dict[str, str]],
     new_id: str | Callable[[], str],
     gap_ms: int,
 ) -> list[SessionChange]:
-    """Put one event into `sessions` (kept sorted by start); return what changed."""
+    """Put one event into `sessions` (kept sorted by start); return what changed. `entry`
+    and `new_id` may be functions: they are called only for a session's first event."""
     touching = [
         s for s in sessions if s.started_at_ms - gap_ms < timestamp_ms < s.ended_at_ms + gap_ms
     ]
     if not touching:
         # The id is derived only when a session is really created (uuid5 is not free).
         session_id = new_id() if callable(new_id) else new_id
-        created = Session(session_id, timestamp_ms, timestamp_ms, 1, dict(entry))
+        created = Session(session_id, timestamp_ms, timestamp_ms, 1, _entry(entry))
         sessions.append(created)
         sessions.sort(key=lambda s: s.started_at_ms)
         return [SessionChange(created)]
@@ -78,10 +79,14 @@ def place(
     keep.event_count += 1
     if timestamp_ms < keep.started_at_ms:
         keep.started_at_ms = timestamp_ms
-        keep.entry = dict(entry)
+        keep.entry = _entry(entry)
     keep.ended_at_ms = max(keep.ended_at_ms, timestamp_ms)
     changes.insert(0, SessionChange(keep))
     return changes
+
+
+def _entry(entry: dict[str, str] | Callable[[], dict[str, str]]) -> dict[str, str]:
+    return entry() if callable(entry) else dict(entry)
 
 
 def session_of(sessions: list[Session], timestamp_ms: int) -> Session | None:
@@ -94,7 +99,10 @@ def session_of(sessions: list[Session], timestamp_ms: int) -> Session | None:
 def forget_closed(sessions: list[Session], newest_ms: int, gap_ms: int, lateness_ms: int) -> None:
     """Drop sessions no event within the allowed lateness can reach any more."""
     earliest_placeable = newest_ms - lateness_ms
-    sessions[:] = [s for s in sessions if s.ended_at_ms + gap_ms > earliest_placeable]
+    # Sessions never overlap, so sorted by start they are sorted by end: the first one
+    # tells whether any is closed (the usual answer, per event, is no).
+    if sessions and sessions[0].ended_at_ms + gap_ms <= earliest_placeable:
+        sessions[:] = [s for s in sessions if s.ended_at_ms + gap_ms > earliest_placeable]
 
 
 def reference_sessions(timestamps: list[int], gap_ms: int) -> list[tuple[int, int, int]]:

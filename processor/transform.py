@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel
-from funnel.fold import OTHER, FunnelProgress, Transition
+from funnel.fold import OTHER, FunnelProgress, Transition, uuid_order
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
     SESSION_ENTRY_FIELDS,
@@ -247,13 +247,24 @@ def apply_event(
 
     _sessionize(state, event, props, offset, timing, out)
     identified = state.identity is not None
+    tie = uuid_order(event.event_id)  # once for every funnel's entries
     for funnel in funnels:
         # An identified visitor's user funnels are rebuilt per user after the write.
         if identified and funnel.count_by == "user":
             continue
         try:
             _advance(
-                state, event, props, funnel, offset, horizon, newest, timing, processed_at_ms, out
+                state,
+                event,
+                props,
+                funnel,
+                offset,
+                horizon,
+                newest,
+                tie,
+                timing,
+                processed_at_ms,
+                out,
             )
         except Exception as exc:
             # A definition validation let through that fails on real data: it is taken
@@ -330,8 +341,11 @@ def _sessionize(
     timing: Timing,
     out: Outputs,
 ) -> None:
-    entry = {k: props.get(k, "") for k in SESSION_ENTRY_FIELDS}
-    entry.update({k: event.context.get(k, "") for k in SESSION_CONTEXT_FIELDS})
+    def entry() -> dict[str, str]:
+        fields = {k: props.get(k, "") for k in SESSION_ENTRY_FIELDS}
+        fields.update({k: event.context.get(k, "") for k in SESSION_CONTEXT_FIELDS})
+        return fields
+
     changes = place(
         state.sessions,
         timestamp_ms=event.timestamp_ms,
@@ -358,18 +372,19 @@ def _advance(
     offset: int,
     horizon: int,
     newest: bool,
+    tie: int,
     timing: Timing,
     processed_at_ms: int,
     out: Outputs,
 ) -> None:
     live = compile_funnel(funnel, timing.session_gap_ms)
-    entries = live.entries(event.event, props, event.timestamp_ms, event.event_id)
+    entries = live.entries(event.event, props, event.timestamp_ms, event.event_id, tie)
     if not entries:
         return
     progress = state.funnels.get(funnel.id)
     if progress is None:
         progress = state.funnels[funnel.id] = FunnelProgress(steps=len(funnel.steps))
-    before = progress.slots if entries[0].step == OTHER else None
+    before = list(progress.slots) if entries[0].step == OTHER else None
     value = live.held_value(props)
     if value is not None and not newest and progress.by_value:
         # Attempts split by a held value keep no single checkpoint to re-sort from: an
