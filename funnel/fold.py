@@ -77,7 +77,9 @@ def uuid_order(event_id: str) -> int:
     return ((value & _LOW64) << 64) | (value >> 64)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs 4x a plain one's, and entries are made
+# per event and funnel. Nothing assigns their fields after construction.
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
     timestamp_ms: int
     step: int
@@ -94,7 +96,7 @@ class Entry:
         return (self.timestamp_ms, self.first_step, self.tie, within)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class HeldEntry(Entry):
     """An entry of a funnel counted by session with a held property: it carries the
     event's value of that property (`_fold_held` splits a session's entries by it). A
@@ -372,7 +374,7 @@ def level_of(slots: list[Slot]) -> int:
     return 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Transition:
     step: int  # 1-based: the visitor now has `step` steps
     reached_at_ms: int
