@@ -105,3 +105,49 @@ def compile_funnel(
     if cache:
         _CACHE[key] = (funnel, built)
     return built
+
+
+class FunnelRoutes:
+    """Which of a list of funnels an event name concerns, built once per list: a funnel in
+    strict order or counted by session reads every event (`CompiledFunnel.entries`), any
+    other one only the events one of its steps or exclusions names, so the others are
+    skipped without matching. Each answer keeps the list's order."""
+
+    def __init__(self, funnels: list[FunnelDefinition], session_gap_ms: int) -> None:
+        self.funnels = funnels
+        every: list[int] = []
+        named: dict[str, set[int]] = {}
+        for i, funnel in enumerate(funnels):
+            rule = compile_funnel(funnel, session_gap_ms).rule
+            if rule.strict or rule.session_gap_ms is not None:
+                every.append(i)
+                continue
+            for step in funnel.steps:
+                for m in step.matchers():
+                    named.setdefault(m.event, set()).add(i)
+            for exclusion in funnel.exclusions:
+                named.setdefault(exclusion.event, set()).add(i)
+        self._every = [funnels[i] for i in every]
+        self._by_name = {
+            name: [funnels[i] for i in sorted(members | set(every))]
+            for name, members in named.items()
+        }
+
+    def of(self, event_name: str) -> list[FunnelDefinition]:
+        return self._by_name.get(event_name, self._every)
+
+
+_ROUTES: dict[tuple[int, int], FunnelRoutes] = {}
+
+
+def funnel_routes(funnels: list[FunnelDefinition], session_gap_ms: int) -> FunnelRoutes:
+    """The routes of a list of funnels (cached by the list's identity: the catalog hands
+    the same list to every event of a project until its definitions change)."""
+    key = (id(funnels), session_gap_ms)
+    cached = _ROUTES.get(key)
+    if cached is not None and cached.funnels is funnels:
+        return cached
+    if len(_ROUTES) > 1_000:  # lists made per call (re-folds): start over
+        _ROUTES.clear()
+    built = _ROUTES[key] = FunnelRoutes(funnels, session_gap_ms)
+    return built

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel
+from funnel.compiled import DEFAULT_SESSION_GAP_MS, compile_funnel, funnel_routes
 from funnel.fold import OTHER, FunnelProgress, Transition, uuid_order
 from processor.rows import (
     SESSION_CONTEXT_FIELDS,
@@ -248,7 +248,7 @@ def apply_event(
     _sessionize(state, event, props, offset, timing, out)
     identified = state.identity is not None
     tie = uuid_order(event.event_id)  # once for every funnel's entries
-    for funnel in funnels:
+    for funnel in funnel_routes(funnels, timing.session_gap_ms).of(event.event):
         # An identified visitor's user funnels are rebuilt per user after the write.
         if identified and funnel.count_by == "user":
             continue
