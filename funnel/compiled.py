@@ -52,6 +52,8 @@ class CompiledFunnel:
         # Strict order and sessions read every event: one matching nothing still breaks a
         # strict chain, or ends a session by its gap.
         every = self.rule.strict or self.rule.session_gap_ms is not None
+        if not matched and not excluded and not every:
+            return []
         held = self.hold_property if self.rule.held else None
         value = None if held is None else props.get(held, "")
         return entries_for(ts, event_id, matched, excluded, other=every, value=value, tie=tie)

@@ -120,6 +120,11 @@ def entries_for(
     held property's value, carried by each entry (sessions with a held property). `tie`:
     the event's `uuid_order`, when the caller computed it once for all funnels."""
     excluded = exclusions or []
+    if value is None and not excluded and len(steps) == 1:  # the usual case, made short
+        step = steps[0]
+        return [
+            Entry(timestamp_ms, step, event_id, step, uuid_order(event_id) if tie is None else tie)
+        ]
     if not steps and not excluded:
         if not other:
             return []

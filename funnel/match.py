@@ -158,6 +158,8 @@ class StepIndex:
             return []
         if len(candidates) == 1:  # the usual case: one step names the event
             i, tests = candidates[0]
+            if not tests:
+                return [i]
             return [i] if all(t(properties) for t in tests) else []
         matched = {i for i, tests in candidates if all(t(properties) for t in tests)}
         return sorted(matched)
