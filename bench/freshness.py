@@ -163,6 +163,8 @@ async def paced(
                 scrapes.append(scrape)
                 if sent_at is not None and started > sent_at and scrape.committed == scrape.ends:
                     return
+            elif sent_at is not None and not scrapes:
+                return  # this port's /metrics has no processor series: nothing to wait for
             await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
@@ -250,7 +252,11 @@ def freshness_run(seconds: float, rate: float | None, burst_events: int) -> dict
             server.stop()
     paced_buckets = {le: n - before.get(le, 0.0) for le, n in after.items()}
     direct = direct_freshness(acked, scrapes)
-    hist_p50, hist_p99 = (histogram_quantile(paced_buckets, q) for q in (0.5, 0.99))
+    # No buckets: the port's /metrics is not the processor's (reported as nan).
+    hist_p50, hist_p99 = (
+        histogram_quantile(paced_buckets, q) if paced_buckets.get("+Inf") else float("nan")
+        for q in (0.5, 0.99)
+    )
     direct_p50, direct_p99 = quantiles(direct)
     return {
         "max_eps": rate,
