@@ -172,7 +172,8 @@ async def paced(
         start = time.monotonic() + 0.2
         await asyncio.gather(*(client(c, start) for c in range(LOAD.clients)))
         sent_at = time.monotonic()
-        sent_s = max(acked) - start if acked else 0.0
+        # Request k is due at start + k × interval: n requests take n intervals.
+        sent_s = max(acked) - start + interval if acked else 0.0
         async with asyncio.timeout(600):
             await polling
     achieved = len(acked) * LOAD.events_per_request / sent_s if sent_s else 0.0
@@ -267,6 +268,7 @@ def freshness_run(seconds: float, rate: float | None, burst_events: int) -> dict
         "requests": len(requests),
         "refused": refused,
         "hist_events": paced_buckets.get("+Inf", 0.0),
+        "hist_buckets": paced_buckets,
         "hist_p50": hist_p50,
         "hist_p99": hist_p99,
         "direct_requests": len(direct),
@@ -274,6 +276,12 @@ def freshness_run(seconds: float, rate: float | None, burst_events: int) -> dict
         "direct_p99": direct_p99,
         "direct_max": max(direct, default=float("nan")),
         "scrapes": len(scrapes),
+        # How far the processor fell behind: the most events not yet committed at a
+        # scrape, and the time from the last 202 to lag 0.
+        "max_lag": max(
+            (sum(x.ends.values()) - sum(x.committed.values()) for x in scrapes), default=0
+        ),
+        "drain_s": scrapes[-1].answered - max(acked) if scrapes and acked else float("nan"),
         "idle_mb": idle,
         "peak_mb": peak,
     }
@@ -294,7 +302,9 @@ NOTES = """- Freshness: `funnelstream serve` (embedded log and engine, as shippe
   offset and the lag per partition (/healthz sums the lag, and /readyz has neither), and
   per partition because a sum can be reached by other partitions' later events. It errs
   late (the end offsets may include later events; a commit is seen at the next scrape),
-  so it is an upper bound from the client's side.
+  so it is an upper bound from the client's side. The two differ in what they count:
+  the histogram counts each event from its receipt, the direct figure each request until
+  its last event (in whichever partition is furthest behind) is committed.
 - RSS: per process of the server's tree (the server and any children), VmRSS 1 s after
   start and VmHWM (the process's own peak) at the end of the freshness run, burst and
   paced load included."""
@@ -336,7 +346,11 @@ def report_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], str]:
             f"(non-202: {r['refused']}); histogram p50/p99 {r['hist_p50']:.3f}/"
             f"{r['hist_p99']:.3f} s over {r['hist_events']:,.0f} events; direct p50/p99/max "
             f"{r['direct_p50']:.3f}/{r['direct_p99']:.3f}/{r['direct_max']:.3f} s over "
-            f"{r['direct_requests']} requests, {r['scrapes']} scrapes"
+            f"{r['direct_requests']} requests, {r['scrapes']} scrapes; lag at most "
+            f"{r['max_lag']:,.0f} events, lag 0 {r['drain_s']:.1f} s after the last 202; "
+            "histogram events "
+            "at or under each bound: "
+            + ", ".join(f"{le} s {n:,.0f}" for le, n in r["hist_buckets"].items())
         )
         per_run.append(
             "- RSS (MB) idle: "
