@@ -103,7 +103,10 @@ def scrape_of(started: float, answered: float, text: str) -> Scrape | None:
 
 def direct_freshness(acked: list[float], scrapes: list[Scrape]) -> list[float]:
     """Per request answered 202 at `acked[i]`: seconds until a scrape shows committed, in
-    every partition, the end offsets seen by the first scrape started after that 202."""
+    every partition, the end offsets seen by the first scrape started after that 202, or
+    shows no lag at all. (A scrape reads the lag, then the committed-offset gauge: a
+    commit in between makes its end offsets too high, which only a lag of 0 settles when
+    no later events move the committed offsets past them.)"""
     out = []
     for at in acked:
         seen = next((s for s in scrapes if s.started >= at), None)
@@ -114,7 +117,10 @@ def direct_freshness(acked: list[float], scrapes: list[Scrape]) -> list[float]:
                 s
                 for s in scrapes
                 if s.started >= seen.started
-                and all(s.committed.get(p, 0.0) >= end for p, end in seen.ends.items())
+                and (
+                    s.committed == s.ends  # lag 0: all appended before it began is committed
+                    or all(s.committed.get(p, 0.0) >= end for p, end in seen.ends.items())
+                )
             ),
             None,
         )
