@@ -29,6 +29,9 @@ serve        `funnelstream serve` (ingest, processor and query API in one proces
 state        bytes per visitor held after the fold: the stored JSON (`VisitorState.dumps`)
              and the objects in memory (deep size; objects shared by several states
              counted once).
+kafka        ingest → Kafka vs a bare aiokafka producer: bench/kafka_ingest.py.
+freshness    202 → live at 70% of the max processed rate in `serve`, and the RSS of its
+             processes: bench/freshness.py.
 
 Arrival is realistic for the processor: storefront traffic in timestamp order with 5% of
 the events (`--late-share`) stamped an hour before their visitor's previous event, so
@@ -674,10 +677,26 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
         per_run.append(
             f"- state: memory {[fmt(x) for x in mem_b]} B, JSON {[fmt(x) for x in json_b]} B"
         )
+    notes = [NOTES]
+    import freshness
+    import kafka_ingest
+
+    for part, module in (("kafka", kafka_ingest), ("freshness", freshness)):
+        if results.get(part):
+            more_rows, more_per_run, more_notes = module.report_rows(results[part])
+            rows += more_rows
+            per_run += more_per_run
+            notes.append(more_notes)
     command = f"python bench/throughput.py --runs {args.runs} --seconds {args.seconds:g} " + (
         f"--events {args.events} --full-events {args.full_events} "
         f"--serve-events {args.serve_events} --late-share {args.late_share:g}"
     )
+    if "freshness" in results:
+        command += f" --fresh-seconds {args.fresh_seconds:g}" + (
+            f" --fresh-rate {args.fresh_rate:g}"
+            if args.fresh_rate
+            else f" --fresh-burst-events {args.fresh_burst_events}"
+        )
     if args.part != "all":
         command += f" --part {args.part}"
     head = [
@@ -692,7 +711,7 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
         "per-run ratios (figure / baseline measured back to back in that run).",
         "",
     ]
-    return "\n".join([*head, *rows, "", "Per run:", "", *per_run, NOTES])
+    return "\n".join([*head, *rows, "", "Per run:", "", *per_run, *notes])
 
 
 def main() -> None:
@@ -703,9 +722,24 @@ def main() -> None:
     parser.add_argument("--full-events", type=int, default=20_000, help="full processor events")
     parser.add_argument("--serve-events", type=int, default=40_000)
     parser.add_argument("--late-share", type=float, default=0.05)
+    parser.add_argument("--fresh-seconds", type=float, default=20, help="paced load, freshness")
+    parser.add_argument(
+        "--fresh-rate", type=float, help="max processed ev/s for freshness (default: measured)"
+    )
+    parser.add_argument("--fresh-burst-events", type=int, default=20_000)
     parser.add_argument(
         "--part",
-        choices=["all", "ingest", "serve", "fold", "full", "full-once", "fold-loop"],
+        choices=[
+            "all",
+            "ingest",
+            "serve",
+            "fold",
+            "full",
+            "kafka",
+            "freshness",
+            "full-once",
+            "fold-loop",
+        ],
         default="all",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -720,11 +754,19 @@ def main() -> None:
         while True:
             fold_once(messages)
 
+    # Imported here: they build on this module's load helpers (and import it).
+    import freshness
+    import kafka_ingest
+
     parts: dict[str, Callable[[], Any]] = {
         "ingest": lambda: ingest_run(args.seconds),
         "fold": lambda: fold_run(fold_messages),
         "full": lambda: full_run(args.full_events, args.late_share),
         "serve": lambda: serve_run(args.serve_events),
+        "kafka": lambda: kafka_ingest.kafka_run(args.seconds),
+        "freshness": lambda: freshness.freshness_run(
+            args.fresh_seconds, args.fresh_rate, args.fresh_burst_events
+        ),
     }
     chosen = list(parts) if args.part == "all" else [args.part]
     fold_messages = log_messages(args.events, args.late_share) if "fold" in chosen else []
