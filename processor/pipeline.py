@@ -76,8 +76,10 @@ class ProcessorConfig:
     topic: str = "events"
     group: str = "funnelstream-processor"
     timing: Timing = field(default_factory=Timing)
-    batch_max_messages: int = 5000
-    batch_max_seconds: float = 0.25
+    # Each write costs the engine a fixed ~15-50 ms per table (a new part per insert), so
+    # a batch is as large as freshness allows: at most a second's messages.
+    batch_max_messages: int = 20000
+    batch_max_seconds: float = 1.0
     poll_max_messages: int = 500
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
