@@ -222,8 +222,9 @@ class Sink:
             await self._dead_letters.append(records)
 
     async def _visitor_states(self, done: _Pass) -> None:
+        # The JSON bytes as they are: the driver writes bytes to a String column unchanged.
         rows = [
-            (self._group, partition, key, state.dumps().decode(), state.applied_offset)
+            (self._group, partition, key, state.dumps(), state.applied_offset)
             for key, (partition, state) in done.writes.dirty.items()
         ]
         await self._ch.insert("processor_state", rows, STATE_COLUMNS)
