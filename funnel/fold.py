@@ -408,10 +408,6 @@ def _transition_of(raw: object) -> Transition:
     return Transition(int(step), int(reached), int(started), str(event_id))
 
 
-def _transition_json(t: Transition) -> list[object]:
-    return [t.step, t.reached_at_ms, t.chain_started_at_ms, t.event_id]
-
-
 def _slots_of(raw: object) -> list[Slot]:
     assert isinstance(raw, list)
     return [None if s is None else (int(s[0]), int(s[1]), str(s[2])) for s in raw]
@@ -606,15 +602,19 @@ class FunnelProgress:
                 "h": {v: p.to_json() for v, p in self.by_value.items()},
                 "r": self.retired_level,
             }
+        # Built for one `orjson.dumps` right away (VisitorState.dumps), so lists held here
+        # go in as they are, uncopied; each row is one literal (this runs per visitor and
+        # funnel for every batch that touches the visitor).
         doc: dict[str, object] = {
-            "c": list(self.checkpoint.slots),
+            "c": self.checkpoint.slots,
             "p": [
-                [e.timestamp_ms, e.step, e.event_id, e.first_step]
-                + ([e.value] if isinstance(e, HeldEntry) else [])
+                [e.timestamp_ms, e.step, e.event_id, e.first_step, e.value]
+                if isinstance(e, HeldEntry)
+                else [e.timestamp_ms, e.step, e.event_id, e.first_step]
                 for e in self.pending
             ],
             "l": self.level,
-            "s": list(self.current.slots),
+            "s": self.current.slots,
         }
         # Written only when used, so states of plain funnels stay as small as before.
         if self.checkpoint.tail or self.current.tail:
@@ -628,9 +628,16 @@ class FunnelProgress:
             doc["cs"], doc["ss"] = self.checkpoint.sessions, self.current.sessions
         if self.checkpoint.values or self.current.values:
             doc["cv"], doc["sv"] = self.checkpoint.values, self.current.values
-        doc["m"] = [_transition_json(t) for _, t in sorted(self.marks.items())]
+        marks = self.marks
+        doc["m"] = [
+            [t.step, t.reached_at_ms, t.chain_started_at_ms, t.event_id]
+            for t in (marks[step] for step in sorted(marks))
+        ]
         if self.emitted:
-            doc["e"] = [[ts, *_transition_json(t)] for ts, t in self.emitted]
+            doc["e"] = [
+                [ts, t.step, t.reached_at_ms, t.chain_started_at_ms, t.event_id]
+                for ts, t in self.emitted
+            ]
         return doc
 
     @classmethod

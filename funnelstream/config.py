@@ -113,8 +113,9 @@ class IngestSettings(CommonSettings):
 class ProcessorSettings(CommonSettings):
     group: str = "funnelstream-processor"
     lateness_seconds: int = 10 * 60
-    batch_max_messages: int = 5000
-    batch_max_seconds: float = 0.25
+    # Large batches, few inserts: processor/pipeline.py's ProcessorConfig says why.
+    batch_max_messages: int = 20000
+    batch_max_seconds: float = 1.0
     # The shared backoff (funnelstream/backoff.py): ClickHouse and log retries, and the
     # restarts of crashed background tasks. Doubles from the first to the second.
     retry_initial_seconds: float = 0.2

@@ -9,7 +9,7 @@
     apply     sessionize → advance every funnel (processor/apply.py around the pure
               processor/transform.py)
     batch     collect rows until `batch_max_messages` or `batch_max_seconds`, whichever
-              first (processor/batch.py)
+              first, or `batch_idle_seconds` once the log is drained (processor/batch.py)
     sink      write the batch, tables in the one order declared in processor/sink.py
     commit    the next offset per partition, only after the write succeeded
               (processor/commit.py)
@@ -77,8 +77,12 @@ class ProcessorConfig:
     topic: str = "events"
     group: str = "funnelstream-processor"
     timing: Timing = field(default_factory=Timing)
-    batch_max_messages: int = 5000
-    batch_max_seconds: float = 0.25
+    # Each write costs the engine a fixed ~15-50 ms per table (a new part per insert), so
+    # under a backlog a batch grows up to these bounds; with the log drained it is written
+    # once `batch_idle_seconds` old (processor/batch.py).
+    batch_max_messages: int = 20000
+    batch_max_seconds: float = 1.0
+    batch_idle_seconds: float = 0.25
     poll_max_messages: int = 500
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 10.0
@@ -155,7 +159,10 @@ def build_steps(
         dedupe=DedupeStore(clickhouse),
         applier=Applier(states, catalog, config.timing, funnels_for),
         policy=BatchPolicy(
-            config.batch_max_messages, config.batch_max_seconds, config.poll_max_messages
+            config.batch_max_messages,
+            config.batch_max_seconds,
+            config.poll_max_messages,
+            config.batch_idle_seconds,
         ),
         sink=sink,
         committer=Committer(retrier, config.log_timeout_seconds),
@@ -239,8 +246,9 @@ class Processor:
         # While a backfill has chunks left, a poll takes what is there without waiting.
         backfilling = steps.backfiller.busy()
         timeout = 0.0 if backfilling else steps.policy.poll_timeout(self._batch, time.monotonic())
+        limit = steps.policy.poll_limit(self._batch)
         try:
-            messages = await consumer.poll(steps.policy.poll_limit(self._batch), timeout)
+            messages = await consumer.poll(limit, timeout)
         except LogUnavailable as exc:
             # Nothing was applied; what is batched stays batched and is flushed below.
             metrics.PROCESSOR_LOG_ERRORS.labels("poll").inc()
@@ -251,6 +259,7 @@ class Processor:
         else:
             self._poll_backoff.reset()
             steps.retrier.log_ok("poll")
+            steps.policy.polled(self._batch, limit, len(messages))
         for segment in segments(messages):
             if segment.messages:
                 await self._apply(segment.messages)

@@ -176,19 +176,15 @@ def refold(
             if kind == "retracted":
                 steps.pop(int(step), None)
             else:
-                steps[int(step)] = (int(step), _ms(reached), _ms(started), str(event_id))
+                steps[int(step)] = (int(step), int(reached), int(started), str(event_id))
     return Refolded(state, out, last)
-
-
-def _ms(moment: Any) -> int:
-    return int(round(moment.timestamp() * 1000))
 
 
 @dataclass(slots=True)
 class Corrections:
     """The rows that bring the stored tables in line with re-folded visitors. Retractions
-    are written in their own insert before the rest: a retraction and its replacement
-    share the key of funnel_transitions, and the later insert wins there."""
+    are written before the rest: a retraction and its replacement share the key of
+    funnel_transitions, and the later row wins there."""
 
     sessions: list[Row] = field(default_factory=list)
     funnel_states: list[Row] = field(default_factory=list)

@@ -1,4 +1,11 @@
-"""Rows the processor writes, as tuples in the column order of each ClickHouse table."""
+"""Rows the processor writes, as tuples in the column order of each ClickHouse table.
+
+Times are written as the int milliseconds the processor holds: clickhouse-connect takes an
+int in a `DateTime64(3)` column as its ticks (milliseconds) as is, so a row never builds a
+`datetime` (which cost more than the rest of the row) and the stored value is the same. A
+column's values must all be ints or all be datetimes: every row of these tables is built
+here or in processor/transform.py's row builders, all with ints.
+"""
 
 from __future__ import annotations
 

@@ -178,10 +178,12 @@ class Sink:
         await self._ch.insert("funnel_state", rows, FUNNEL_STATE_COLUMNS)
 
     async def _transitions(self, done: _Pass) -> None:
-        inserts = done.writes.outputs.transition_inserts()
-        inserts[0] = inserts[0] + done.users.transitions
-        for rows in inserts:
-            await self._ch.insert("funnel_transitions", rows, TRANSITION_COLUMNS)
+        # One insert: the table keeps each key's last row in insert order, also within an
+        # insert ("the very last row from the most recent insert"), and its materialized
+        # view gets every row, retractions included. The users' rows are as they happened.
+        happened, retractions, corrections = done.writes.outputs.transition_inserts()
+        rows = [*happened, *done.users.transitions, *retractions, *corrections]
+        await self._ch.insert("funnel_transitions", rows, TRANSITION_COLUMNS)
 
     async def _refolds(self, done: _Pass) -> None:
         w = done.writes
@@ -195,10 +197,11 @@ class Sink:
         fixes = found.fixes
         await self._ch.insert("sessions", fixes.sessions, SESSION_COLUMNS)
         await self._ch.insert("funnel_state", fixes.funnel_states, FUNNEL_STATE_COLUMNS)
-        # Retractions first, in their own insert: the correction that follows shares
-        # their key in funnel_transitions, and the later insert is the one kept.
-        await self._ch.insert("funnel_transitions", fixes.retractions, TRANSITION_COLUMNS)
-        await self._ch.insert("funnel_transitions", fixes.transitions, TRANSITION_COLUMNS)
+        # Retractions first: a correction that follows shares their key in
+        # funnel_transitions, and the later row of one insert is the one kept.
+        await self._ch.insert(
+            "funnel_transitions", fixes.retractions + fixes.transitions, TRANSITION_COLUMNS
+        )
         # The re-folded states replace the live ones, written below and held from now on.
         for key, (partition, state) in found.replaced.items():
             w.dirty[key] = (partition, state)
@@ -219,8 +222,9 @@ class Sink:
             await self._dead_letters.append(records)
 
     async def _visitor_states(self, done: _Pass) -> None:
+        # The JSON bytes as they are: the driver writes bytes to a String column unchanged.
         rows = [
-            (self._group, partition, key, state.dumps().decode(), state.applied_offset)
+            (self._group, partition, key, state.dumps(), state.applied_offset)
             for key, (partition, state) in done.writes.dirty.items()
         ]
         await self._ch.insert("processor_state", rows, STATE_COLUMNS)
@@ -254,8 +258,8 @@ BATCH_ORDER: tuple[Step, ...] = (
     Step("funnel_state", "the batch's last change per (funnel, visitor)", Sink._funnel_states),
     Step(
         "funnel_transitions",
-        "three inserts: as they happened, retractions, after corrections; the table keeps "
-        "each key's last insert (Outputs.transition_inserts)",
+        "one insert: as they happened, retractions, after corrections; the table keeps "
+        "each key's last row (Outputs.transition_inserts)",
         Sink._transitions,
     ),
     Step(

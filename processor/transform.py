@@ -15,7 +15,6 @@ from processor.rows import (
     SESSION_ENTRY_FIELDS,
     Row,
     as_uuid,
-    ms_to_datetime,
 )
 from processor.sessionize import Session, forget_closed, new_session_id, place
 from processor.state import VisitorState
@@ -38,7 +37,7 @@ class Outputs:
     event would be wasted work."""
 
     events: list[Row] = field(default_factory=list)
-    # funnel_transitions rows in three inserts, in this order (`add_transition`).
+    # funnel_transitions rows in three groups, written in this order (`add_transition`).
     transitions: list[Row] = field(default_factory=list)
     retractions: list[Row] = field(default_factory=list)
     late_transitions: dict[tuple[str, str, str, int], Row] = field(default_factory=dict)
@@ -65,11 +64,11 @@ class Outputs:
     _corrected: set[tuple[str, str, str, int]] = field(default_factory=set)
 
     def add_transition(self, row: Row) -> None:
-        """Place a funnel_transitions row so the batch's inserts leave each key's last row
-        right. The table keeps the last row per (funnel, visitor, step) by insert order, so
-        rows written as they happened go first; a retraction goes in a second insert; the
-        row a key ends on after a correction goes last (one per key: rows superseded within
-        the batch were never written, nobody saw them)."""
+        """Place a funnel_transitions row so the batch's insert leaves each key's last row
+        right. The table keeps the last row per (funnel, visitor, step) in insert order,
+        also within one insert, so rows written as they happened go first; then the
+        retractions; the row a key ends on after a correction goes last (one per key: rows
+        superseded within the batch were never written, nobody saw them)."""
         kind = row[-1]
         key = (row[0], row[1], row[2], row[3])
         if kind == "retracted":
@@ -83,6 +82,7 @@ class Outputs:
             self.transitions.append(row)
 
     def transition_inserts(self) -> list[list[Row]]:
+        """The three groups, in the order they are written (one insert keeps it)."""
         return [self.transitions, self.retractions, list(self.late_transitions.values())]
 
     @property
@@ -134,10 +134,10 @@ def transition_row(
         funnel_id,
         visitor,
         t.step,
-        ms_to_datetime(t.reached_at_ms),
-        ms_to_datetime(t.chain_started_at_ms),
+        t.reached_at_ms,
+        t.chain_started_at_ms,
         as_uuid(t.event_id),
-        ms_to_datetime(processed_at_ms),
+        processed_at_ms,
         t.kind,
     )
 
@@ -147,8 +147,8 @@ def session_row(project: str, visitor: str, s: Session, offset: int, deleted: bo
         project,
         visitor,
         s.session_id,
-        ms_to_datetime(s.started_at_ms),
-        ms_to_datetime(s.ended_at_ms),
+        s.started_at_ms,
+        s.ended_at_ms,
         s.event_count,
         s.entry.get("url", ""),
         s.entry.get("referrer", ""),
@@ -164,9 +164,6 @@ def session_row(project: str, visitor: str, s: Session, offset: int, deleted: bo
     )
 
 
-_EPOCH = ms_to_datetime(0)
-
-
 def funnel_state_row(
     project: str,
     funnel_id: str,
@@ -175,15 +172,17 @@ def funnel_state_row(
     offset: int,
     processed_at_ms: int,
 ) -> Row:
+    slots = progress.slots
     return (
         project,
         funnel_id,
         visitor,
         progress.level,
-        [ms_to_datetime(s[0]) if s else _EPOCH for s in progress.slots],
-        [ms_to_datetime(s[1]) if s else _EPOCH for s in progress.slots],
+        # A step not reached: the epoch, as the table has always held it.
+        [s[0] if s else 0 for s in slots],
+        [s[1] if s else 0 for s in slots],
         progress.attempts,
-        ms_to_datetime(processed_at_ms),
+        processed_at_ms,
         offset,
     )
 
@@ -196,8 +195,8 @@ def event_row(event: Event, props: dict[str, str], partition: int, offset: int) 
         event.visitor_id,
         event.user_id,
         event.session_id,
-        ms_to_datetime(event.timestamp_ms),
-        ms_to_datetime(event.received_at_ms),
+        event.timestamp_ms,
+        event.received_at_ms,
         props,
         event.context,
         partition,
@@ -286,7 +285,7 @@ def _identify(
     previous = state.identify(event.timestamp_ms, event.user_id)
     if previous is None:
         return
-    at = ms_to_datetime(event.timestamp_ms)
+    at = event.timestamp_ms
     project, visitor = event.project_id, event.visitor_id
     out.identities.append((project, event.user_id, visitor, at, 0))
     out.users.add((project, event.user_id))

@@ -143,8 +143,7 @@ def test_stored_live_and_reports_agree_in_any_arrival_order(
     in_order = sorted(events, key=lambda e: (e.timestamp_ms, e.event_id))
     _, tables = deliver(funnel, in_order, lateness)
     want_transitions = {
-        (k[0], k[1], k[2]): (int(v[0].timestamp() * 1000), str(v[2]))
-        for k, v in tables.transition_end_state().items()
+        (k[0], k[1], k[2]): (int(v[0]), str(v[2])) for k, v in tables.transition_end_state().items()
     }
     rows = ch.query_rows_sync(
         "SELECT funnel_id, visitor_id, step, toUnixTimestamp64Milli(reached_at), "
@@ -234,12 +233,13 @@ async def test_a_retried_write_publishes_each_correction_once(
     ]
 
 
-async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
+async def test_a_crash_at_the_retraction_and_its_correction_replays_exactly(
     ch: ClickHouse, tmp_path: Path
 ) -> None:
-    """The late event's retraction is written, then the processor dies before the
-    correction (and before the visitor's state and the commit). The next processor
-    replays the event from the log: the tables end as if nothing had happened."""
+    """The late event's retraction and correction go in one insert, which fails; the
+    processor dies there (before the visitor's state and the commit). No half of the
+    correction is stored, and the next processor replays the event from the log: the
+    tables end as if nothing had happened."""
     from funnelstream.clickhouse import ClickHouseUnavailable
 
     class DiesAtTheCorrection(ClickHouse):
@@ -277,8 +277,8 @@ async def test_a_crash_between_a_retraction_and_its_correction_replays_exactly(
     await producer.append([LogRecord(records[2].partition_key(), encode(records[2]), 0)])
     dying = DiesAtTheCorrection(ch)
     await run(dying, lambda _: dying.blocked >= 2)  # retracted, correction refused: "crash"
-    ((half,),) = ch.query_rows_sync("SELECT kind FROM funnel_transitions FINAL WHERE step = 1")
-    assert str(half) == "retracted"  # the state between the two writes
+    ((before,),) = ch.query_rows_sync("SELECT kind FROM funnel_transitions FINAL WHERE step = 1")
+    assert str(before) == "reached"  # neither the retraction nor its correction
     await run(ch, lambda p: p.processed_messages >= 1)
     await producer.stop()
     await log.close()

@@ -73,7 +73,7 @@ class Tables:
 
     def transitions_of(self, visitor: str) -> dict[tuple[str, int], tuple[TransitionKey, str]]:
         return {
-            (f, step): ((step, _ms(row[4]), _ms(row[5]), str(row[6])), str(row[8]))
+            (f, step): ((step, int(row[4]), int(row[5]), str(row[6])), str(row[8]))
             for (f, v, step), row in self.transitions.items()
             if v == visitor
         }
@@ -86,10 +86,6 @@ class Tables:
             for key, row in self.transitions.items()
             if row[8] != "retracted"
         }
-
-
-def _ms(moment: Any) -> int:
-    return int(round(moment.timestamp() * 1000))
 
 
 def deliver(
@@ -179,7 +175,7 @@ def test_any_arrival_order_equals_reference(
             [e.timestamp_ms for e in events if e.visitor_id == visitor], GAP_MS
         )
         got = sorted(
-            (_ms(row[3]), _ms(row[4]), row[5])
+            (int(row[3]), int(row[4]), row[5])
             for (v, _), row in tables.sessions.items()
             if v == visitor
         )

@@ -63,6 +63,26 @@ def test_a_batch_is_due_when_full_or_old_whichever_first() -> None:
     assert batch.next_offsets == {0: 9, 1: 4}
 
 
+def test_a_batch_is_due_sooner_once_the_log_is_drained() -> None:
+    policy = BatchPolicy(max_messages=100, max_seconds=1.0, poll_max_messages=10, idle_seconds=0.25)
+    batch = Batch()
+    batch.count(0, 1)
+    started = batch.started
+    policy.polled(batch, asked=10, got=10)  # a backlog: the batch may grow to its bounds
+    assert policy.poll_timeout(batch, now=started + 0.1) == pytest.approx(0.9)
+    assert not policy.due(batch, now=started + 0.5)
+    policy.polled(batch, asked=10, got=3)  # the log had no more
+    assert policy.poll_timeout(batch, now=started + 0.1) == pytest.approx(0.15)
+    assert not policy.due(batch, now=started + 0.2)
+    assert policy.due(batch, now=started + 0.25)
+    policy.polled(batch, asked=10, got=10)  # more came: back to the large bounds
+    assert not policy.due(batch, now=started + 0.5)
+    # The idle bound never exceeds the batch's age bound.
+    short = BatchPolicy(max_messages=100, max_seconds=0.02, poll_max_messages=10)
+    short.polled(batch, asked=10, got=0)
+    assert short.due(batch, now=started + 0.02)
+
+
 # -- decode ----------------------------------------------------------------------------
 
 

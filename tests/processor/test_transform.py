@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from funnel.fold import Transition
-from processor.rows import ms_to_datetime
 from processor.sessionize import new_session_id
 from processor.state import STATE_FORMAT, StateFormatError, VisitorState, visitor_key
 from processor.transform import Outputs, Timing, apply_event
@@ -113,8 +112,8 @@ def test_event_row_columns() -> None:
             "v",
             "",
             "",
-            ms_to_datetime(T0),
-            ms_to_datetime(T0),
+            T0,
+            T0,
             {"url": "/a", "product.id": "7"},
             {"browser": "Firefox", "os": "Linux", "device": "desktop", "country": "SE"},
             3,
@@ -131,8 +130,8 @@ def test_session_row_takes_entry_from_properties_and_context() -> None:
             "p",
             "v",
             sid,
-            ms_to_datetime(T0),
-            ms_to_datetime(T0),
+            T0,
+            T0,
             1,
             "/a",
             "",
@@ -152,21 +151,19 @@ def test_session_row_takes_entry_from_properties_and_context() -> None:
 def test_funnel_rows_for_each_step_reached() -> None:
     out = apply_all(fresh(), [ev(1, "view", 0), ev(2, "cart", 1), ev(3, "other", 2)])
     assert out.transitions == [
-        ("p", "f", "v", 1, ms_to_datetime(T0), ms_to_datetime(T0), eid(1),
-         ms_to_datetime(PROCESSED_AT), "reached"),
-        ("p", "f", "v", 2, ms_to_datetime(T0 + MIN), ms_to_datetime(T0), eid(2),
-         ms_to_datetime(PROCESSED_AT), "reached"),
-    ]  # fmt: skip
+        ("p", "f", "v", 1, T0, T0, eid(1), PROCESSED_AT, "reached"),
+        ("p", "f", "v", 2, T0 + MIN, T0, eid(2), PROCESSED_AT, "reached"),
+    ]
     assert out.funnel_states == {
         ("p", "f", "v"): (
             "p",
             "f",
             "v",
             2,
-            [ms_to_datetime(T0), ms_to_datetime(T0), ms_to_datetime(0)],
-            [ms_to_datetime(T0), ms_to_datetime(T0 + MIN), ms_to_datetime(0)],
+            [T0, T0, 0],
+            [T0, T0 + MIN, 0],
             [],  # step attempts: only for funnels counting total attempts
-            ms_to_datetime(PROCESSED_AT),
+            PROCESSED_AT,
             1,  # the offset of the last event that moved this funnel
         )
     }
@@ -268,8 +265,8 @@ def test_event_exactly_lateness_behind_is_still_placed() -> None:
     assert len(out.sessions) == 1
     session = next(iter(out.sessions.values()))
     assert (session[3], session[4], session[5]) == (
-        ms_to_datetime(T0 + 50 * MIN),
-        ms_to_datetime(T0 + 60 * MIN),
+        T0 + 50 * MIN,
+        T0 + 60 * MIN,
         2,
     )
 
@@ -281,7 +278,7 @@ def test_late_event_merging_sessions_writes_a_deleted_row() -> None:
     out = apply_all(state, [ev(3, "view", 28)], first_offset=2)
     first, second = new_session_id("p", "v", eid(1)), new_session_id("p", "v", eid(2))
     assert set(out.sessions) == {first, second}
-    assert out.sessions[first][3:6] == (ms_to_datetime(T0), ms_to_datetime(T0 + 35 * MIN), 3)
+    assert out.sessions[first][3:6] == (T0, T0 + 35 * MIN, 3)
     assert out.sessions[first][-1] == 0
     assert out.sessions[second][-1] == 1
     assert [s.session_id for s in state.sessions] == [first]
@@ -317,7 +314,7 @@ def test_user_funnel_folds_a_visitor_until_it_identifies_then_touches_its_user()
     assert out.users == set() and out.identities == []
 
     out = apply_all(state, [as_user(ev(2, "page", 1), "alice")], 1, funnels=[BY_USER])
-    at = ms_to_datetime(T0 + MIN)
+    at = T0 + MIN
     assert out.identities == [("p", "alice", "v", at, 0)]
     assert out.users == {("p", "alice")}
     # Its own row is emptied: from now on its events count in alice's row.
@@ -331,7 +328,7 @@ def test_user_funnel_folds_a_visitor_until_it_identifies_then_touches_its_user()
 
     # The newest user id wins; the user left behind is rebuilt too.
     out = apply_all(state, [as_user(ev(6, "page", 5), "bob")], 5, funnels=[BY_USER])
-    at = ms_to_datetime(T0 + 5 * MIN)
+    at = T0 + 5 * MIN
     assert out.identities == [("p", "bob", "v", at, 0), ("p", "alice", "v", at, 1)]
     assert out.users == {("p", "alice"), ("p", "bob")}
     # An older event with another user id changes nothing (the report's rule as well).
@@ -413,7 +410,7 @@ def test_stream_final_state() -> None:
     assert [t[3] for t in out.transitions] == [1, 2, 3]
     # The chain that converted started at 3 (the late view restarted it), not at 0; buy at 55
     # is within the hour of it.
-    assert out.transitions[-1][5] == ms_to_datetime(T0 + 3 * MIN)
+    assert out.transitions[-1][5] == T0 + 3 * MIN
     assert [(s.started_at_ms, s.ended_at_ms, s.event_count) for s in state.sessions] == [
         (T0 + 115 * MIN, T0 + 121 * MIN, 3)
     ]
