@@ -112,7 +112,8 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
     """The ingest process of `serve` (funnelstream/ingest_process.py), on the socket its
     owner bound; settings come from the environment the owner passes on."""
     from funnelstream.app import build_app
-    from funnelstream.front import PublicFront
+    from funnelstream.config import QueryApiSettings
+    from funnelstream.front import PublicFront, forward_body_caps
     from funnelstream.ingest_process import TOKEN_ENV, exit_with_parent
     from ingest.routes import router as ingest_router
 
@@ -121,12 +122,18 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
         app = build_app(
             IngestSettings(), ProcessorSettings(), frozenset({"ingest"}), serve_part="ingest"
         )
+        body_caps = forward_body_caps(QueryApiSettings())
     except (ConfigError, ValueError) as exc:
         print(f"funnelstream serve-ingest: configuration error: {exc}", file=sys.stderr)
         return 2
     ingest_paths = frozenset(getattr(route, "path", "") for route in ingest_router.routes)
     front = PublicFront(
-        app, ingest_paths, app.state.components, args.owner, os.environ.pop(TOKEN_ENV)
+        app,
+        ingest_paths,
+        app.state.components,
+        args.owner,
+        os.environ.pop(TOKEN_ENV),
+        body_caps,
     )
     server = uvicorn.Server(
         uvicorn.Config(front, log_level=args.log_level, access_log=False, proxy_headers=False)

@@ -6,7 +6,12 @@ the public one. Users see one port: ingest's own routes (`POST /v1/events`, the 
 script) are answered here, every other request is forwarded to the owner and its answer
 streamed back as it comes (SSE included). `/readyz` and `/metrics` answer for both
 processes: the owner's components plus this process's, prefixed `ingest.`, and the
-metrics of both with a `process` label.
+owner's metrics as they are plus this process's labelled `process="ingest"`.
+
+A forwarded body is read here first, under the cap the owner applies
+(funnelstream/request_limits.py, rate limits left to the owner): an answer the owner
+gives before reading the body (413 on a declared length) would otherwise be lost to the
+unread body, and an oversized one is refused without being sent on.
 
 The owner counts per-address rate limits against the address this process saw: it sends
 the peer address in a header, which the owner believes only next to the token the two
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -29,6 +35,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from funnelstream import metrics
+from funnelstream.config import QueryApiSettings
+from funnelstream.ratelimit import Limiter
+from funnelstream.request_limits import Policies, RequestLimits, build_policies
 from funnelstream.supervise import Components, describe
 
 TOKEN_HEADER = "x-funnelstream-forward-token"
@@ -67,6 +76,7 @@ class PublicFront:
         components: Components,
         owner: str,
         token: str,
+        body_caps: Policies,
     ) -> None:
         self._ingest = ingest_app
         self._ingest_paths = ingest_paths
@@ -75,6 +85,7 @@ class PublicFront:
         self._token = token
         self._client: httpx.AsyncClient | None = None
         self._owner_problem: str | None = None
+        self._capped_forward = RequestLimits(self._forward, body_caps, Limiter())
         components.add_probe("owner", lambda: self._owner_problem)
 
     def _http(self) -> httpx.AsyncClient:
@@ -103,7 +114,7 @@ class PublicFront:
         elif path == "/metrics":
             await self._metrics(send)
         else:
-            await self._forward(scope, receive, send)
+            await self._capped_forward(scope, receive, send)
 
     # forwarding
 
@@ -168,11 +179,11 @@ class PublicFront:
 
     async def _metrics(self, send: Send) -> None:
         self._components.failing()  # brings funnelstream_component_up up to date
-        texts = {"ingest": generate_latest(metrics.REGISTRY).decode()}
+        texts: dict[str | None, str] = {"ingest": generate_latest(metrics.REGISTRY).decode()}
         try:
             owner = await self._http().get("/metrics", timeout=PROBE_TIMEOUT)
             owner.raise_for_status()
-            texts["owner"] = owner.text
+            texts[None] = owner.text
             self._owner_problem = None
         except httpx.HTTPError as exc:
             self._owner_problem = f"not answering: {describe(exc)}"
@@ -187,6 +198,13 @@ class PublicFront:
         await send({"type": "http.response.body", "body": body})
 
 
+def forward_body_caps(query: QueryApiSettings) -> Policies:
+    """The owner's body caps for what is forwarded to it, without its rate limits."""
+    policies = build_policies(None, query)
+    assert policies.query is not None
+    return replace(policies, query=replace(policies.query, per_address=None, per_key=None))
+
+
 class _Families:
     def __init__(self, families: list[Metric]) -> None:
         self._families = families
@@ -195,9 +213,10 @@ class _Families:
         return self._families
 
 
-def merge_metrics(texts: dict[str, str]) -> bytes:
+def merge_metrics(texts: dict[str | None, str]) -> bytes:
     """Prometheus text of several processes as one exposition: each sample labelled with
-    its process, families of the same name merged (a repeated family is invalid)."""
+    its process (None: left as it is, the owner's, so its series read as before `serve`
+    had two processes), families of the same name merged (a repeated one is invalid)."""
     merged: dict[str, Metric] = {}
     for process, text in texts.items():
         for family in text_string_to_metric_families(text):
@@ -207,7 +226,8 @@ def merge_metrics(texts: dict[str, str]) -> bytes:
                     family.name, family.documentation, family.type, family.unit
                 )
             into.samples.extend(
-                s._replace(labels={**s.labels, "process": process}) for s in family.samples
+                s if process is None else s._replace(labels={**s.labels, "process": process})
+                for s in family.samples
             )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(merged.values())))
