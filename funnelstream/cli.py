@@ -101,6 +101,8 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
             args=(base, project.write_key.get_secret_value(), project.read_key.get_secret_value()),
             daemon=True,
         ).start()
+    if ingest is not None:
+        ingest.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run(sockets=sockets)
     if ingest is not None and ingest.fatal is not None:
         print(f"funnelstream: {ingest.fatal}", file=sys.stderr)

@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class IngestProcess:
         self.pid: int | None = None
         self._quick_exits = 0
         self.fatal: str | None = None
+        # Stops the owner's server (set by the CLI), which then exits with code 1.
+        self.on_fatal: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
 
     def command(self) -> list[str]:
         return [
@@ -102,6 +105,7 @@ class IngestProcess:
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(exited), STOP_SECONDS)
+                log.info("ingest process (pid %d) stopped", proc.pid)
             except TimeoutError:
                 log.error("ingest process did not stop in %.0fs; killing it", STOP_SECONDS)
         finally:
@@ -115,7 +119,7 @@ class IngestProcess:
         if self._quick_exits >= QUICK_EXITS_FATAL:
             self.fatal = f"the ingest process failed {self._quick_exits} times right after starting"
             log.critical("%s: stopping serve", self.fatal)
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.on_fatal()
 
 
 def exit_with_parent(parent: int) -> None:
