@@ -143,7 +143,12 @@ class PublicFront:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": _forwarded_headers(response.headers.raw),
+                    # This server adds its own date and server headers.
+                    "headers": [
+                        (k, v)
+                        for k, v in _forwarded_headers(response.headers.raw)
+                        if k.lower() not in (b"date", b"server")
+                    ],
                 }
             )
             pump = asyncio.ensure_future(_pump(response, send))
