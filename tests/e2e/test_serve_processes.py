@@ -155,3 +155,19 @@ def test_the_ingest_process_stops_when_its_owner_is_killed(server: Server) -> No
     while not gone(ingest):
         assert time.monotonic() < deadline, "the ingest process outlived its owner"
         time.sleep(0.05)
+
+
+def test_a_live_stream_is_forwarded_as_it_comes(server: Server) -> None:
+    # The stream is open before the event is sent: a transition arriving proves the
+    # forwarding streams (a buffered answer would arrive only when the stream ends).
+    url = f"{server.base}/v1/funnels/checkout/live/stream"
+    with httpx.stream("GET", url, headers=READ, timeout=30) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        r = server.post({"event": "page_view", "visitor_id": "streamed"})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30
+        for line in stream.iter_lines():
+            if line.startswith("data:") and "streamed" in line:
+                break
+            assert time.monotonic() < deadline, "no transition streamed"
