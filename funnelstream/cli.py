@@ -119,6 +119,10 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
     from funnelstream.ingest_process import TOKEN_ENV, exit_with_parent
     from ingest.routes import router as ingest_router
 
+    token = os.environ.pop(TOKEN_ENV, None)
+    if token is None:
+        print(f"funnelstream serve-ingest: started by `serve` only ({TOKEN_ENV})", file=sys.stderr)
+        return 2
     exit_with_parent(args.parent)
     try:
         app = build_app(
@@ -134,7 +138,7 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
         ingest_paths,
         app.state.components,
         args.owner,
-        os.environ.pop(TOKEN_ENV),
+        token,
         body_caps,
     )
     server = uvicorn.Server(
@@ -330,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="send demo traffic, print a funnel")
     for name, port in (("ingest", 8081), ("process", 8082), ("query-api", 8083)):
         _server_args(sub.add_parser(name, help=f"run only the {name} part"), port)
-    # Started by `serve` only (funnelstream/ingest_process.py), hence not listed.
-    serve_ingest = sub.add_parser("serve-ingest")
+    # Started by `serve` only (funnelstream/ingest_process.py), on the socket it bound.
+    serve_ingest = sub.add_parser("serve-ingest", help="(started by serve; not by hand)")
     serve_ingest.add_argument("--fd", type=int, required=True)
     serve_ingest.add_argument("--owner", required=True)
     serve_ingest.add_argument("--parent", type=int, required=True)
