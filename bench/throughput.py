@@ -22,10 +22,12 @@ full         the real processor (embedded log with the messages appended beforeh
              embedded ClickHouse): from its start until every message is written and
              committed; each run in a fresh subprocess (one embedded engine per process).
              Same floor.
-serve        `funnelstream serve` (ingest, processor and query API in one process, as
-             shipped) taking `--serve-events` once in 500-event gzip batches from 4
-             clients: acknowledged and processed events/s (no baseline: the issue's
-             headline figure), and the process's RSS idle and at its peak.
+serve        `funnelstream serve` (two processes, as shipped: the owner of the embedded
+             engine with the processor and query API, and ingest on the public port)
+             taking `--serve-events` once in 500-event gzip batches from 4 clients:
+             acknowledged and processed events/s (no baseline: the issue's
+             headline figure), and each process's RSS idle and at its peak (peaks
+             summed: an upper bound, they need not coincide).
 state        bytes per visitor held after the fold: the stored JSON (`VisitorState.dumps`)
              and the objects in memory (deep size; objects shared by several states
              counted once).
@@ -293,10 +295,18 @@ def rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+def serve_processes(pid: int) -> dict[str, int]:
+    """`serve`'s processes by part: itself (the owner of the engine) and its child, the
+    ingest process (funnelstream/ingest_process.py)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {"owner": pid, "ingest": int(children[0])}
+
+
 def serve_run(events: int) -> dict[str, float]:
-    """`funnelstream serve` (one process: ingest, processor, query API) taking every
-    event once in 500-event gzip batches from 4 clients: events/s acknowledged, and
-    processed (sent → the processor's lag 0); its RSS idle and at the peak."""
+    """`funnelstream serve` (the owner process: processor and query API; the ingest
+    process on the public port) taking every event once in 500-event gzip batches from
+    4 clients: events/s acknowledged, and processed (sent → the processor's lag 0); each
+    process's RSS idle and at its peak, and their sum."""
     load = Load("500-event batches, gzip", 500, True, 4)
     requests = http_requests(load, client_events(events))
     sent = len(requests) * load.events_per_request
@@ -305,20 +315,23 @@ def serve_run(events: int) -> dict[str, float]:
         try:
             assert server.proc is not None
             time.sleep(1)
-            idle = rss_mb(server.proc.pid)["VmRSS"]
+            pids = serve_processes(server.proc.pid)
+            idle = {part: rss_mb(pid)["VmRSS"] for part, pid in pids.items()}
             started = time.perf_counter()
             refused = run_client(send_once(server.port, requests, load.clients))
             acked = time.perf_counter() - started
             server.wait_processed(timeout=600)
             processed = time.perf_counter() - started
-            peak = rss_mb(server.proc.pid)["VmHWM"]
+            peak = {part: rss_mb(pid)["VmHWM"] for part, pid in pids.items()}
         finally:
             server.stop()
     return {
         "acked": sent / acked,
         "processed": sent / processed,
-        "idle_rss_mb": idle,
-        "peak_rss_mb": peak,
+        "idle_rss_mb": sum(idle.values()),
+        "peak_rss_mb": sum(peak.values()),
+        **{f"{part}_idle_rss_mb": mb for part, mb in idle.items()},
+        **{f"{part}_peak_rss_mb": mb for part, mb in peak.items()},
         "refused": refused,
         "events": sent,
     }
@@ -625,13 +638,21 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]]) -> str:
             "| — | — | ~3k (done means ≥ 20k) |"
         )
         rows.append(
-            f"| same: server RSS idle / peak | {fmt(med(idle))} / {fmt(med(peak))} MB | — | — "
-            "| ~500 / ~770 MB (goal: peak ≤ 800) |"
+            f"| same: RSS idle / peak, both processes | {fmt(med(idle))} / {fmt(med(peak))} MB "
+            "| — | — | ~500 / ~770 MB (goal: peak ≤ 800) |"
         )
+        for part in ("owner", "ingest"):
+            part_idle = [r.get(f"{part}_idle_rss_mb", 0.0) for r in serves]
+            part_peak = [r.get(f"{part}_peak_rss_mb", 0.0) for r in serves]
+            rows.append(
+                f"| same: RSS idle / peak, {part} process | {fmt(med(part_idle))} / "
+                f"{fmt(med(part_peak))} MB | — | — | — |"
+            )
         per_run.append(
             f"- serve: acknowledged {[fmt(x) for x in acked]}, processed "
             f"{[fmt(x) for x in processed]} ev/s; RSS idle {[fmt(x) for x in idle]}, peak "
-            f"{[fmt(x) for x in peak]} MB; non-202 answers: {sum(r['refused'] for r in serves)}"
+            f"{[fmt(x) for x in peak]} MB (owner + ingest); non-202 answers: "
+            f"{sum(r['refused'] for r in serves)}"
         )
     folds = results.get("fold", [])
     if folds:

@@ -1,7 +1,9 @@
 """Assembles the HTTP app for a deployment: any of ingest, processor and query API.
 
-`funnelstream serve` runs all three in one process on one port (embedded log and
-ClickHouse); split mode runs each part in its own process against Kafka and a server.
+`funnelstream serve` runs them on one public port in two processes (embedded log and
+ClickHouse): the owner of the embedded engine (processor, query API) and ingest, which
+holds the public port (funnelstream/ingest_process.py, funnelstream/front.py). Split mode
+runs each part in its own process against Kafka and a server.
 
 Every background task runs under a supervisor (funnelstream/supervise.py): a crash is
 logged, shown by `/readyz` and `/healthz`, and the task restarted with backoff.
@@ -14,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -37,7 +39,14 @@ from funnelstream.config import (
 )
 from funnelstream.cors import CorsByRoute
 from funnelstream.http_errors import install_error_envelope
-from funnelstream.key_store import KeyRefresh, KeyStore, load_secret
+from funnelstream.ingest_process import STOP_SECONDS, IngestProcess
+from funnelstream.key_store import (
+    SNAPSHOT_FILE,
+    KeyRefresh,
+    KeySnapshotRefresh,
+    KeyStore,
+    load_secret,
+)
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
 from funnelstream.ratelimit import Limiter
@@ -67,6 +76,9 @@ ROLES = frozenset({"ingest", "processor", "query"})
 # Split-mode processors and query APIs pick up funnels saved by another process.
 CATALOG_REFRESH_SECONDS = 5.0
 RETENTION_CHECK_SECONDS = 3600.0
+# The two processes of `funnelstream serve`: "owner" (processor and query API, with the
+# embedded engine) and "ingest" (the public port).
+ServePart = Literal["owner", "ingest"]
 
 
 def open_log(settings: CommonSettings, retention: dict[str, int] | None = None) -> Log:
@@ -103,7 +115,12 @@ def build_app(
     ingest_settings: IngestSettings,
     processor_settings: ProcessorSettings,
     roles: frozenset[str] = ROLES,
+    *,
+    serve_part: ServePart | None = None,
+    ingest_process: IngestProcess | None = None,
 ) -> FastAPI:
+    """`serve_part`: this app is that process of `funnelstream serve`; the owner starts
+    and supervises `ingest_process`."""
     settings: CommonSettings = ingest_settings
     project_config = load_config(settings)
     # Checked now, where keys are checked: a missing or placeholder key secret stops the
@@ -113,6 +130,8 @@ def build_app(
         if roles & {"ingest", "query"}
         else KeyStore.config_only(project_config)
     )
+    if serve_part == "owner":
+        key_store.snapshot_path = settings.data_dir / SNAPSHOT_FILE
     components = Components()
     policy = BackoffPolicy(
         processor_settings.retry_initial_seconds, processor_settings.retry_max_seconds
@@ -124,6 +143,10 @@ def build_app(
         retention = retention_days(project_config, settings.retention_days)
         backend = open_log(settings, retention) if roles & {"ingest", "processor"} else None
         supervisor = Supervisor(components, policy, asyncio.Event())
+        # Its own supervisor, so that a stop ends ingest before anything else.
+        ingest_supervisor = Supervisor(
+            components, policy, asyncio.Event(), shutdown_seconds=STOP_SECONDS + 5
+        )
         ch: ClickHouse | None = None
         producer = None
         try:
@@ -140,12 +163,12 @@ def build_app(
                 app.state.catalog = FunnelCatalog(
                     loaded.funnels, loaded.quarantined, loaded.versions
                 )
-                if roles != ROLES:
+                if roles != ROLES and serve_part is None:
                     refresh = _CatalogRefresh(app, ch)
                     components.add_probe("clickhouse", refresh.problem)
                     supervisor.start("catalog_refresh", refresh.run)
             if roles & {"ingest", "query"}:
-                key_refresh = await _key_refresh(settings, key_store, ch)
+                key_refresh = await _key_refresh(settings, key_store, ch, serve_part)
                 if key_refresh is not None:
                     components.add_probe("keys", key_store.problem)
                     supervisor.start("key_refresh", key_refresh.run)
@@ -157,7 +180,8 @@ def build_app(
                     ingest_settings, project_config, producer, key_store, limiter=limiter
                 )
                 components.add_probe("log", lambda: service.log_problem)
-            if isinstance(backend, EmbeddedLog):
+            # The owner keeps the log's retention; ingest alone only appends.
+            if isinstance(backend, EmbeddedLog) and serve_part != "ingest":
                 supervisor.start("log_retention", partial(_enforce_retention, backend))
             if "query" in roles:
                 app.state.erasure_log = _erasure_log(settings, backend, retention)
@@ -180,8 +204,12 @@ def build_app(
                 for part in ("clickhouse", "log"):
                     components.add_probe(part, partial(_processor_problem, app, part))
                 supervisor.start("processor", run_processor)
+            if ingest_process is not None:
+                # After the owner's start: the key snapshot it reads is written by now.
+                ingest_supervisor.start("ingest_process", ingest_process.run)
             yield
         finally:
+            await ingest_supervisor.shutdown()
             await supervisor.shutdown()
             erasure_log: ErasureLog | None = getattr(app.state, "erasure_log", None)
             if erasure_log is not None:
@@ -223,7 +251,9 @@ def build_app(
 
     install_error_envelope(app)
 
-    if "ingest" in roles:
+    if "ingest" in roles or serve_part == "owner":
+        # The owner documents ingest's routes for the public port's OpenAPI document; the
+        # ingest process answers them (funnelstream/front.py), nobody sends them here.
         app.include_router(ingest_router)
     if "query" in roles:
         install_error_handlers(app)
@@ -252,7 +282,8 @@ def build_app(
     async def healthz(request: Request) -> dict[str, Any]:
         # Liveness: always 200 while the process answers, but never "ok" over a failure.
         failed = components.failing()
-        out: dict[str, Any] = {"status": "degraded" if failed else "ok", "roles": sorted(roles)}
+        shown = ROLES if serve_part == "owner" else roles  # serve's, across its processes
+        out: dict[str, Any] = {"status": "degraded" if failed else "ok", "roles": sorted(shown)}
         if failed:
             out["failed"] = failed
         processor: Processor | None = getattr(request.app.state, "processor", None)
@@ -285,15 +316,17 @@ def build_app(
 
 
 async def _key_refresh(
-    settings: CommonSettings, store: KeyStore, ch: ClickHouse | None
-) -> KeyRefresh | None:
+    settings: CommonSettings, store: KeyStore, ch: ClickHouse | None, serve_part: str | None
+) -> KeyRefresh | KeySnapshotRefresh | None:
     """The reload of stored keys for this process, or None when it has no shared key
     table. With a ClickHouse connection open (processor, query API) the keys are loaded
     before the first request. A lone ingest process opens its own connection, lazily:
     it starts, and takes config file keys, while ClickHouse is down. A lone ingest process
     on the embedded engine shares no table with anyone (one process per engine): it takes
-    the config file's keys only."""
+    the config file's keys only. The ingest process of `serve` reads its owner's snapshot."""
     every = settings.key_refresh_seconds
+    if serve_part == "ingest":
+        return KeySnapshotRefresh(store, settings.data_dir / SNAPSHOT_FILE, every)
     if ch is not None:
         with contextlib.suppress(ClickHouseUnavailable, ClickHouseQueryError):
             await asyncio.to_thread(store.reload_sync, ch)  # a failure is store.problem()

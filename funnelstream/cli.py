@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -33,19 +34,39 @@ def _settings_env(args: argparse.Namespace) -> None:
 
 
 def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
-    from funnelstream.app import build_app
+    from funnelstream.app import ROLES, ServePart, build_app
+    from funnelstream.front import TrustForwarded
+    from funnelstream.ingest_process import IngestProcess, listening_socket
 
     _settings_env(args)
+    # `serve`: this process owns the embedded engine (processor, query API) on a loopback
+    # port; ingest runs in a process of its own on the public port (ingest_process.py).
+    ingest: IngestProcess | None = None
+    sockets: list[socket.socket] | None = None
+    part: ServePart | None = None
+    if roles == ROLES:
+        try:
+            public = listening_socket(args.host, args.port)
+        except OSError as exc:
+            print(f"funnelstream: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 2
+        sockets = [listening_socket("127.0.0.1", 0)]
+        owner_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        ingest = IngestProcess(public, owner_url, args.log_level)
+        roles, part = frozenset({"processor", "query"}), "owner"
     try:
         ingest_settings = IngestSettings()
         processor_settings = ProcessorSettings()
         config = load_config(ingest_settings)
-        app = build_app(ingest_settings, processor_settings, roles)
+        app = build_app(
+            ingest_settings, processor_settings, roles, serve_part=part, ingest_process=ingest
+        )
     except (ConfigError, ValueError) as exc:
         print(f"funnelstream: configuration error: {exc}", file=sys.stderr)
         return 2
     base = f"http://{args.host}:{args.port}"
-    print(f"Funnelstream ({', '.join(sorted(roles))}) on {base}", flush=True)
+    shown = ROLES if ingest is not None else roles
+    print(f"Funnelstream ({', '.join(sorted(shown))}) on {base}", flush=True)
     print(f"  data dir: {ingest_settings.data_dir.resolve()}", flush=True)
     if config.path is not None:
         print(f"  config:   {config.path.resolve()}", flush=True)
@@ -63,7 +84,7 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
         print(f"  project {p.id}: {keys}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            TrustForwarded(app, ingest.token) if ingest is not None else app,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
@@ -80,7 +101,50 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
             args=(base, project.write_key.get_secret_value(), project.read_key.get_secret_value()),
             daemon=True,
         ).start()
-    server.run()
+    if ingest is not None:
+        ingest.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=sockets)
+    if ingest is not None and ingest.fatal is not None:
+        print(f"funnelstream: {ingest.fatal}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_serve_ingest(args: argparse.Namespace) -> int:
+    """The ingest process of `serve` (funnelstream/ingest_process.py), on the socket its
+    owner bound; settings come from the environment the owner passes on."""
+    from funnelstream.app import build_app
+    from funnelstream.config import QueryApiSettings
+    from funnelstream.front import PublicFront, forward_body_caps
+    from funnelstream.ingest_process import TOKEN_ENV, exit_with_parent
+    from ingest.routes import router as ingest_router
+
+    token = os.environ.pop(TOKEN_ENV, None)
+    if token is None:
+        print(f"funnelstream serve-ingest: started by `serve` only ({TOKEN_ENV})", file=sys.stderr)
+        return 2
+    exit_with_parent(args.parent)
+    try:
+        app = build_app(
+            IngestSettings(), ProcessorSettings(), frozenset({"ingest"}), serve_part="ingest"
+        )
+        body_caps = forward_body_caps(QueryApiSettings())
+    except (ConfigError, ValueError) as exc:
+        print(f"funnelstream serve-ingest: configuration error: {exc}", file=sys.stderr)
+        return 2
+    ingest_paths = frozenset(getattr(route, "path", "") for route in ingest_router.routes)
+    front = PublicFront(
+        app,
+        ingest_paths,
+        app.state.components,
+        args.owner,
+        token,
+        body_caps,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(front, log_level=args.log_level, access_log=False, proxy_headers=False)
+    )
+    server.run(sockets=[socket.socket(fileno=args.fd)])
     return 0
 
 
@@ -263,11 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="funnelstream")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="ingest + processor + query API in one process")
+    serve = sub.add_parser(
+        "serve", help="ingest, processor and query API on one port (two processes)"
+    )
     _server_args(serve, 8080)
     serve.add_argument("--demo", action="store_true", help="send demo traffic, print a funnel")
     for name, port in (("ingest", 8081), ("process", 8082), ("query-api", 8083)):
         _server_args(sub.add_parser(name, help=f"run only the {name} part"), port)
+    # Started by `serve` only (funnelstream/ingest_process.py), on the socket it bound.
+    serve_ingest = sub.add_parser("serve-ingest", help="(started by serve; not by hand)")
+    serve_ingest.add_argument("--fd", type=int, required=True)
+    serve_ingest.add_argument("--owner", required=True)
+    serve_ingest.add_argument("--parent", type=int, required=True)
+    serve_ingest.add_argument("--log-level", dest="log_level", default="warning")
     imp = sub.add_parser(
         "import",
         help="send a CSV or NDJSON history file (optionally .gz) through ingest",
@@ -354,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command in roles:
         return _run_server(args, roles[args.command])
+    if args.command == "serve-ingest":
+        return _run_serve_ingest(args)
     if args.command == "import":
         return _import(args)
     if args.command == "keys":

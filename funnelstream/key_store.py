@@ -7,12 +7,18 @@ Keys created through the CLI or the admin API are rows of the ClickHouse table
 process stops working in every process within that bound. When a reload fails the last
 loaded keys stay in use (ingest keeps accepting known keys) and the failure is shown as
 the "keys" component of `/readyz` and in metrics.
+
+`funnelstream serve` runs ingest in a process that cannot open the embedded engine (one
+process per engine), so the process that owns it also writes every change of its stored
+keys to a snapshot file in the data directory (digests only, mode 0600, replaced whole),
+which the ingest process reloads on the same period (`KeySnapshotRefresh`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -50,6 +56,8 @@ from funnelstream.supervise import describe
 log = logging.getLogger(__name__)
 
 SECRET_FILE = "key_secret"
+SNAPSHOT_FILE = "key_snapshot.json"
+SNAPSHOT_FORMAT = 1
 MIN_SECRET_LENGTH = 32
 COLUMNS = (
     "key_id",
@@ -175,6 +183,56 @@ def _insert_sync(ch: ClickHouse, key: HashedKey, version: int) -> None:
     )
 
 
+def _snapshot_doc(stored: list[HashedKey]) -> bytes:
+    def at(t: datetime | None) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    keys = [
+        {
+            "key_id": k.record.key_id,
+            "project_id": k.record.project_id,
+            "scope": k.record.scope,
+            "digest": k.digest.hex(),
+            "label": k.record.label,
+            "created_at": at(k.record.created_at),
+            "revoked_at": at(k.record.revoked_at),
+        }
+        for k in stored
+    ]
+    return json.dumps({"format": SNAPSHOT_FORMAT, "written_at": time.time(), "keys": keys}).encode()
+
+
+def write_snapshot(path: Path, stored: list[HashedKey]) -> None:
+    """Replace the snapshot whole (a reader sees the old file or the new one), owner-only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_snapshot_doc(stored))
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: Path) -> tuple[float, list[HashedKey]]:
+    """When the snapshot was written, and its keys. OSError or ValueError: unreadable."""
+    doc = json.loads(path.read_bytes())
+    if doc.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"unknown key snapshot format {doc.get('format')!r}")
+    keys = []
+    for k in doc["keys"]:
+        created, revoked = k["created_at"], k["revoked_at"]
+        row = (
+            k["key_id"],
+            k["project_id"],
+            k["scope"],
+            k["digest"],
+            k["label"],
+            datetime.fromisoformat(created) if created else _now(),
+            datetime.fromisoformat(revoked) if revoked else None,
+        )
+        if (key := _row_key(row)) is not None:
+            keys.append(key)
+    return float(doc["written_at"]), keys
+
+
 class KeyStore:
     """This process's keys: the config file's and the stored ones, as one `KeyRing`."""
 
@@ -187,6 +245,9 @@ class KeyStore:
         self._problem: str | None = None
         self._failing_since: float | None = None
         self.loaded_at: float | None = None
+        # Where this store writes its stored keys at every change, for the ingest process
+        # of `serve` (None: nobody reads them).
+        self.snapshot_path: Path | None = None
         # A reload and a create or revoke in this process, each a read and a replace, in
         # turn: a reload begun before a create must not drop the key just created.
         self._writing = threading.Lock()
@@ -212,6 +273,28 @@ class KeyStore:
         self._stored = stored
         self.ring = KeyRing(self.config, self._secret, self._config_keys + stored)
         self._count_active()
+        if self.snapshot_path is not None:
+            write_snapshot(self.snapshot_path, stored)
+
+    def reload_from_snapshot(self, path: Path, stale_after: float) -> None:
+        """Replace the stored keys with the snapshot's. An unreadable or stale snapshot
+        keeps the last keys and is recorded as this store's problem."""
+        try:
+            written_at, stored = read_snapshot(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.reload_failed(f"key snapshot {path.name}: {describe(exc)}")
+            return
+        with self._writing:
+            self._replace(stored)
+        age = time.time() - written_at
+        if age > stale_after:
+            # The owner rewrites it at every reload: an old file means its reloads fail.
+            self.reload_failed(f"key snapshot {path.name} is {age:.0f}s old")
+            return
+        self.loaded_at = time.time()
+        self._problem = None
+        self._failing_since = None
+        metrics.KEYS_LOADED_AT.set(self.loaded_at)
 
     def _count_active(self) -> None:
         for scope in SCOPES:
@@ -331,3 +414,22 @@ class KeyRefresh:
             await asyncio.to_thread(self._store.reload_sync, self._ch)
         except (ClickHouseUnavailable, ClickHouseQueryError) as exc:
             log.warning("key reload failed, keeping the last keys: %s", exc)
+
+
+class KeySnapshotRefresh:
+    """Reloads a `KeyStore` from the owner's snapshot every `every` seconds (the ingest
+    process of `funnelstream serve`). A snapshot not rewritten for three periods is stale:
+    the owner's reloads from ClickHouse are failing, so revocations may be missed."""
+
+    def __init__(self, store: KeyStore, path: Path, every: float) -> None:
+        self._store = store
+        self._path = path
+        self._every = every
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(
+                self._store.reload_from_snapshot, self._path, max(3 * self._every, 15.0)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._every)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes and the rest, per process (`serve` runs two: the public
+# /metrics labels each sample with its `process`, funnelstream/front.py).
+ProcessCollector(registry=REGISTRY)
 
 # supervision (funnelstream/supervise.py)
 COMPONENT_UP = Gauge(

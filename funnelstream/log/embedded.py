@@ -8,9 +8,15 @@ own to get wrong. Throughput comes from group commit: concurrent `append` calls 
 arrive while a transaction is being written are coalesced into the next one, so one fsync
 covers many HTTP requests.
 
-Group membership is simple on purpose: the embedded log lives in one process, so a
-consumer group has at most one member, which holds every partition. Several processor
-processes sharing work is what the Kafka backend is for.
+Group membership is simple on purpose: a consumer group has at most one member, in one
+process, which holds every partition. Several processor processes sharing work is what the
+Kafka backend is for.
+
+Producers may sit in other processes (`funnelstream serve` appends from its ingest
+process): SQLite's file locks order the writers of every process, and an append reads
+each partition's head inside its own `BEGIN IMMEDIATE` transaction, so offsets never
+collide. The in-process signal does not cross processes; a consumer waiting for records
+looks again every `_IDLE_RECHECK_S` instead.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.config import CommonSettings, ConfigError, Project, ProjectConfig
-from funnelstream.key_store import KeyRefresh, KeyStore, load_secret
+from funnelstream.key_store import SNAPSHOT_FILE, KeyRefresh, KeyStore, load_secret
 
 SECRET = b"k" * 32
 SHOP = Project("shop", SecretStr("wk_shop"), SecretStr("rk_shop"), SecretStr("ak_shop"))
@@ -114,3 +114,43 @@ def test_outside_local_mode_the_secret_is_required_and_not_a_placeholder(tmp_pat
     settings = CommonSettings(mode="production", data_dir=tmp_path, key_secret=SecretStr(good))
     assert load_secret(settings) == good.encode()
     assert not (tmp_path / "key_secret").exists()
+
+
+@pytest.mark.clickhouse
+def test_the_snapshot_carries_creates_and_revocations_to_a_store_without_clickhouse(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    owner, ingest = KeyStore(CONFIG, SECRET), KeyStore(CONFIG, SECRET)
+    owner.snapshot_path = path = tmp_path / SNAPSHOT_FILE
+    new = owner.create_sync(ch, "shop", "write", "site")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert new.plaintext not in path.read_text()  # digests only
+    ingest.reload_from_snapshot(path, stale_after=60)
+    assert ingest.authorize(new.plaintext, "write") is SHOP
+    assert ingest.problem() is None
+    owner.revoke_sync(ch, new.key_id)
+    ingest.reload_from_snapshot(path, stale_after=60)
+    assert ingest.authorize(new.plaintext, "write") is None
+    assert ingest.authorize("wk_shop", "write") is SHOP
+    assert {r.key_id: r.revoked_at is not None for r in ingest.records("shop")}[new.key_id]
+
+
+@pytest.mark.clickhouse
+def test_a_missing_or_stale_snapshot_keeps_the_last_keys_and_says_so(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    owner, ingest = KeyStore(CONFIG, SECRET), KeyStore(CONFIG, SECRET)
+    path = tmp_path / SNAPSHOT_FILE
+    ingest.reload_from_snapshot(path, stale_after=60)
+    assert "key snapshot" in (ingest.problem() or "")
+    owner.snapshot_path = path
+    new = owner.create_sync(ch, "shop", "write", "site")
+    ingest.reload_from_snapshot(path, stale_after=60)
+    assert ingest.problem() is None
+    path.write_text("{")
+    ingest.reload_from_snapshot(path, stale_after=60)
+    assert "key reload failing" in (ingest.problem() or "")
+    assert ingest.authorize(new.plaintext, "write") is SHOP  # the last keys stay
+    owner.reload_sync(ch)  # rewrites it
+    ingest.reload_from_snapshot(path, stale_after=0)
+    assert "old" in (ingest.problem() or "")
