@@ -416,17 +416,20 @@ def decode_floor(messages: list[LogMessage]) -> float:
     return len(messages) / (time.perf_counter() - started)
 
 
-def fold_once(messages: list[LogMessage]) -> tuple[dict[str, float], Any]:
+def fold_once(messages: list[LogMessage], collect: bool = True) -> tuple[dict[str, float], Any]:
     """Events/s of decode + apply, and of that plus the write preparation; the states."""
     from processor.apply import Applier
     from processor.batch import Batch
     from processor.catalog import FunnelCatalog
-    from processor.collector import tune_collector
+    from processor.collector import StepCollector
     from processor.decode import Decoder
     from processor.state import HeldStates
     from processor.transform import Timing
 
-    tune_collector()  # as the processor does on start
+    # As the processor runs (collections between steps), unless the diagnostic asks for
+    # no collection at all.
+    collector = StepCollector()
+    collector.start()
 
     catalog = FunnelCatalog(bench_funnels())
     states = HeldStates()
@@ -438,6 +441,8 @@ def fold_once(messages: list[LogMessage]) -> tuple[dict[str, float], Any]:
         t0 = time.perf_counter()
         deliveries = decoder.decode(messages[i : i + POLL], batch)
         applier.apply(deliveries, set(), batch)
+        if collect:
+            collector.after_step(len(deliveries))
         t1 = time.perf_counter()
         fold_s += t1 - t0
         if batch.messages >= BATCH or i + POLL >= len(messages):
@@ -448,6 +453,7 @@ def fold_once(messages: list[LogMessage]) -> tuple[dict[str, float], Any]:
                 state.dumps()
             prep_s += time.perf_counter() - t1
             batch = Batch()
+    collector.stop()
     n = len(messages)
     return {"fold": n / fold_s, "fold_prep": n / (fold_s + prep_s)}, states
 
@@ -495,7 +501,7 @@ def fold_run(messages: list[LogMessage]) -> dict[str, Any]:
     gc.collect()
     gc.disable()
     try:
-        no_gc, _ = fold_once(messages)
+        no_gc, _ = fold_once(messages, collect=False)
     finally:
         gc.enable()
     return {

@@ -55,7 +55,7 @@ from processor.apply import Applier
 from processor.backfills import Backfiller
 from processor.batch import Batch, BatchPolicy
 from processor.catalog import FunnelCatalog
-from processor.collector import tune_collector
+from processor.collector import StepCollector
 from processor.commit import Committer
 from processor.decode import Decoder
 from processor.dedupe import DedupeStore
@@ -201,11 +201,14 @@ class Processor:
         # Set when `run` fails: nothing more is written or committed (see `run`).
         self._crashed = False
         self.processed_messages = 0
+        # Messages applied (folded) so far, written or not.
+        self.applied_messages = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        tune_collector()
+        collector = StepCollector()
+        collector.start()
         consumer = self._log.consumer(
             self.config.topic,
             self.config.group,
@@ -215,7 +218,9 @@ class Processor:
         await self._start(consumer, stop)
         try:
             while not stop.is_set():
+                before = self.applied_messages
                 await self.step(consumer)
+                collector.after_step(self.applied_messages - before)
             await self.flush()
         except BaseException:
             # The batch may be half-applied (a fold raised) or unwritable (a query error):
@@ -223,6 +228,7 @@ class Processor:
             self._crashed = True
             raise
         finally:
+            collector.stop()
             await consumer.stop()
             self._consumer = None
             await self._steps.sink.stop()
@@ -274,6 +280,7 @@ class Processor:
 
     async def _apply(self, messages: list[LogMessage]) -> None:
         steps = self._steps
+        self.applied_messages += len(messages)
         # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
         # the apply: it would swap the batch whose pending ids the lookup checked
         # against, and drop the states of revoked partitions.
