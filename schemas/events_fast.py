@@ -92,7 +92,11 @@ def decode_body(raw: bytes, max_events: int) -> WireBody | None:
     return body
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Event ids, joined by newlines, all in canonical form (what `str(uuid.UUID(...))` writes,
+# in any case): one regex pass for the whole batch. Other spellings uuid.UUID reads
+# (braces, a urn: prefix, no hyphens) take the full path.
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUIDS = re.compile(f"(?:{_UUID}\n)*{_UUID}")
 
 
 def encode_batch(
@@ -100,45 +104,71 @@ def encode_batch(
 ) -> list[tuple[bytes, bytes]] | None:
     """(key, record) per event of `body`, in order; None if any event needs the full
     path (invalid, or valid in a form only it reads)."""
+    events = body.events()
     batch_sent_at = None
     if body.sent_at is not None:
         batch_sent_at = parse_timestamp(body.sent_at)
         if batch_sent_at is None:
             return None
+    event_ids = _event_ids(events)
+    if event_ids is None:
+        return None
     encoded_context = orjson.Fragment(orjson.dumps(context))
+    key_prefix = partition_key(project_id, "")
     out = []
-    for item in body.events():
+    for item, event_id in zip(events, event_ids, strict=True):
         name = _required(item.event, MAX_NAME_LENGTH)
         visitor_id = _required(item.visitor_id, MAX_ID_LENGTH)
         session_id = _optional(item.session_id)
         user_id = _optional(item.user_id)
-        event_id = _event_id(item.event_id)
         timestamp_ms = _timestamp(item, batch_sent_at, received_at_ms)
-        properties = _properties(item.properties)
         if (
             name is None
             or visitor_id is None
             or session_id is None
             or user_id is None
-            or event_id is None
             or timestamp_ms is None
-            or properties is None
         ):
             return None
-        record = encode_fields(
-            project_id,
-            event_id,
-            name,
-            visitor_id,
-            timestamp_ms,
-            received_at_ms,
-            session_id,
-            user_id,
-            properties,
-            encoded_context,
-        )
-        out.append((partition_key(project_id, visitor_id), record))
+        properties = {} if item.properties is None else item.properties
+        try:
+            record = encode_fields(
+                project_id,
+                event_id,
+                name,
+                visitor_id,
+                timestamp_ms,
+                received_at_ms,
+                session_id,
+                user_id,
+                properties,
+                encoded_context,
+            )
+        except orjson.JSONEncodeError:
+            # The 64-bit check: orjson writes exactly the integers it can read back
+            # (schemas/properties.py MIN_INTEGER..MAX_INTEGER) and raises beyond.
+            return None
+        # The properties are part of the record: only a record over their limit can
+        # hold properties over it, and only then are they measured on their own.
+        if len(record) > MAX_PROPERTIES_BYTES and (
+            len(orjson.dumps(properties)) > MAX_PROPERTIES_BYTES
+        ):
+            return None
+        out.append((key_prefix + visitor_id.encode(), record))
     return out
+
+
+def _event_ids(events: list[WireEvent]) -> list[str] | None:
+    """Each event's id in canonical form (a new one where none was sent), or None."""
+    ids = [item.event_id for item in events]
+    if None in ids:
+        ids = [str(uuid.uuid4()) if i is None else i for i in ids]
+    joined = "\n".join(ids)  # type: ignore[arg-type]  # no None left
+    if _UUIDS.fullmatch(joined) is None:
+        return None
+    canonical = joined.lower().split("\n")
+    # An id with a newline inside would split in two: the count tells.
+    return canonical if len(canonical) == len(events) else None
 
 
 def _required(value: str | float | None, limit: int) -> str | None:
@@ -154,14 +184,6 @@ def _optional(value: str | float | None) -> str | None:
     if type(value) is not str:
         return str(value)  # a number: kept as its text, as parse_event does
     return value if len(value) <= MAX_ID_LENGTH else None
-
-
-def _event_id(value: str | None) -> str | None:
-    if value is None:
-        return str(uuid.uuid4())
-    # The canonical form only (what `str(uuid.UUID(...))` writes, in any case); other
-    # spellings uuid.UUID reads (braces, a urn: prefix, no hyphens) take the full path.
-    return value.lower() if _UUID.fullmatch(value) else None
 
 
 def _timestamp(item: WireEvent, batch_sent_at: int | None, received_at_ms: int) -> int | None:
@@ -181,15 +203,3 @@ def _timestamp(item: WireEvent, batch_sent_at: int | None, received_at_ms: int) 
     if not MIN_TIMESTAMP_MS <= timestamp <= received_at_ms + MAX_FUTURE_MS:
         return None
     return timestamp
-
-
-def _properties(value: dict[str, Any] | None) -> orjson.Fragment | None:
-    if value is None:
-        return orjson.Fragment(b"{}")
-    try:
-        # Also the 64-bit check: orjson writes exactly the integers it can read back
-        # (schemas/properties.py MIN_INTEGER..MAX_INTEGER) and raises beyond.
-        encoded = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return None
-    return orjson.Fragment(encoded) if len(encoded) <= MAX_PROPERTIES_BYTES else None
