@@ -54,9 +54,13 @@ _PropertyValue = _json_value(MAX_JSON_DEPTH - 1)
 _Text = str | int | float | None
 
 
-class WireEvent(msgspec.Struct):
+class WireEvent(msgspec.Struct, gc=False):
     """An event as sent, typed as `parse_event` reads it (numbers are accepted for the
-    names and ids and kept as their text; unknown fields are ignored)."""
+    names and ids and kept as their text; unknown fields are ignored).
+
+    `gc=False`: decoded from JSON, a struct is part of a tree and never of a cycle, so the
+    cyclic collector need not track the hundreds a batch makes (it cost ~15% of this path).
+    """
 
     event: _Text = None
     visitor_id: _Text = None
@@ -68,7 +72,7 @@ class WireEvent(msgspec.Struct):
     properties: dict[str, _PropertyValue] | None = None  # type: ignore[valid-type]
 
 
-class WireBody(WireEvent):
+class WireBody(WireEvent, gc=False):
     """A body: one event, or `{"batch": [...]}` with the envelope's key and clock."""
 
     batch: list[WireEvent] | msgspec.UnsetType = msgspec.UNSET
