@@ -239,6 +239,18 @@ def validate(
     return events, errors
 
 
+def full_records(
+    raw_events: list[Any], envelope: dict[str, Any], project: Project, request: Request
+) -> tuple[list[LogRecord], list[dict[str, Any]]]:
+    """validate → enrich → records: the valid events' records and, per refused event, its
+    index and field; 400 when no event is valid."""
+    events, errors = validate(raw_events, envelope, project, request.received_at_ms)
+    if not events and errors:
+        raise IngestError(400, "invalid_events", "no event in the request is valid", errors=errors)
+    events = enrich(events, request.user_agent, request.country)
+    return records(events), errors
+
+
 def _error(index: int, error: FieldError) -> dict[str, Any]:
     return {"index": index, "field": error.field, "message": error.message}
 

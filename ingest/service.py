@@ -56,25 +56,17 @@ class IngestService:
             if project is None:
                 project = pipeline.authenticate(self.keys, "", envelope)
                 self._admit(project)
-            context = pipeline.context_for(request.user_agent, request.country)
             errors: list[dict[str, Any]] = []
             records = None
             if body is not None:
+                context = pipeline.context_for(request.user_agent, request.country)
                 records = pipeline.fast_records(body, project, request.received_at_ms, context)
             if records is None:
                 # Some event is invalid (or in a form only the full path reads): it names
                 # each field at fault and keeps the valid events.
                 if raw_events is None:
                     raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
-                events, errors = pipeline.validate(
-                    raw_events, envelope, project, request.received_at_ms
-                )
-                if not events and errors:
-                    raise IngestError(
-                        400, "invalid_events", "no event in the request is valid", errors=errors
-                    )
-                events = pipeline.enrich(events, request.user_agent, request.country)
-                records = pipeline.records(events)
+                records, errors = pipeline.full_records(raw_events, envelope, project, request)
             records, dropped = pipeline.drop_bots(records, request.user_agent, s.drop_bot_reasons)
             if self._pending + len(records) > s.max_pending_events:
                 raise IngestError(
