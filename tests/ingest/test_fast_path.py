@@ -261,3 +261,19 @@ def test_the_record_format_is_unchanged() -> None:
     [record] = fast(body(an_event(properties={"b": 1, "a": [True, None, "é"]}))) or []
     assert orjson.loads(record.value)["props"] == {"b": 1, "a": [True, None, "é"]}
     assert record.value.startswith(b'{"v":1,"p":"shop","id":"00000000-0000-4000-8000-')
+
+
+_EDGE_JSON = [
+    *("1e-400", "-0.0", "0e5", "5e-324", "1.7976931348623157e308", "9007199254740993", "-0"),
+    *("00", "1.", ".5", "+1"),  # not JSON
+    *(r'"\/"', r'"\u0000"', r'"\ud83d\ude00"', '"\x7f"', '"\u2028"', '"\t"'),
+    *(r'"\ud83d"', r'"\ude00"', r'"\x"'),  # lone surrogates, bad escapes: not JSON
+]
+
+
+@pytest.mark.parametrize("value", _EDGE_JSON)
+def test_edge_json_values_agree(value: str) -> None:
+    """Numbers and strings the two parsers (msgspec, orjson) could read differently."""
+    eid = '"event_id":"00000000-0000-4000-8000-000000000001"'
+    assert_agree(f'{{"event":"a","visitor_id":{value},{eid}}}'.encode())
+    assert_agree(f'{{"event":"a","visitor_id":"v",{eid},"properties":{{"k":{value}}}}}'.encode())
