@@ -8,10 +8,10 @@ parsing, integers read exactly), a short loop checks what types cannot say (leng
 blank names, the UUID form, the time range), and writes each event's log record with the
 same bytes `schemas.events.encode` would, without an `Event`.
 
-It only ever accepts. On any doubt (a type refused, a UUID not in canonical form, a time
-out of range, an integer beyond 64 bits, a body orjson would refuse) it answers None and
+It only ever accepts. On any doubt (malformed JSON, a type refused, a UUID not in
+canonical form, a time out of range, an integer beyond 64 bits) it answers None and
 the caller runs the full path, which accepts or names the field at fault; so the two
-cannot differ on what is refused. tests/schemas/test_events_fast.py checks that both write
+cannot differ on what is refused. tests/ingest/test_fast_path.py checks that both write
 the same records.
 """
 
