@@ -1,12 +1,16 @@
 """The ingest stage, in the order a request moves:
 
     read_body     size limit (before and after gzip), or 413
+    decode_fast   the whole body typed in one compiled pass (schemas/events_fast.py),
+                  or None: then parse_json
     parse_json    one event object or {"batch": [...]}, or 400
     authenticate  write key from `Authorization: Bearer` or the body, or 401 (403: a
                   valid key of another scope)
+    fast_records  every event valid: its log records, written straight from the typed
+                  body; or None: then validate, enrich, records
     validate      per event: which index, which field, why
-    drop_bots     typed reason + metric; the client is told how many were dropped
     enrich        received time, user agent → browser/os/device, CDN header → country
+    drop_bots     typed reason + metric; the client is told how many were dropped
     append        durably to the log, keyed by (project, visitor); only then 202
 
 Every refusal is an `IngestError` with a status, a stable code and the offending field.
@@ -21,7 +25,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -31,7 +35,11 @@ from funnelstream.key_store import KeyStore
 from funnelstream.keys import WrongScope
 from funnelstream.log import LogProducer, LogRecord, LogUnavailable
 from ingest.useragent import bot_reason, parse_user_agent
+from schemas import events_fast
 from schemas.events import Event, FieldError, encode, parse_event, parse_timestamp
+from schemas.events_fast import WireBody
+
+T = TypeVar("T")
 
 
 class IngestError(Exception):
@@ -118,6 +126,17 @@ def read_body(body: bytes, content_encoding: str, limit: int) -> bytes:
     return out
 
 
+def decode_fast(raw: bytes, max_events: int) -> WireBody | None:
+    """The body typed when it is well formed and of the right types, else None (then
+    `parse_json` says what is wrong, or reads a form only it reads)."""
+    return events_fast.decode_body(raw, max_events)
+
+
+def envelope_of(body: WireBody) -> dict[str, Any]:
+    """What `authenticate` reads of a typed body."""
+    return {} if body.write_key is None else {"write_key": body.write_key}
+
+
 def parse_json(raw: bytes, max_events: int) -> tuple[list[Any], dict[str, Any]]:
     """→ (events, envelope). The envelope carries `write_key` and `sent_at` if present."""
     doc = loads_exact(raw)
@@ -183,6 +202,17 @@ def authenticate(keys: KeyStore, authorization: str, envelope: dict[str, Any]) -
     return found
 
 
+def fast_records(
+    body: WireBody, project: Project, received_at_ms: int, context: dict[str, str]
+) -> list[LogRecord] | None:
+    """The log records of a body whose events are all valid; None when one is not, or
+    is in a form only `validate` reads (then it runs and names each field at fault)."""
+    encoded = events_fast.encode_batch(body, project.id, received_at_ms, context)
+    if encoded is None:
+        return None
+    return [LogRecord(key, value, received_at_ms) for key, value in encoded]
+
+
 def validate(
     raw_events: list[Any], envelope: dict[str, Any], project: Project, received_at_ms: int
 ) -> tuple[list[Event], list[dict[str, Any]]]:
@@ -209,13 +239,25 @@ def validate(
     return events, errors
 
 
+def full_records(
+    raw_events: list[Any], envelope: dict[str, Any], project: Project, request: Request
+) -> tuple[list[LogRecord], list[dict[str, Any]]]:
+    """validate → enrich → records: the valid events' records and, per refused event, its
+    index and field; 400 when no event is valid."""
+    events, errors = validate(raw_events, envelope, project, request.received_at_ms)
+    if not events and errors:
+        raise IngestError(400, "invalid_events", "no event in the request is valid", errors=errors)
+    events = enrich(events, request.user_agent, request.country)
+    return records(events), errors
+
+
 def _error(index: int, error: FieldError) -> dict[str, Any]:
     return {"index": index, "field": error.field, "message": error.message}
 
 
 def drop_bots(
-    events: list[Event], user_agent: str, drop_reasons: frozenset[str]
-) -> tuple[list[Event], int]:
+    events: list[T], user_agent: str, drop_reasons: frozenset[str]
+) -> tuple[list[T], int]:
     """Drop a request's events when its user agent is a bot for one of `drop_reasons`.
 
     By default only crawlers and headless browsers are dropped: HTTP libraries and empty
@@ -243,13 +285,19 @@ def country_from_headers(headers: Mapping[str, str], names: Iterable[str]) -> st
     return ""
 
 
-def enrich(events: list[Event], user_agent: str, country: str = "") -> list[Event]:
-    if not events:
-        return events
+def context_for(user_agent: str, country: str = "") -> dict[str, str]:
+    """What ingest adds to every event of a request (a fresh dict per call)."""
     info = parse_user_agent(user_agent)
     context = {"browser": info.browser, "os": info.os, "device": info.device_type}
     if country:
         context["country"] = country
+    return context
+
+
+def enrich(events: list[Event], user_agent: str, country: str = "") -> list[Event]:
+    if not events:
+        return events
+    context = context_for(user_agent, country)
     for e in events:
         # Each event owns its context dict (fresh from parse_event): fill it in place
         # rather than copying the frozen event.
@@ -258,8 +306,11 @@ def enrich(events: list[Event], user_agent: str, country: str = "") -> list[Even
     return events
 
 
-async def append(producer: LogProducer, events: list[Event], retry_after: int) -> None:
-    records = [LogRecord(e.partition_key(), encode(e), e.received_at_ms) for e in events]
+def records(events: list[Event]) -> list[LogRecord]:
+    return [LogRecord(e.partition_key(), encode(e), e.received_at_ms) for e in events]
+
+
+async def append(producer: LogProducer, records: list[LogRecord], retry_after: int) -> None:
     started = time.monotonic()
     try:
         await producer.append(records)

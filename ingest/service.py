@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from funnelstream import metrics
 from funnelstream.config import IngestSettings, Project, ProjectConfig
 from funnelstream.key_store import KeyStore
@@ -46,42 +48,49 @@ class IngestService:
                 project = pipeline.authenticate(self.keys, request.authorization, {})
                 self._admit(project)
             raw = pipeline.read_body(request.body, request.content_encoding, s.max_body_bytes)
-            raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
+            body = pipeline.decode_fast(raw, s.max_batch_events)
+            if body is None:
+                raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
+            else:
+                raw_events, envelope = None, pipeline.envelope_of(body)
             if project is None:
                 project = pipeline.authenticate(self.keys, "", envelope)
                 self._admit(project)
-            events, errors = pipeline.validate(
-                raw_events, envelope, project, request.received_at_ms
-            )
-            if not events and errors:
-                raise IngestError(
-                    400, "invalid_events", "no event in the request is valid", errors=errors
-                )
-            events, dropped = pipeline.drop_bots(events, request.user_agent, s.drop_bot_reasons)
-            events = pipeline.enrich(events, request.user_agent, request.country)
-            if self._pending + len(events) > s.max_pending_events:
+            errors: list[dict[str, Any]] = []
+            records = None
+            if body is not None:
+                context = pipeline.context_for(request.user_agent, request.country)
+                records = pipeline.fast_records(body, project, request.received_at_ms, context)
+            if records is None:
+                # Some event is invalid (or in a form only the full path reads): it names
+                # each field at fault and keeps the valid events.
+                if raw_events is None:
+                    raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
+                records, errors = pipeline.full_records(raw_events, envelope, project, request)
+            records, dropped = pipeline.drop_bots(records, request.user_agent, s.drop_bot_reasons)
+            if self._pending + len(records) > s.max_pending_events:
                 raise IngestError(
                     503,
                     "overloaded",
                     "too many events waiting for the log",
                     retry_after=s.retry_after_seconds,
                 )
-            self._pending += len(events)
+            self._pending += len(records)
             try:
-                await pipeline.append(self.producer, events, s.retry_after_seconds)
+                await pipeline.append(self.producer, records, s.retry_after_seconds)
             except IngestError as exc:
                 self.log_problem = f"appends failing: {exc.message}"
                 raise
             finally:
-                self._pending -= len(events)
+                self._pending -= len(records)
             self.log_problem = None
         except IngestError as exc:
             metrics.INGEST_REJECTED.labels(exc.code).inc()
             raise
         if errors:
             metrics.INGEST_REJECTED.labels("invalid_event").inc(len({e["index"] for e in errors}))
-        metrics.INGEST_EVENTS.labels(project.id).inc(len(events))
-        return Result(accepted=len(events), dropped=dropped, errors=errors)
+        metrics.INGEST_EVENTS.labels(project.id).inc(len(records))
+        return Result(accepted=len(records), dropped=dropped, errors=errors)
 
     def _admit(self, project: Project) -> None:
         """429 past the write key's rate limit: one bucket per project, so every write key

@@ -10,6 +10,7 @@ monitoring, HTTP libraries), not at every user agent ever seen.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -57,6 +58,13 @@ _HTTP_CLIENT: Final = _rx(
 )
 
 
+# A storefront's traffic comes from a few thousand distinct user agents at most, and every
+# request asks both questions of its header: each is answered once per distinct header.
+# Bounded, so random headers cannot grow memory.
+_CACHED = 4096
+
+
+@functools.lru_cache(maxsize=_CACHED)
 def bot_reason(ua: str | None) -> BotReason | None:
     """Why a request with this user agent is not a person, or None when it may be one."""
     if ua is None or not ua.strip():
@@ -132,6 +140,7 @@ def _device_type(ua: str, os: str) -> DeviceType:
     return "unknown"
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def parse_user_agent(ua: str) -> UserAgentInfo:
     """Browser, browser version (major.minor), OS and device type of a user agent."""
     if not ua or not ua.strip():

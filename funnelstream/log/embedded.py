@@ -121,10 +121,20 @@ class _Store:
                         "SELECT next_offset FROM heads WHERE topic = ? AND partition = ?",
                         (topic, partition),
                     ).fetchone()
+                    # bytearray: the sqlite3 module binds it directly, while for bytes it
+                    # first searches for an adapter on every value (~20% of a row's cost).
+                    # Stored and read back the same: a BLOB, as bytes.
                     self._write.executemany(
                         "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
                         [
-                            (topic, partition, head + i, r.key, r.value, r.timestamp_ms)
+                            (
+                                topic,
+                                partition,
+                                head + i,
+                                bytearray(r.key),
+                                bytearray(r.value),
+                                r.timestamp_ms,
+                            )
                             for i, r in enumerate(batch)
                         ],
                     )

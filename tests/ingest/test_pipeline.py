@@ -25,6 +25,7 @@ from ingest.pipeline import (
     enrich,
     parse_json,
     read_body,
+    records,
     validate,
 )
 from schemas.events import Event, decode
@@ -304,7 +305,7 @@ class Producer(LogProducer):
 async def test_append_keys_records_by_project_and_visitor() -> None:
     producer = Producer()
     events = [event(1), event(2)]
-    await append(producer, events, retry_after=2)
+    await append(producer, records(events), retry_after=2)
     assert [(r.key, decode(r.value), r.timestamp_ms) for r in producer.records] == [
         (b"shop\x1fv", events[0], NOW),
         (b"shop\x1fv", events[1], NOW),
@@ -313,7 +314,7 @@ async def test_append_keys_records_by_project_and_visitor() -> None:
 
 async def test_append_failure_is_a_503_with_retry_after() -> None:
     with pytest.raises(IngestError) as info:
-        await append(Producer(fail=True), [event()], retry_after=7)
+        await append(Producer(fail=True), records([event()]), retry_after=7)
     err = info.value
     assert (err.status, err.code, err.retry_after) == (503, "log_unavailable", 7)
     assert err.message == "events not stored, retry: broker down"

@@ -217,3 +217,16 @@ def test_long_hostile_input_is_fast() -> None:
     ua = "Mozilla/5.0 (" + "a; " * 20_000 + ") Chrome/1.0 Safari/1.0"
     assert parse_user_agent(ua).browser == "Chrome"
     assert bot_reason("bot" * 10_000) == "known_bot"
+
+
+def test_each_distinct_header_is_parsed_once() -> None:
+    """Every request asks both questions of its header: the second time is a lookup."""
+    ua = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0 (cache test)"
+    parse_user_agent.cache_clear()
+    bot_reason.cache_clear()
+    first = parse_user_agent(ua)
+    assert parse_user_agent(ua) is first
+    assert bot_reason(ua) is None
+    assert (parse_user_agent.cache_info().hits, parse_user_agent.cache_info().misses) == (1, 1)
+    # parse_user_agent asked bot_reason once (a miss); the drop step's ask was a hit.
+    assert (bot_reason.cache_info().hits, bot_reason.cache_info().misses) == (1, 1)
