@@ -74,7 +74,7 @@ from tests.e2e.server import Server, free_port  # noqa: E402
 T = TypeVar("T")
 PROJECT = "shop"  # the project of tests/e2e/server.py's config (write key wk_test)
 PARTITIONS = 4
-POLL = 500  # ProcessorConfig.poll_max_messages
+POLL = 2000  # ProcessorConfig.poll_max_messages
 BATCH = 5000  # ProcessorConfig.batch_max_messages
 LATE_BY_MS = 3_600_000
 BROWSER_UA = (

@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from funnelstream.clickhouse import ClickHouse
+from funnelstream.sql_literals import string_array, string_list
 from schemas.events import Event
 
 # (project, visitor, event id): the identity of an event for dedupe.
@@ -39,13 +39,15 @@ Key = tuple[str, str, str]
 # (log partition, log offset): where a copy of it was delivered.
 Position = tuple[int, int]
 
+# The lists travel as one literal each (funnelstream/sql_literals.py): binding or
+# parsing thousands of ids as array elements cost more than the lookup itself.
 LOOKUP_SQL = """
 SELECT project_id, visitor_id, toString(event_id), log_partition, log_offset
 FROM events
-WHERE project_id IN {projects:Array(String)}
-  AND toDate(timestamp) IN {days:Array(Date)}
-  AND visitor_id IN {visitors:Array(String)}
-  AND event_id IN {ids:Array(UUID)}
+WHERE project_id IN {projects}
+  AND toDate(timestamp) IN {days}
+  AND visitor_id IN (SELECT arrayJoin({visitors}))
+  AND event_id IN (SELECT toUUIDOrZero(arrayJoin({ids})))
 """
 
 _DAY = timedelta(days=1)
@@ -68,10 +70,10 @@ class Delivery:
         return (self.partition, self.offset)
 
 
-def lookup_sql(deliveries: Iterable[Delivery]) -> tuple[str, dict[str, Any]]:
-    """The query for stored copies of these events, with its parameters. Projects,
-    visitors and ids are matched as sets (their cross product may return a row of another
-    visitor's id; `resends` matches whole keys)."""
+def lookup_sql(deliveries: Iterable[Delivery]) -> str:
+    """The query for stored copies of these events. Projects, visitors and ids are
+    matched as sets (their cross product may return a row of another visitor's id;
+    `resends` matches whole keys)."""
     projects: set[str] = set()
     visitors: set[str] = set()
     ids: set[str] = set()
@@ -82,12 +84,12 @@ def lookup_sql(deliveries: Iterable[Delivery]) -> tuple[str, dict[str, Any]]:
         ids.add(d.event.event_id)
         day = datetime.fromtimestamp(d.event.timestamp_ms / 1000, UTC).date()
         days.update((day - _DAY, day, day + _DAY))
-    return LOOKUP_SQL, {
-        "projects": sorted(projects),
-        "days": sorted(days),
-        "visitors": sorted(visitors),
-        "ids": sorted(ids),
-    }
+    return LOOKUP_SQL.format(
+        projects=string_array(sorted(projects)),
+        days=string_array(d.isoformat() for d in sorted(days)),
+        visitors=string_list(sorted(visitors)),
+        ids=string_list(sorted(ids)),
+    )
 
 
 def _earlier(stored: Position, position: Position) -> bool:
@@ -127,10 +129,9 @@ class DedupeStore:
         """Where the events table holds copies of these deliveries' events."""
         if not deliveries:
             return {}
-        sql, parameters = lookup_sql(deliveries)
         found: dict[Key, set[Position]] = {}
         for project, visitor, event_id, partition, offset in await self._ch.query_rows(
-            sql, parameters
+            lookup_sql(deliveries)
         ):
             key = (str(project), str(visitor), str(event_id))
             found.setdefault(key, set()).add((int(partition), int(offset)))

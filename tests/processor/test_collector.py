@@ -1,5 +1,5 @@
-"""The processor's garbage collection between steps (processor/collector.py): automatic
-collection off while it runs, reference cycles still reclaimed by the step collections."""
+"""The processor's garbage collection (processor/collector.py): automatic collection off
+while it runs, reference cycles still reclaimed by the periodic full collection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import time
 import weakref
 
-from processor.collector import FULL_EVERY_SECONDS, YOUNG_EVERY_EVENTS, StepCollector
+from processor.collector import FREEZE_EVERY_EVENTS, FULL_EVERY_SECONDS, StepCollector
 
 
 class Node:
@@ -15,58 +15,48 @@ class Node:
         self.other: Node = self
 
 
-def cycle() -> weakref.ref[Node]:
-    """A reference cycle nobody holds: only the cyclic collector frees it."""
-    return weakref.ref(Node())
-
-
 def test_start_switches_automatic_collection_off_and_stop_restores_it() -> None:
     collector = StepCollector()
     collector.start()
     try:
         assert not gc.isenabled()
+        collector.after_step(FREEZE_EVERY_EVENTS)
+        assert gc.get_freeze_count() > 0
     finally:
         collector.stop()
     assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
 
 
-def test_enough_events_collect_a_young_cycle_and_fewer_do_not() -> None:
-    collector = StepCollector()
-    collector.start()
-    try:
-        dead = cycle()
-        collector.after_step(1)
-        assert dead() is not None  # too early: no collection yet
-        collector.after_step(YOUNG_EVERY_EVENTS)
-        assert dead() is None
-    finally:
-        collector.stop()
-
-
-def test_a_second_without_events_collects_the_young_generations() -> None:
-    collector = StepCollector()
-    collector.start()
-    try:
-        dead = cycle()
-        collector.young_at = time.monotonic() - 1.5
-        collector.after_step(0)
-        assert dead() is None
-    finally:
-        collector.stop()
-
-
-def test_a_cycle_promoted_to_the_old_generation_waits_for_the_full_collection() -> None:
+def test_a_frozen_cycle_is_collected_by_the_full_collection() -> None:
     collector = StepCollector()
     collector.start()
     try:
         node = Node()
         dead = weakref.ref(node)
-        collector.after_step(YOUNG_EVERY_EVENTS)  # survives: promoted to the oldest
+        collector.after_step(FREEZE_EVERY_EVENTS)  # frozen while alive
         del node
-        collector.after_step(YOUNG_EVERY_EVENTS)
-        assert dead() is not None  # young collections do not walk the old generation
+        collector.after_step(FREEZE_EVERY_EVENTS)
+        assert dead() is not None  # only a full collection frees a cycle
         collector.full_at = time.monotonic() - FULL_EVERY_SECONDS - 1
         collector.after_step(0)
         assert dead() is None
+    finally:
+        collector.stop()
+
+
+class Leaf:
+    __slots__ = ("__weakref__",)
+
+
+def test_a_frozen_object_without_cycles_is_freed_as_soon_as_it_is_dropped() -> None:
+    collector = StepCollector()
+    collector.start()
+    try:
+        leaf = Leaf()
+        dead = weakref.ref(leaf)
+        collector.after_step(FREEZE_EVERY_EVENTS)  # frozen while alive
+        del leaf
+        assert dead() is None  # reference counting, no collection needed
     finally:
         collector.stop()
