@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,3 +180,11 @@ def test_any_arrival_within_lateness_gives_the_batch_sessions(timestamps: list[i
     got = sorted((s.started_at_ms, s.ended_at_ms, s.event_count) for s in live + forgotten)
     assert got == reference_sessions(timestamps, GAP)
     assert deleted.isdisjoint(s.session_id for s in live + forgotten)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(max_size=20), st.text(max_size=40), st.text(max_size=40))
+def test_session_ids_are_the_standard_uuid5(project: str, visitor: str, event_id: str) -> None:
+    name = f"{project}\x1f{visitor}\x1f{event_id}"
+    expected = str(uuid.uuid5(uuid.UUID("6f1d8a43-5a0e-4b8e-9a51-9d2f2f7c1e10"), name))
+    assert new_session_id(project, visitor, event_id) == expected
