@@ -108,6 +108,7 @@ def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
         retry_initial_seconds=settings.retry_initial_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         backfill_chunk_visitors=settings.backfill_chunk_visitors,
+        metrics_funnels_per_project=settings.metrics_funnels_per_project,
     )
 
 
@@ -309,6 +310,7 @@ def build_app(
         if processor is not None:
             with contextlib.suppress(Exception):
                 await processor.lag()
+            processor.export_funnel_stages()
         components.failing()  # brings funnelstream_component_up up to date with the probes
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
