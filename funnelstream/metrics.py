@@ -163,8 +163,10 @@ FUNNEL_VISITORS_AT_STAGE = Gauge(
 )
 FUNNEL_TRANSITIONS = Counter(
     "funnelstream_funnel_transitions_total",
-    "Visitors reaching this step, as the events arrived (written rows of kind reached)",
-    ["project", "funnel", "step"],
+    "Visitors reaching this step, as the events arrived (written rows of kind reached); "
+    "from_step names the step before (none for the first), so PromQL can divide a step by "
+    "the one before it (label_replace) without another series",
+    ["project", "funnel", "step", "from_step"],
     registry=REGISTRY,
 )
 FUNNEL_CORRECTIONS = Counter(

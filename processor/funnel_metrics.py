@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter as CounterMetric
+
 from funnelstream import metrics
 from processor.catalog import FunnelCatalog
 from processor.rebuild import Refolds
@@ -116,7 +118,7 @@ class FunnelMetrics:
         found = tally(_written_rows(outputs, refolds), self.exported())
         for (project, funnel_id, step, kind), n in found.rows.items():
             if kind == "reached":
-                metrics.FUNNEL_TRANSITIONS.labels(project, funnel_id, str(step)).inc(n)
+                transitions(project, funnel_id, step).inc(n)
             else:
                 metrics.FUNNEL_CORRECTIONS.labels(project, funnel_id, str(step), kind).inc(n)
         for (project, funnel_id, step), seconds in found.seconds_to_convert.items():
@@ -135,7 +137,12 @@ class FunnelMetrics:
             for index, n in enumerate(at_stage):
                 step = str(index + 1)
                 metrics.FUNNEL_VISITORS_AT_STAGE.labels(project, funnel_id, step).set(n)
-                metrics.FUNNEL_TRANSITIONS.labels(project, funnel_id, step)
+                transitions(project, funnel_id, index + 1)
+
+
+def transitions(project: str, funnel_id: str, step: int) -> CounterMetric:
+    from_step = str(step - 1) if step > 1 else ""
+    return metrics.FUNNEL_TRANSITIONS.labels(project, funnel_id, str(step), from_step)
 
 
 def _written_rows(outputs: Outputs, refolds: Refolds | None) -> Iterator[Row]:

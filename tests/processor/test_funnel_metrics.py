@@ -130,7 +130,13 @@ async def test_a_processor_exports_stages_and_transitions(ch: ClickHouse, tmp_pa
         return [sample(bucket, **labels, step="3", le=le) for le in ("60.0", "300.0")]
 
     before = [
-        sample("funnelstream_funnel_transitions_total", **labels, step=str(k)) for k in (1, 2, 3)
+        sample(
+            "funnelstream_funnel_transitions_total",
+            **labels,
+            step=str(k),
+            from_step=str(k - 1) if k > 1 else "",
+        )
+        for k in (1, 2, 3)
     ]
     buckets_before = step_3_buckets()
     processor = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))
@@ -152,7 +158,13 @@ async def test_a_processor_exports_stages_and_transitions(ch: ClickHouse, tmp_pa
     await log.close()
     assert at_stage() == [0, 0, 0]  # its partitions given up: it holds nobody now
     after = [
-        sample("funnelstream_funnel_transitions_total", **labels, step=str(k)) for k in (1, 2, 3)
+        sample(
+            "funnelstream_funnel_transitions_total",
+            **labels,
+            step=str(k),
+            from_step=str(k - 1) if k > 1 else "",
+        )
+        for k in (1, 2, 3)
     ]
     assert [a - b for a, b in zip(after, before, strict=True)] == [30, 20, 10]
     # the stream's steps are a minute apart: step 3 is reached 120 s after the start
@@ -199,9 +211,10 @@ async def test_a_late_event_counts_corrections_once_and_no_counter_goes_down(
 
     def counts() -> dict[str, float]:
         fixes = "funnelstream_funnel_transition_corrections_total"
+        reached = "funnelstream_funnel_transitions_total"
         return {
-            "reached 1": sample("funnelstream_funnel_transitions_total", **labels, step="1"),
-            "reached 2": sample("funnelstream_funnel_transitions_total", **labels, step="2"),
+            "reached 1": sample(reached, **labels, step="1", from_step=""),
+            "reached 2": sample(reached, **labels, step="2", from_step="1"),
             "retracted 1": sample(fixes, **labels, step="1", kind="retracted"),
             "corrected 1": sample(fixes, **labels, step="1", kind="corrected"),
         }
