@@ -39,6 +39,7 @@ from funnelstream.config import (
 )
 from funnelstream.cors import CorsByRoute
 from funnelstream.http_errors import install_error_envelope
+from funnelstream.http_metrics import ResponseCounter
 from funnelstream.ingest_process import STOP_SECONDS, IngestProcess
 from funnelstream.key_store import (
     SNAPSHOT_FILE,
@@ -239,16 +240,19 @@ def build_app(
     # this process. Added before CORS so that CORS wraps their 413/429 answers: the
     # snippet reads a 429's Retry-After from cross-origin pages.
     limiter = Limiter()
+    policies = build_policies(
+        ingest_settings if "ingest" in roles else None,
+        app.state.query_settings if "query" in roles else None,
+    )
     app.add_middleware(
         RequestLimits,
-        policies=build_policies(
-            ingest_settings if "ingest" in roles else None,
-            app.state.query_settings if "query" in roles else None,
-        ),
+        policies=policies,
         limiter=limiter,
         trusted_proxies=settings.trusted_proxies,
     )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
+    # Outermost: counts every answer, the refusals above included.
+    app.add_middleware(ResponseCounter, policies=policies)
 
     install_error_envelope(app)
 

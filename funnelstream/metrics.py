@@ -24,6 +24,14 @@ COMPONENT_RESTARTS = Counter(
     registry=REGISTRY,
 )
 
+# every HTTP route (funnelstream/http_metrics.py)
+HTTP_RESPONSES = Counter(
+    "funnelstream_http_responses_total",
+    "Responses by route kind (ingest, query, ops) and status class (2xx, 4xx, 5xx)",
+    ["route_kind", "code"],
+    registry=REGISTRY,
+)
+
 # ingest
 INGEST_EVENTS = Counter(
     "funnelstream_ingest_events_total",
