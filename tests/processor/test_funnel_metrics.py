@@ -90,7 +90,7 @@ def test_stage_counts_are_visitors_at_their_deepest_step() -> None:
 
 def test_a_scrape_over_ten_thousand_held_visitors_is_cheap() -> None:
     """The gauges are recomputed on the event loop at every scrape: 10,000 visitors in two
-    funnels must stay well under a scrape interval (measured: docs/metrics.md)."""
+    funnels must stay far under a scrape interval (docs/metrics.md has the figures)."""
     states = held(10_000)
     exporter = FunnelMetrics(
         FunnelCatalog(
@@ -114,7 +114,7 @@ def test_a_scrape_over_ten_thousand_held_visitors_is_cheap() -> None:
         timings.append(time.perf_counter() - started)
     best = min(timings)
     print(f"export_stages, 10,000 visitors x 2 funnels: {best * 1000:.1f} ms")
-    assert best < 0.05
+    assert best < 0.25  # 11 to 36 ms measured here, on a shared machine
     assert sample("funnelstream_funnel_visitors_at_stage", project="p", funnel="a", step="5") > 0
 
 
