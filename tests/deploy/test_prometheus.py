@@ -16,7 +16,14 @@ import httpx
 import pytest
 import yaml
 
-from deploy.grafana.dashboards import DASHBOARDS, OUT
+from deploy.grafana.dashboards import (
+    DASHBOARDS,
+    OUT,
+    dropped_after,
+    from_previous,
+    from_start,
+    reached,
+)
 from funnelstream.demo import storefront
 from tests.e2e.server import Server, free_port
 
@@ -175,7 +182,7 @@ def send_traffic(server: Server) -> list[int]:
 def test_every_dashboard_and_rule_query_returns_data(
     server: Server, prometheus: Prometheus
 ) -> None:
-    reached = send_traffic(server)
+    reached_here = send_traffic(server)
     live = server.live()
     # Enough scrapes after the last batch for rates, and for the rules to evaluate.
     time.sleep(4)
@@ -185,7 +192,7 @@ def test_every_dashboard_and_rule_query_returns_data(
     transitions = prometheus.query(
         f"sum by (step) (funnelstream_funnel_transitions_total{{{selected}}})"
     )
-    assert by_step(transitions) == reached
+    assert by_step(transitions) == reached_here
     at_stage = prometheus.query(
         f"sum by (step) (funnelstream_funnel_visitors_at_stage{{{selected}}})"
     )
@@ -194,6 +201,27 @@ def test_every_dashboard_and_rule_query_returns_data(
         f"sum by (kind) (funnelstream_funnel_transition_corrections_total{{{selected}}})"
     )
     assert {s["metric"]["kind"] for s in fixes} == {"retracted", "corrected"}
+
+    # The funnel panels' arithmetic, as the dashboards write it: conversion from the start
+    # and from the step before, and drop-off, equal the storefront's known figures. Each
+    # is a ratio within one query, where one extrapolation scales every step's increase.
+    def panel(expr: str) -> dict[str, float]:
+        return {s["metric"]["step"]: float(s["value"][1]) for s in prometheus.query(expand(expr))}
+
+    steps = [str(k + 1) for k in range(len(reached_here))]
+    assert panel(from_start("$__range")) == pytest.approx(
+        {k: r / reached_here[0] for k, r in zip(steps, reached_here, strict=True)}
+    )
+    assert panel(from_previous("$__range")) == pytest.approx(
+        {steps[k]: reached_here[k] / reached_here[k - 1] for k in range(1, len(steps))}
+    )
+    dropped_share = f"({dropped_after('$__range')}) / on (step) ({reached('$__range')})"
+    assert panel(dropped_share) == pytest.approx(
+        {
+            steps[k]: (reached_here[k] - reached_here[k + 1]) / reached_here[k]
+            for k in range(len(steps) - 1)
+        }
+    )
 
     # The dashboards' variables list the funnel.
     assert "shop" in prometheus.label_values("project", "funnelstream_funnel_visitors_at_stage")
