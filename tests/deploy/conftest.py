@@ -34,3 +34,9 @@ def amtool(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def prometheus_binary(request: pytest.FixtureRequest) -> str:
     return _tool(request, "prometheus")
+
+
+@pytest.fixture
+def alertmanager_binary(request: pytest.FixtureRequest) -> str:
+    # Debian names the Alertmanager binary after its package.
+    return _tool(request, "prometheus-alertmanager")
