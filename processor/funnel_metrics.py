@@ -76,7 +76,7 @@ def tally(rows: Iterable[Row], exported: Exported) -> Tally:
             continue
         out.rows[(project, funnel_id, step, kind)] += 1
         if kind != "retracted" and step > 1:
-            seconds = (row[4] - row[5]).total_seconds()
+            seconds = (row[4] - row[5]) / 1000  # reached_at, chain_started_at: epoch ms
             out.seconds_to_convert.setdefault((project, funnel_id, step), []).append(seconds)
     return out
 
