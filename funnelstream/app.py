@@ -39,6 +39,7 @@ from funnelstream.config import (
 )
 from funnelstream.cors import CorsByRoute
 from funnelstream.http_errors import install_error_envelope
+from funnelstream.http_metrics import ResponseCounter
 from funnelstream.ingest_process import STOP_SECONDS, IngestProcess
 from funnelstream.key_store import (
     SNAPSHOT_FILE,
@@ -108,6 +109,7 @@ def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
         retry_initial_seconds=settings.retry_initial_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         backfill_chunk_visitors=settings.backfill_chunk_visitors,
+        metrics_funnels_per_project=settings.metrics_funnels_per_project,
     )
 
 
@@ -238,16 +240,19 @@ def build_app(
     # this process. Added before CORS so that CORS wraps their 413/429 answers: the
     # snippet reads a 429's Retry-After from cross-origin pages.
     limiter = Limiter()
+    policies = build_policies(
+        ingest_settings if "ingest" in roles else None,
+        app.state.query_settings if "query" in roles else None,
+    )
     app.add_middleware(
         RequestLimits,
-        policies=build_policies(
-            ingest_settings if "ingest" in roles else None,
-            app.state.query_settings if "query" in roles else None,
-        ),
+        policies=policies,
         limiter=limiter,
         trusted_proxies=settings.trusted_proxies,
     )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
+    # Outermost: counts every answer, the refusals above included.
+    app.add_middleware(ResponseCounter, policies=policies)
 
     install_error_envelope(app)
 
@@ -309,6 +314,7 @@ def build_app(
         if processor is not None:
             with contextlib.suppress(Exception):
                 await processor.lag()
+            processor.export_funnel_stages()
         components.failing()  # brings funnelstream_component_up up to date with the probes
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -123,6 +123,9 @@ class ProcessorSettings(CommonSettings):
     # Visitors per chunk of a new funnel's backfill (processor/backfills.py): one chunk is
     # read, folded and written per loop turn, between live batches.
     backfill_chunk_visitors: int = Field(default=2000, ge=1)
+    # Saved funnels per project exported as funnel metrics, in catalog order; the series
+    # this bounds are counted in docs/metrics.md.
+    metrics_funnels_per_project: int = Field(default=50, ge=0)
 
 
 class QueryApiSettings(CommonSettings):

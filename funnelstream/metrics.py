@@ -24,6 +24,14 @@ COMPONENT_RESTARTS = Counter(
     registry=REGISTRY,
 )
 
+# every HTTP route (funnelstream/http_metrics.py)
+HTTP_RESPONSES = Counter(
+    "funnelstream_http_responses_total",
+    "Responses by route kind (ingest, query, ops) and status class (2xx, 4xx, 5xx)",
+    ["route_kind", "code"],
+    registry=REGISTRY,
+)
+
 # ingest
 INGEST_EVENTS = Counter(
     "funnelstream_ingest_events_total",
@@ -149,6 +157,44 @@ BACKFILL_PROGRESS = Gauge(
     "Share (0..1) of a funnel's backfill done by this processor in this run, per funnel: "
     "visitors rebuilt over visitors to rebuild; 1 when complete",
     ["project", "funnel"],
+    registry=REGISTRY,
+)
+
+# funnels, as the processor holds them (processor/funnel_metrics.py; docs/metrics.md):
+# saved funnels only, at most `metrics_funnels_per_project` per project, steps 1..n.
+FUNNEL_VISITORS_AT_STAGE = Gauge(
+    "funnelstream_funnel_visitors_at_stage",
+    "Visitors held by this processor whose deepest step is this one now (the live API's "
+    "at_stage), recomputed from the held states at every scrape",
+    ["project", "funnel", "step"],
+    registry=REGISTRY,
+)
+FUNNEL_TRANSITIONS = Counter(
+    "funnelstream_funnel_transitions_total",
+    "Visitors reaching this step, as the events arrived (written rows of kind reached); "
+    "from_step names the step before (none for the first), so PromQL can divide a step by "
+    "the one before it (label_replace) without another series",
+    ["project", "funnel", "step", "from_step"],
+    registry=REGISTRY,
+)
+FUNNEL_CORRECTIONS = Counter(
+    "funnelstream_funnel_transition_corrections_total",
+    "Transitions a late event changed, apart from the transitions counter (which never "
+    "goes down): retracted (never happened in timestamp order) or corrected (made instead)",
+    ["project", "funnel", "step", "kind"],
+    registry=REGISTRY,
+)
+FUNNEL_SECONDS_TO_CONVERT = Histogram(
+    "funnelstream_funnel_seconds_to_convert",
+    "From the start of a visitor's attempt (its first step) to reaching this step (2..n)",
+    ["project", "funnel", "step"],
+    buckets=(10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400),
+    registry=REGISTRY,
+)
+FUNNEL_METRICS_OMITTED = Gauge(
+    "funnelstream_funnel_metrics_omitted",
+    "Saved funnels of a project left out of the funnel metrics by the per-project cap",
+    ["project"],
     registry=REGISTRY,
 )
 

@@ -60,6 +60,7 @@ from processor.commit import Committer
 from processor.decode import Decoder
 from processor.dedupe import DedupeStore
 from processor.erase import Eraser, segments
+from processor.funnel_metrics import FunnelMetrics
 from processor.rebuild import LateRefolder, UserRebuilder
 from processor.restore import stored_states
 from processor.retry import Retrier
@@ -101,6 +102,8 @@ class ProcessorConfig:
     backfill_chunk_visitors: int = 2000
     # Where undecodable messages go besides the dead_letters table ("" = "<topic>.dead-letters").
     dead_letter_topic: str = ""
+    # Saved funnels per project exported as funnel metrics (processor/funnel_metrics.py).
+    metrics_funnels_per_project: int = 50
 
     def dead_letter_topic_name(self) -> str:
         return self.dead_letter_topic or f"{self.topic}.dead-letters"
@@ -120,6 +123,7 @@ class Steps:
     committer: Committer
     backfiller: Backfiller
     eraser: Eraser
+    funnel_metrics: FunnelMetrics
 
 
 def build_steps(
@@ -179,6 +183,7 @@ def build_steps(
             log_backend,
             (config.topic, config.dead_letter_topic_name()),
         ),
+        funnel_metrics=FunnelMetrics(catalog, config.metrics_funnels_per_project),
     )
 
 
@@ -343,6 +348,7 @@ class Processor:
                 )
                 metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
+                steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
                 steps.committer.written(batch.next_offsets)
             consumer = self._consumer
             if (
@@ -428,6 +434,10 @@ class Processor:
         """The held partitions where the funnel's live state is built (for a definition)."""
         done = self._steps.backfiller.done
         return frozenset(p for p, funnels in done.items() if (project, funnel_id) in funnels)
+
+    def export_funnel_stages(self) -> None:
+        """Recompute the funnel stage gauges from the held states (before a scrape)."""
+        self._steps.funnel_metrics.export_stages(self._steps.states.all())
 
     def assignment(self) -> frozenset[int]:
         """The partitions this processor holds now."""

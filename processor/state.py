@@ -18,6 +18,7 @@ loudly rather than misread.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -138,6 +139,10 @@ class HeldStates:
     def drop(self, partitions: frozenset[int]) -> None:
         for partition in partitions:
             self._by_partition.pop(partition, None)
+
+    def all(self) -> Iterator[VisitorState]:
+        for states in self._by_partition.values():
+            yield from states.values()
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_partition.values())

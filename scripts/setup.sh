@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Funnelstream needs on a fresh machine, idempotently:
 #   - a virtualenv in .venv with the package and its dev tools (pip, from PyPI)
-#   - with --all: Debian's Chromium (browser tests) and Apache Kafka's jars (Maven Central)
+#   - with --all: Debian's Chromium (browser tests), Debian's Prometheus and promtool
+#     (prometheus tests) and Apache Kafka's jars (Maven Central)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,5 +20,6 @@ fi
 
 if [ "${1:-}" = "--all" ]; then
   bash deploy/browser/install.sh
+  bash deploy/prometheus/install.sh
   bash deploy/kafka/broker.sh fetch
 fi
