@@ -78,7 +78,11 @@ def test_kill9_processor_repeatedly_then_exact(
     data = tmp_path / "serve"
     progress: list[tuple[float, int, int]] = []
     for _ in range(KILLS):
-        server = kafka_server("serve", data, kafka_bootstrap, topic, group).start()
+        # Small batches: the processed count moves in steps of a batch, and a life must
+        # still have work left when its count reaches the kill target.
+        server = kafka_server(
+            "serve", data, kafka_bootstrap, topic, group, FUNNELSTREAM_BATCH_MAX_MESSAGES="2000"
+        ).start()
         try:
             wait_working(server)
             # Kill after a random share of what is left, not after a random time: a fast
