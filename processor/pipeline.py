@@ -211,13 +211,15 @@ class Processor:
         # Set when `run` fails: nothing more is written or committed (see `run`).
         self._crashed = False
         self.processed_messages = 0
+        # Garbage collection around the I/O calls while `run` runs (processor/collector.py).
+        self._collector = StepCollector()
         # Messages applied (folded) so far, written or not.
         self.applied_messages = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        collector = StepCollector()
+        collector = self._collector
         collector.start()
         consumer = self._log.consumer(
             self.config.topic,
@@ -264,7 +266,8 @@ class Processor:
         timeout = 0.0 if backfilling else steps.policy.poll_timeout(self._batch, time.monotonic())
         limit = steps.policy.poll_limit(self._batch)
         try:
-            messages = await consumer.poll(limit, timeout)
+            with self._collector.io():
+                messages = await consumer.poll(limit, timeout)
         except LogUnavailable as exc:
             # Nothing was applied; what is batched stays batched and is flushed below.
             metrics.PROCESSOR_LOG_ERRORS.labels("poll").inc()
@@ -283,7 +286,8 @@ class Processor:
                 await self._erase(*segment.erasure)
         if backfilling:
             # One chunk per turn: live events flow between chunks, a stop is seen.
-            await steps.backfiller.run_chunk(self.flush)
+            with self._collector.io():
+                await steps.backfiller.run_chunk(self.flush)
         if steps.policy.due(self._batch, time.monotonic()) or steps.committer.retry_due():
             # Due, or an earlier commit failed and no new batch came to carry it.
             await self.flush()
@@ -297,9 +301,10 @@ class Processor:
         async with self._flush_lock:
             batch = self._batch
             deliveries = steps.decoder.decode(messages, batch)
-            resends = await steps.retrier.retry(
-                "dedupe lookup", lambda: steps.dedupe.seen(deliveries, batch.accepted)
-            )
+            with self._collector.io():
+                resends = await steps.retrier.retry(
+                    "dedupe lookup", lambda: steps.dedupe.seen(deliveries, batch.accepted)
+                )
             # One lookup per poll (its cost is mostly fixed), the fold in slices with the
             # loop let through in between: a query API sharing it waits one slice at most.
             # A visitor's events stay in log order across slices, so folding them in two
@@ -340,12 +345,13 @@ class Processor:
                 started = time.monotonic()
                 writes = Writes.of_batch(batch)
                 # The dead-letter topic is written in the batch too, hence LogUnavailable.
-                await steps.retrier.retry(
-                    "batch write",
-                    lambda: steps.sink.write(writes, BATCH_ORDER),
-                    (ClickHouseUnavailable, LogUnavailable),
-                    metrics.PROCESSOR_WRITE_RETRIES.inc,
-                )
+                with self._collector.io():
+                    await steps.retrier.retry(
+                        "batch write",
+                        lambda: steps.sink.write(writes, BATCH_ORDER),
+                        (ClickHouseUnavailable, LogUnavailable),
+                        metrics.PROCESSOR_WRITE_RETRIES.inc,
+                    )
                 metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
                 steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
@@ -356,7 +362,8 @@ class Processor:
                 and steps.committer.pending
                 and (not batch.empty() or revoking or steps.committer.retry_due())
             ):
-                await steps.committer.commit(consumer, revoking)
+                with self._collector.io():
+                    await steps.committer.commit(consumer, revoking)
             if batch.empty():
                 return
             now_ms = time.time() * 1000
