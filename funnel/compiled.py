@@ -42,6 +42,12 @@ class CompiledFunnel:
             return None
         return props.get(self.hold_property, "")
 
+    def event_names(self) -> frozenset[str]:
+        """The names its steps and exclusions match: any other event yields no entry
+        unless the rule reads every event."""
+        excluded = self.exclusion_index.events if self.exclusion_index else frozenset()
+        return self.step_index.events | excluded
+
     def entries(
         self, name: str, props: dict[str, str], ts: int, event_id: str, tie: int | None = None
     ) -> list[Entry]:
@@ -49,9 +55,7 @@ class CompiledFunnel:
         event's `uuid_order` if the caller has it."""
         matched = self.step_index.match(name, props)
         excluded = self.exclusion_index.match(name, props) if self.exclusion_index else []
-        # Strict order and sessions read every event: one matching nothing still breaks a
-        # strict chain, or ends a session by its gap.
-        every = self.rule.strict or self.rule.session_gap_ms is not None
+        every = self.rule.reads_every_event
         if not matched and not excluded and not every:
             return []
         held = self.hold_property if self.rule.held else None
@@ -120,15 +124,12 @@ class FunnelRoutes:
         every: list[int] = []
         named: dict[str, set[int]] = {}
         for i, funnel in enumerate(funnels):
-            rule = compile_funnel(funnel, session_gap_ms).rule
-            if rule.strict or rule.session_gap_ms is not None:
+            compiled = compile_funnel(funnel, session_gap_ms)
+            if compiled.rule.reads_every_event:
                 every.append(i)
                 continue
-            for step in funnel.steps:
-                for m in step.matchers():
-                    named.setdefault(m.event, set()).add(i)
-            for exclusion in funnel.exclusions:
-                named.setdefault(exclusion.event, set()).add(i)
+            for name in compiled.event_names():
+                named.setdefault(name, set()).add(i)
         self._every = [funnels[i] for i in every]
         self._by_name = {
             name: [funnels[i] for i in sorted(members | set(every))]

@@ -120,19 +120,15 @@ def entries_for(
     held property's value, carried by each entry (sessions with a held property). `tie`:
     the event's `uuid_order`, when the caller computed it once for all funnels."""
     excluded = exclusions or []
+    if not steps and not excluded and not other:
+        return []
+    tie = uuid_order(event_id) if tie is None else tie
     if value is None and not excluded and len(steps) == 1:  # the usual case, made short
-        step = steps[0]
-        return [
-            Entry(timestamp_ms, step, event_id, step, uuid_order(event_id) if tie is None else tie)
-        ]
+        return [Entry(timestamp_ms, steps[0], event_id, steps[0], tie)]
     if not steps and not excluded:
-        if not other:
-            return []
-        tie = uuid_order(event_id) if tie is None else tie
         entries = [Entry(timestamp_ms, OTHER, event_id, -1, tie)]
     else:
         first = -1 if excluded else min(steps)
-        tie = uuid_order(event_id) if tie is None else tie
         entries = [
             Entry(timestamp_ms, EXCLUSION + x, event_id, first, tie) for x in sorted(excluded)
         ]
@@ -172,6 +168,12 @@ class FoldRule:
     # Neither of the two above: `fold_state` goes straight to the ordered fold (the
     # default funnel's hot path checks one flag).
     plain: bool = field(init=False, default=True)
+
+    @property
+    def reads_every_event(self) -> bool:
+        """Strict order and sessions read every event: one matching nothing still breaks
+        a strict chain, or ends a session by its gap."""
+        return self.strict or self.session_gap_ms is not None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plain", not self.any_order and self.session_gap_ms is None)
@@ -483,15 +485,13 @@ class FunnelProgress:
         if appended_in_order:
             # One event's entries are sorted among themselves (`entries_for`).
             self.pending.extend(entries)
-        else:
-            for entry in entries:
-                bisect.insort(self.pending, entry, key=Entry.sort_key)
-        if appended_in_order:
             transitions = self._fold_in(entries, rule)
             if transitions:
                 ts = entries[0].timestamp_ms
                 self.emitted.extend((ts, t) for t in transitions)
         else:
+            for entry in entries:
+                bisect.insort(self.pending, entry, key=Entry.sort_key)
             transitions = self._refold_pending(rule)
         self._advance_checkpoint(horizon_ms, rule)
         return transitions

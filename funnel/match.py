@@ -152,6 +152,11 @@ class StepIndex:
                 tests = tuple(f.test for f in m.filters)
                 self._by_event.setdefault(m.event, []).append((i, tests))
 
+    @property
+    def events(self) -> frozenset[str]:
+        """The event names some step names: any other event matches none."""
+        return frozenset(self._by_event)
+
     def match(self, event: str, properties: Properties) -> list[int]:
         candidates = self._by_event.get(event)
         if not candidates:
