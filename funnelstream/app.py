@@ -332,7 +332,11 @@ async def _key_refresh(
     the config file's keys only. The ingest process of `serve` reads its owner's snapshot."""
     every = settings.key_refresh_seconds
     if serve_part == "ingest":
-        return KeySnapshotRefresh(store, settings.data_dir / SNAPSHOT_FILE, every)
+        # Loaded before the first request: the requests a restart left waiting in the
+        # socket's backlog are answered at once, and stored keys must count for them.
+        snapshot = KeySnapshotRefresh(store, settings.data_dir / SNAPSHOT_FILE, every)
+        await asyncio.to_thread(snapshot.load)
+        return snapshot
     if ch is not None:
         with contextlib.suppress(ClickHouseUnavailable, ClickHouseQueryError):
             await asyncio.to_thread(store.reload_sync, ch)  # a failure is store.problem()

@@ -32,15 +32,18 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from funnelstream import metrics
 from funnelstream.config import QueryApiSettings
+from funnelstream.http_metrics import status_class
 from funnelstream.ratelimit import Limiter
 from funnelstream.request_limits import Policies, RequestLimits, build_policies
 from funnelstream.supervise import Components, describe
 
 TOKEN_HEADER = "x-funnelstream-forward-token"
+# Set in a request's scope once the owner answers it (the owner counts that answer).
+_FORWARDED = "funnelstream.forwarded"
 PEER_HEADER = "x-funnelstream-peer"
 # Not forwarded either way: they describe one connection, not the request.
 _HOP_BY_HOP = frozenset(
@@ -85,6 +88,7 @@ class PublicFront:
         self._token = token
         self._client: httpx.AsyncClient | None = None
         self._owner_problem: str | None = None
+        self._policies = body_caps
         self._capped_forward = RequestLimits(self._forward, body_caps, Limiter())
         components.add_probe("owner", lambda: self._owner_problem)
 
@@ -108,13 +112,29 @@ class PublicFront:
             return
         path = scope.get("path", "")
         if scope["type"] != "http" or path in self._ingest_paths:
-            await self._ingest(scope, receive, send)
-        elif path == "/readyz":
+            await self._ingest(scope, receive, send)  # counted by the ingest app itself
+            return
+        # The answers given here (a 413 before forwarding, 503 with the owner down,
+        # readiness, liveness, metrics) are counted here; the owner counts its own.
+        send = self._counting(scope, send)
+        if path == "/readyz":
             await self._readyz(send)
+        elif path == "/healthz":
+            await self._healthz(send)
         elif path == "/metrics":
             await self._metrics(send)
         else:
             await self._capped_forward(scope, receive, send)
+
+    def _counting(self, scope: Scope, send: Send) -> Send:
+        kind = self._policies.policy_for(scope["path"]).kind
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not scope.get(_FORWARDED):
+                metrics.HTTP_RESPONSES.labels(kind, status_class(message["status"])).inc()
+            await send(message)
+
+        return counting_send
 
     # forwarding
 
@@ -138,6 +158,7 @@ class PublicFront:
             await _send_json(send, 503, _unavailable(exc))
             return
         self._owner_problem = None
+        scope[_FORWARDED] = True  # the owner's answer: counted by the owner
         try:
             await send(
                 {
@@ -182,9 +203,25 @@ class PublicFront:
         else:
             await _send_json(send, 200, {"status": "ready", "components": sorted(names)})
 
+    async def _healthz(self, send: Send) -> None:
+        """The owner's liveness (lag, partitions, processed), never "ok" over a failure of
+        either process; always 200 while this process answers."""
+        failed = {f"ingest.{k}": v for k, v in self._components.failing().items()}
+        try:
+            owner = await self._http().get("/healthz", timeout=PROBE_TIMEOUT)
+            doc: dict[str, Any] = owner.json()
+            self._owner_problem = None
+        except (httpx.HTTPError, ValueError) as exc:
+            self._owner_problem = f"not answering: {describe(exc)}"
+            doc = {"status": "degraded"}
+            failed["owner"] = self._owner_problem
+        if failed:
+            doc["status"] = "degraded"
+            doc["failed"] = {**doc.get("failed", {}), **failed}
+        await _send_json(send, 200, doc)
+
     async def _metrics(self, send: Send) -> None:
-        self._components.failing()  # brings funnelstream_component_up up to date
-        texts: dict[str | None, str] = {"ingest": generate_latest(metrics.REGISTRY).decode()}
+        texts: dict[str | None, str] = {}
         try:
             owner = await self._http().get("/metrics", timeout=PROBE_TIMEOUT)
             owner.raise_for_status()
@@ -192,6 +229,9 @@ class PublicFront:
             self._owner_problem = None
         except httpx.HTTPError as exc:
             self._owner_problem = f"not answering: {describe(exc)}"
+        # After the owner's answer, so funnelstream_component_up shows it in this scrape.
+        self._components.failing()
+        texts["ingest"] = generate_latest(metrics.REGISTRY).decode()
         body = merge_metrics(texts)
         await send(
             {

@@ -274,7 +274,12 @@ class KeyStore:
         self.ring = KeyRing(self.config, self._secret, self._config_keys + stored)
         self._count_active()
         if self.snapshot_path is not None:
-            write_snapshot(self.snapshot_path, stored)
+            try:
+                write_snapshot(self.snapshot_path, stored)
+            except OSError as exc:
+                # The change itself is stored: a create or revoke must not fail over it.
+                # The ingest process sees the snapshot grow old and shows `ingest.keys`.
+                log.warning("key snapshot not written: %s", exc)
 
     def reload_from_snapshot(self, path: Path, stale_after: float) -> None:
         """Replace the stored keys with the snapshot's. An unreadable or stale snapshot
@@ -425,11 +430,18 @@ class KeySnapshotRefresh:
         self._store = store
         self._path = path
         self._every = every
+        # Three periods, and never under 15 s: the owner's rewrite may lag a short period.
+        self.stale_after = max(3 * every, 15.0)
+
+    def load(self) -> None:
+        self._store.reload_from_snapshot(self._path, self.stale_after)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Keys loaded at start (before the first request) are not loaded again at once.
+        due_now = self._store.loaded_at is None
         while not stop.is_set():
-            await asyncio.to_thread(
-                self._store.reload_from_snapshot, self._path, max(3 * self._every, 15.0)
-            )
+            if due_now:
+                await asyncio.to_thread(self.load)
+            due_now = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._every)
