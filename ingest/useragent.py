@@ -60,13 +60,27 @@ _HTTP_CLIENT: Final = _rx(
 
 # A storefront's traffic comes from a few thousand distinct user agents at most, and every
 # request asks both questions of its header: each is answered once per distinct header.
-# Bounded, so random headers cannot grow memory.
+# Bounded in entries and in their size (real user agents are a few hundred characters;
+# longer ones are answered uncached), so random headers cannot grow memory.
 _CACHED = 4096
+_CACHED_CHARS = 1024
 
 
-@functools.lru_cache(maxsize=_CACHED)
 def bot_reason(ua: str | None) -> BotReason | None:
     """Why a request with this user agent is not a person, or None when it may be one."""
+    if ua is not None and len(ua) > _CACHED_CHARS:
+        return _bot_reason(ua)
+    return cached_bot_reason(ua)
+
+
+def parse_user_agent(ua: str) -> UserAgentInfo:
+    """Browser, browser version (major.minor), OS and device type of a user agent."""
+    if len(ua) > _CACHED_CHARS:
+        return _parse_user_agent(ua)
+    return cached_parse_user_agent(ua)
+
+
+def _bot_reason(ua: str | None) -> BotReason | None:
     if ua is None or not ua.strip():
         return "empty_user_agent"
     if _HEADLESS.search(ua):
@@ -140,9 +154,7 @@ def _device_type(ua: str, os: str) -> DeviceType:
     return "unknown"
 
 
-@functools.lru_cache(maxsize=_CACHED)
-def parse_user_agent(ua: str) -> UserAgentInfo:
-    """Browser, browser version (major.minor), OS and device type of a user agent."""
+def _parse_user_agent(ua: str) -> UserAgentInfo:
     if not ua or not ua.strip():
         return UserAgentInfo(OTHER, "", OTHER, "unknown")
     browser, browser_version = _first(_BROWSERS, ua)
@@ -150,3 +162,7 @@ def parse_user_agent(ua: str) -> UserAgentInfo:
     if bot_reason(ua) is not None:
         return UserAgentInfo(browser, browser_version, os, "bot", os_version)
     return UserAgentInfo(browser, browser_version, os, _device_type(ua, os), os_version)
+
+
+cached_bot_reason = functools.lru_cache(maxsize=_CACHED)(_bot_reason)
+cached_parse_user_agent = functools.lru_cache(maxsize=_CACHED)(_parse_user_agent)

@@ -8,10 +8,10 @@ parsing, integers read exactly), a short loop checks what types cannot say (leng
 blank names, the UUID form, the time range), and writes each event's log record with the
 same bytes `schemas.events.encode` would, without an `Event`.
 
-It only ever accepts. On any doubt (malformed JSON, a type refused, a UUID not in
-canonical form, a time out of range, an integer beyond 64 bits) it answers None and
-the caller runs the full path, which accepts or names the field at fault; so the two
-cannot differ on what is refused. tests/ingest/test_fast_path.py checks that both write
+It only ever accepts. On any doubt (malformed JSON, a type refused, an unknown field, a
+UUID not in canonical form, a time out of range, an integer beyond 64 bits) it answers
+None and the caller runs the full path, which accepts or names the field at fault; so
+the two cannot differ on what is refused. tests/ingest/test_fast_path.py checks that both write
 the same records.
 """
 
@@ -54,9 +54,11 @@ _PropertyValue = _json_value(MAX_JSON_DEPTH - 1)
 _Text = str | int | float | None
 
 
-class WireEvent(msgspec.Struct, gc=False):
+class WireEvent(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """An event as sent, typed as `parse_event` reads it (numbers are accepted for the
-    names and ids and kept as their text; unknown fields are ignored).
+    names and ids and kept as their text). An unknown field sends the body to the full
+    path: msgspec would skip its value unread, so a value that is not even JSON (invalid
+    UTF-8, a number out of range) would pass here while the full path refuses the body.
 
     `gc=False`: decoded from JSON, a struct is part of a tree and never of a cycle, so the
     cyclic collector need not track the hundreds a batch makes (it cost ~15% of this path).
@@ -72,7 +74,7 @@ class WireEvent(msgspec.Struct, gc=False):
     properties: dict[str, _PropertyValue] | None = None  # type: ignore[valid-type]
 
 
-class WireBody(WireEvent, gc=False):
+class WireBody(WireEvent, gc=False, forbid_unknown_fields=True):
     """A body: one event, or `{"batch": [...]}` with the envelope's key and clock."""
 
     batch: list[WireEvent] | msgspec.UnsetType = msgspec.UNSET

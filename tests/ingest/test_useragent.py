@@ -6,7 +6,13 @@ import dataclasses
 
 import pytest
 
-from ingest.useragent import UserAgentInfo, bot_reason, parse_user_agent
+from ingest.useragent import (
+    UserAgentInfo,
+    bot_reason,
+    cached_bot_reason,
+    cached_parse_user_agent,
+    parse_user_agent,
+)
 
 CHROME_WIN = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -222,11 +228,23 @@ def test_long_hostile_input_is_fast() -> None:
 def test_each_distinct_header_is_parsed_once() -> None:
     """Every request asks both questions of its header: the second time is a lookup."""
     ua = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0 (cache test)"
-    parse_user_agent.cache_clear()
-    bot_reason.cache_clear()
+    cached_parse_user_agent.cache_clear()
+    cached_bot_reason.cache_clear()
     first = parse_user_agent(ua)
     assert parse_user_agent(ua) is first
     assert bot_reason(ua) is None
-    assert (parse_user_agent.cache_info().hits, parse_user_agent.cache_info().misses) == (1, 1)
+    parsed = cached_parse_user_agent.cache_info()
+    assert (parsed.hits, parsed.misses) == (1, 1)
     # parse_user_agent asked bot_reason once (a miss); the drop step's ask was a hit.
-    assert (bot_reason.cache_info().hits, bot_reason.cache_info().misses) == (1, 1)
+    asked = cached_bot_reason.cache_info()
+    assert (asked.hits, asked.misses) == (1, 1)
+
+
+def test_a_header_too_long_to_keep_is_answered_uncached() -> None:
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36 " + "x" * 2000
+    cached_parse_user_agent.cache_clear()
+    cached_bot_reason.cache_clear()
+    assert parse_user_agent(ua).browser == "Chrome"
+    assert bot_reason(ua) is None
+    assert cached_parse_user_agent.cache_info().currsize == 0
+    assert cached_bot_reason.cache_info().currsize == 0
