@@ -10,7 +10,7 @@
   from it, whatever re-folds, erasures or rebalances did in between.
 
 Label values are bounded: saved funnels only, at most `funnels_per_project` of each
-project (catalog order, the rest counted in `funnelstream_funnel_metrics_omitted`), steps
+project (the first by id, the rest counted in `funnelstream_funnel_metrics_omitted`), steps
 1..n of the definition. Funnels counted by user are not exported (see
 `exported_funnels`).
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter as CounterMetric
 
+from funnel.stages import at_stage_from_reached
 from funnelstream import metrics
 from processor.catalog import FunnelCatalog
 from processor.rebuild import Refolds
@@ -45,7 +46,9 @@ def exported_funnels(
     kept: Exported = {}
     omitted: Counter[str] = Counter()
     per_project: Counter[str] = Counter()
-    for funnel in catalog.all():
+    # By id, not the catalog's order (an edit moves a funnel to its end): the funnels
+    # kept stay the same as definitions change, and on every processor alike.
+    for funnel in sorted(catalog.all(), key=lambda f: (f.project, f.id)):
         if funnel.count_by == "user":
             continue
         if per_project[funnel.project] < funnels_per_project:
@@ -84,16 +87,26 @@ def tally(rows: Iterable[Row], exported: Exported) -> Tally:
 def stage_counts(
     states: Iterable[VisitorState], exported: Exported
 ) -> dict[tuple[str, str], list[int]]:
-    """Per exported funnel, the visitors whose deepest step is each step (index 0: step 1)."""
+    """Per exported funnel, those at each stage (index 0: step 1), as the live route counts
+    them: visitors by their deepest step, or, where the funnel counts attempts or sessions,
+    those that reached each step and not the next (funnel/stages.py)."""
     counts = {key: [0] * steps for key, steps in exported.items()}
+    reached: dict[tuple[str, str], list[int]] = {}
     for state in states:
         project = state.project_id
         for funnel_id, progress in state.funnels.items():
-            level = progress.level
-            if level:
-                held = counts.get((project, funnel_id))
-                if held is not None and level <= len(held):
-                    held[level - 1] += 1
+            held = counts.get((project, funnel_id))
+            if held is None:
+                continue
+            attempts = progress.attempts
+            if attempts:
+                sums = reached.setdefault((project, funnel_id), [0] * len(held))
+                for k, n in enumerate(attempts[: len(held)]):
+                    sums[k] += n
+            elif 0 < progress.level <= len(held):
+                held[progress.level - 1] += 1
+    for key, sums in reached.items():
+        counts[key] = at_stage_from_reached(sums)
     return counts
 
 

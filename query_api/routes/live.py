@@ -18,6 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from funnel.stages import at_stage_from_reached
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.http_errors import keyed_route_errors
@@ -92,10 +93,7 @@ async def live_stages(
     if per_visitor_counts:
         sums = [int(n) for n in attempts[0][0]] if attempts and attempts[0][0] else []
         reached = [sums[k] if k < len(sums) else 0 for k in range(len(funnel.steps))]
-        at_level = {
-            k + 1: reached[k] - (reached[k + 1] if k + 1 < len(reached) else 0)
-            for k in range(len(reached))
-        }
+        at_level = {k + 1: n for k, n in enumerate(at_stage_from_reached(reached))}
     moved = {int(step): int(count) for step, count in recent}
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("live").observe(elapsed)

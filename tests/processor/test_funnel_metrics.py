@@ -17,7 +17,7 @@ from processor.catalog import FunnelCatalog
 from processor.funnel_metrics import FunnelMetrics, exported_funnels, stage_counts, tally
 from processor.pipeline import Processor, ProcessorConfig
 from processor.state import VisitorState
-from processor.transform import transition_row
+from processor.transform import Outputs, Timing, apply_event, transition_row
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
 from tests.processor.test_pipeline import FUNNEL, FlakyClickHouse, append, stream
@@ -45,6 +45,9 @@ def test_the_cap_keeps_the_first_funnels_of_each_project_and_counts_the_rest() -
     kept, omitted = exported_funnels(catalog, 2)
     assert kept == {("p", "a"): 3, ("p", "b"): 3, ("q", "a"): 3}
     assert omitted == {"p": 1}
+    # An edit moves "a" to the end of the catalog: the funnels kept stay the same.
+    catalog.upsert(funnel("a", window_seconds=60))
+    assert exported_funnels(catalog, 2)[0] == kept
 
 
 def test_rows_are_tallied_by_kind_and_time_to_convert_from_the_attempt_start() -> None:
@@ -86,6 +89,44 @@ def test_stage_counts_are_visitors_at_their_deepest_step() -> None:
     counts = stage_counts(held(12, steps=5), {("p", "a"): 5, ("p", "idle"): 2})
     # levels 0..5 twice over: two visitors at each step, level 0 at none; "b" not exported
     assert counts == {("p", "a"): [2, 2, 2, 2, 2], ("p", "idle"): [0, 0]}
+
+
+def fold_events(definition: FunnelDefinition, names: list[str]) -> VisitorState:
+    """A visitor's state after these events, a minute apart, through the live fold."""
+    state = VisitorState("p", "v")
+    out = Outputs()
+    for i, name in enumerate(names):
+        event = Event(
+            project_id="p",
+            event_id=f"00000000-0000-4000-8000-{i + 1:012d}",
+            event=name,
+            visitor_id="v",
+            timestamp_ms=1_700_000_000_000 + i * 60_000,
+            received_at_ms=1_700_000_000_000,
+        )
+        apply_event(
+            state,
+            event,
+            partition=0,
+            offset=i,
+            funnels=[definition],
+            timing=Timing(),
+            processed_at_ms=0,
+            out=out,
+        )
+    return state
+
+
+def test_stages_of_funnels_counting_attempts_or_sessions_are_the_live_routes() -> None:
+    """Such a funnel counts attempts (or sessions) per step, as the live route reads
+    `step_attempts`: one visitor who reached step 2 twice is two at step 2."""
+    total = funnel("t", counting="total")
+    state = fold_events(total, ["view", "cart", "view", "cart"])
+    assert state.funnels["t"].level == 2
+    assert stage_counts([state], {("p", "t"): 3}) == {("p", "t"): [0, 2, 0]}
+    sessions = funnel("s", count_by="session")
+    state = fold_events(sessions, ["view", "cart"])
+    assert stage_counts([state], {("p", "s"): 3}) == {("p", "s"): [0, 1, 0]}
 
 
 def test_a_scrape_over_ten_thousand_held_visitors_is_cheap() -> None:
