@@ -11,7 +11,6 @@ import pytest
 from funnel.fold import FunnelProgress, Transition
 from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.log import LogRecord
 from funnelstream.log.embedded import EmbeddedLog
 from processor.catalog import FunnelCatalog
 from processor.funnel_metrics import FunnelMetrics, exported_funnels, stage_counts, tally
@@ -20,7 +19,8 @@ from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event, transition_row
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
-from tests.processor.test_pipeline import FUNNEL, FlakyClickHouse, append, stream
+from tests.processor.test_backfill_chunks import wait_for
+from tests.processor.test_pipeline import FUNNEL, append, stream
 
 
 def funnel(funnel_id: str, project: str = "p", **options: object) -> FunnelDefinition:
@@ -183,10 +183,7 @@ async def test_a_processor_exports_stages_and_transitions(ch: ClickHouse, tmp_pa
     processor = Processor(log, ch, FunnelCatalog([FUNNEL]), ProcessorConfig(batch_max_seconds=0.05))
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
-    for _ in range(600):
-        if processor.processed_messages >= len(events):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: processor.processed_messages >= len(events), "the events processed")
 
     def at_stage() -> list[float]:
         processor.export_funnel_stages()
@@ -213,67 +210,5 @@ async def test_a_processor_exports_stages_and_transitions(ch: ClickHouse, tmp_pa
     assert [a - b for a, b in zip(buckets, buckets_before, strict=True)] == [0, 10]
 
 
-_T0 = 1_760_000_000_000
-
-
-def _ev(n: int, name: str, minute: int) -> Event:
-    return Event("p", f"00000000-0000-4000-8000-{n:012d}", name, "w", _T0 + minute * 60_000, _T0)
-
-
-@pytest.mark.clickhouse
-async def test_a_late_event_counts_corrections_once_and_no_counter_goes_down(
-    ch: ClickHouse, tmp_path: Path
-) -> None:
-    """A late event re-folds its visitor: step 1 is retracted and corrected. The batch's
-    write fails once and is retried; the corrections are counted once, and the
-    transitions counter keeps what it counted."""
-    two = FunnelDefinition.model_validate(
-        {"id": "late", "project": "p", "steps": [{"event": "view"}, {"event": "cart"}]}
-    )
-    log = EmbeddedLog(tmp_path / "log", default_partitions=1)
-    producer = log.producer("events")
-    await producer.start()
-    flaky = FlakyClickHouse(ch, {})
-    config = ProcessorConfig(batch_max_seconds=0.02, retry_initial_seconds=0.05)
-    processor = Processor(log, flaky, FunnelCatalog([two]), config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-
-    async def send(events: list[Event]) -> None:
-        target = processor.processed_messages + len(events)
-        await producer.append([LogRecord(e.partition_key(), encode(e), 0) for e in events])
-        for _ in range(500):
-            if processor.processed_messages >= target:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("not processed")
-
-    labels = {"project": "p", "funnel": "late"}
-
-    def counts() -> dict[str, float]:
-        fixes = "funnelstream_funnel_transition_corrections_total"
-        reached = "funnelstream_funnel_transitions_total"
-        return {
-            "reached 1": sample(reached, **labels, step="1", from_step=""),
-            "reached 2": sample(reached, **labels, step="2", from_step="1"),
-            "retracted 1": sample(fixes, **labels, step="1", kind="retracted"),
-            "corrected 1": sample(fixes, **labels, step="1", kind="corrected"),
-        }
-
-    start = counts()
-    await send([_ev(1, "view", 60), _ev(2, "cart", 61)])
-    flaky.fail_tables["processor_state"] = 1
-    await send([_ev(3, "view", 0)])  # an hour before the rest: too late, re-folded
-    stop.set()
-    await task
-    await producer.stop()
-    await log.close()
-
-    assert flaky.fail_tables["processor_state"] == 0  # the write did fail once
-    end = counts()
-    assert {k: end[k] - start[k] for k in end} == {
-        "reached 1": 1,
-        "reached 2": 1,
-        "retracted 1": 1,
-        "corrected 1": 1,
-    }
+# A late event's corrections, counted once over a retried write: tests/processor/
+# test_pipeline_late.py, test_a_retried_write_publishes_each_correction_once.

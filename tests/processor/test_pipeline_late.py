@@ -182,8 +182,9 @@ async def test_a_retried_write_publishes_each_correction_once(
 ) -> None:
     """A late event re-folds its visitor and corrects its step-1 transition; the batch's
     last write (visitor states) fails once, so the whole write is retried. The retry
-    writes the same correction again (one write time: a stream reader sees it once), and
-    the re-fold is counted once."""
+    writes the same correction again (one write time: a stream reader sees it once), the
+    re-fold is counted once, and so are the funnel metrics' transitions and corrections
+    (processor/funnel_metrics.py), none going down."""
     from funnelstream import metrics
     from tests.processor.test_pipeline import FlakyClickHouse
 
@@ -207,6 +208,19 @@ async def test_a_retried_write_publishes_each_correction_once(
             await asyncio.sleep(0.01)
         raise AssertionError("not processed")
 
+    def counts() -> dict[str, float]:
+        labels = {"project": "p", "funnel": funnel.id}
+        fixes = "funnelstream_funnel_transition_corrections_total"
+        reached = "funnelstream_funnel_transitions_total"
+        samples = {
+            "reached 1": (reached, {**labels, "step": "1", "from_step": ""}),
+            "reached 2": (reached, {**labels, "step": "2", "from_step": "1"}),
+            "retracted 1": (fixes, {**labels, "step": "1", "kind": "retracted"}),
+            "corrected 1": (fixes, {**labels, "step": "1", "kind": "corrected"}),
+        }
+        return {k: metrics.REGISTRY.get_sample_value(*v) or 0.0 for k, v in samples.items()}
+
+    start = counts()
     refolded = "funnelstream_processor_refolded_visitors_total"
     await send([_ev(1, "view", 60), _ev(2, "cart", 61)])
     before = metrics.REGISTRY.get_sample_value(refolded) or 0.0
@@ -219,6 +233,13 @@ async def test_a_retried_write_publishes_each_correction_once(
 
     assert flaky.fail_tables["processor_state"] == 0  # the write did fail once
     assert (metrics.REGISTRY.get_sample_value(refolded) or 0.0) == before + 1
+    end = counts()
+    assert {k: end[k] - start[k] for k in end} == {
+        "reached 1": 1,
+        "reached 2": 1,
+        "retracted 1": 1,
+        "corrected 1": 1,
+    }
     rows = ch.query_rows_sync(
         "SELECT kind, uniqExact(processed_at), count() FROM funnel_transitions_by_time "
         "WHERE kind != 'reached' GROUP BY kind ORDER BY kind"
