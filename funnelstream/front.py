@@ -290,11 +290,10 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def _pump(response: httpx.Response, send: Send) -> None:
-    try:
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except httpx.HTTPError:
-        pass  # the owner went away mid-answer: end it; the status is already sent
+    # The owner going away mid-answer raises here: the server then aborts the connection,
+    # so the client sees a cut answer, never one that looks complete.
+    async for chunk in response.aiter_raw():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 
