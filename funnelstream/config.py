@@ -59,6 +59,10 @@ class CommonSettings(BaseSettings):
     topic: str = "events"
     partitions: int = 8
     clickhouse_dsn: str = ""
+    # A ClickHouse cluster, by its name in the servers' `remote_servers`: migrations are
+    # applied ON CLUSTER as replicated tables (funnelstream/cluster_schema.py). Empty: one
+    # server, or the embedded engine.
+    clickhouse_cluster: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
     # Where a visitor's session ends: the sessionizer, the live fold of `count_by:
     # "session"` funnels and their reports all split sessions at this one gap, so it is
     # common to the processor and the query API.

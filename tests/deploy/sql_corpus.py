@@ -2,7 +2,8 @@
 (tests/deploy/test_clickhouse_version.py) and the cluster rendering test.
 
 Three sources, together the whole of it:
-* the migrations, as files (`schemas/clickhouse/`) and as rendered for a cluster;
+* the migrations, as files (`schemas/clickhouse/`) and as rendered for a cluster
+  (funnelstream/cluster_schema.py);
 * the report builders (funnel/sql, query_api/sql) over definitions that use every step,
   filter and option kind;
 * a run of the whole app on the embedded engine (ingest → log → processor, backfills, late
@@ -28,6 +29,7 @@ from funnel.compiled import CompiledFunnel, compile_funnel
 from funnel.sql.report import levels_sql, report_sql, trend_sql
 from funnelstream.app import build_app
 from funnelstream.clickhouse import ClickHouse, migration_files, split_statements
+from funnelstream.cluster_schema import render_all
 from funnelstream.config import IngestSettings, ProcessorSettings
 from funnelstream.retention import EXPIRING, ttl_expression
 from query_api.sql.analysis import (
@@ -99,7 +101,9 @@ def definition(name: str, project: str = "shop") -> FunnelDefinition:
 
 
 def migration_statements() -> list[Statement]:
-    return [(s, {}) for _, _, sql in migration_files() for s in split_statements(sql)]
+    """As one server runs them, and as rendered for a cluster."""
+    single = [s for _, _, sql in migration_files() for s in split_statements(sql)]
+    return [(s, {}) for s in [*single, *render_all("funnelstream")]]
 
 
 def retention_statements() -> list[Statement]:
