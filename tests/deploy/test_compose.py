@@ -97,3 +97,26 @@ def test_the_image_holds_every_package() -> None:
     packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M))
     assert {p.rstrip("*") for p in packages} <= copied
+
+
+def listening_port(service: dict[str, Any]) -> int | None:
+    """The port a Funnelstream service's command listens on."""
+    command = service.get("command") or []
+    return int(command[command.index("--port") + 1]) if "--port" in command else None
+
+
+def test_prometheus_scrapes_every_funnelstream_service_where_it_listens() -> None:
+    services = load()["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    expected = {
+        f"{name}:{listening_port(service)}"
+        for name, service in services.items()
+        if "build" in service
+    }
+    assert targets == expected
