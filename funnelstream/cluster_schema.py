@@ -60,8 +60,12 @@ class UnknownStatement(ValueError):
     """A migration statement this module cannot render for a cluster."""
 
 
+# What a cluster name may hold: quoted into DDL, so nothing that could end the quote.
+CLUSTER_NAME = r"[A-Za-z0-9_.-]+"
+
+
 def _quote(cluster: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cluster):
+    if not re.fullmatch(CLUSTER_NAME, cluster):
         raise ValueError(f"not a cluster name: {cluster!r}")
     return f"'{cluster}'"
 

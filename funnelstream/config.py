@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from funnelstream.cluster_schema import CLUSTER_NAME
 from funnelstream.ratelimit import parse_rate_limit
 from schemas.funnels import MAX_DEFINITION_BYTES, FunnelDefinition, validate_funnel
 
@@ -62,7 +63,7 @@ class CommonSettings(BaseSettings):
     # A ClickHouse cluster, by its name in the servers' `remote_servers`: migrations are
     # applied ON CLUSTER as replicated tables (funnelstream/cluster_schema.py). Empty: one
     # server, or the embedded engine.
-    clickhouse_cluster: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
+    clickhouse_cluster: str = Field(default="", pattern=rf"^(?:{CLUSTER_NAME})?$")
     # Where a visitor's session ends: the sessionizer, the live fold of `count_by:
     # "session"` funnels and their reports all split sessions at this one gap, so it is
     # common to the processor and the query API.

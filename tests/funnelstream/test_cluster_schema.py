@@ -8,9 +8,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from funnelstream.cli import main
-from funnelstream.clickhouse import ClickHouse, migration_files
+from funnelstream.clickhouse import SCHEMA_MIGRATIONS_SQL, ClickHouse, migration_files
 from funnelstream.cluster_schema import (
     DISTRIBUTED_SUFFIX,
     SHARDING,
@@ -18,6 +21,7 @@ from funnelstream.cluster_schema import (
     render,
     render_all,
 )
+from funnelstream.config import IngestSettings
 
 pytestmark = pytest.mark.clickhouse
 
@@ -102,6 +106,8 @@ def test_a_statement_it_cannot_render_is_refused(sql: str) -> None:
 def test_a_cluster_name_cannot_inject_sql() -> None:
     with pytest.raises(ValueError):
         render(migration_files()[0][2], "c' ; DROP TABLE events; --")
+    with pytest.raises(ValidationError):  # refused at start, as a setting
+        IngestSettings(clickhouse_cluster="c' ; DROP TABLE events; --")
 
 
 def test_the_cli_prints_the_clusters_ddl(
@@ -113,3 +119,17 @@ def test_the_cli_prints_the_clusters_ddl(
     assert main(["migrate", "--cluster", CLUSTER, "--print"]) == 0
     printed = [s for s in capsys.readouterr().out.split(";\n\n") if s.strip()]
     assert printed == render_all(CLUSTER)
+
+
+@settings(max_examples=20, deadline=None)
+@given(cluster=st.from_regex(r"[A-Za-z0-9_.-]{1,24}", fullmatch=True))
+def test_any_accepted_cluster_name_renders_statements_the_engine_parses(
+    clickhouse_engine: ClickHouse, cluster: str
+) -> None:
+    """The name pattern the renderer (and the setting) accepts is one the parser takes."""
+    statements = [
+        *render(SCHEMA_MIGRATIONS_SQL, cluster),
+        *render("ALTER TABLE sessions ADD COLUMN IF NOT EXISTS x String", cluster),
+    ]
+    for sql in statements:
+        assert cluster in formatted(clickhouse_engine, sql)
