@@ -8,6 +8,7 @@ shared with docker-compose.yml and the migrations."""
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ SECRETS = {"funnelstream-config", "funnelstream-secrets", "clickhouse-secrets"}
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 
+@functools.cache
 def documents() -> list[dict[str, Any]]:
+    """Parsed once: tests that change one work on a deep copy."""
     out = []
     for path in sorted(K8S.rglob("*.yaml")):
         out += [d for d in yaml.safe_load_all(path.read_text()) if d]
