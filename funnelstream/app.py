@@ -30,6 +30,7 @@ from funnelstream.clickhouse import (
     ClickHouseUnavailable,
     migrate,
 )
+from funnelstream.cluster_schema import statements_of
 from funnelstream.config import (
     CommonSettings,
     IngestSettings,
@@ -156,7 +157,7 @@ def build_app(
                 await backend.ensure_topic(settings.topic, settings.partitions)
             if roles & {"processor", "query"}:
                 ch = ClickHouse(settings.resolved_clickhouse_dsn())
-                await asyncio.to_thread(migrate, ch)
+                await asyncio.to_thread(migrate, ch, statements_of(settings.clickhouse_cluster))
                 changed = await apply_retention(ch, retention)
                 if changed:
                     log.info("retention set on %s", ", ".join(changed))

@@ -26,7 +26,14 @@ IMPORT_BATCH = 500
 
 def _settings_env(args: argparse.Namespace) -> None:
     """CLI flags override FUNNELSTREAM_* variables, which the settings classes read."""
-    for name in ("data_dir", "config", "log_backend", "kafka_bootstrap", "clickhouse_dsn"):
+    for name in (
+        "data_dir",
+        "config",
+        "log_backend",
+        "kafka_bootstrap",
+        "clickhouse_dsn",
+        "clickhouse_cluster",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             key = "CONFIG_FILE" if name == "config" else name.upper()
@@ -242,10 +249,19 @@ def _erase(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from funnelstream.clickhouse import ClickHouse, migrate
+    from funnelstream.cluster_schema import render_all, statements_of
 
     _settings_env(args)
     settings = IngestSettings()
-    applied = migrate(ClickHouse(settings.resolved_clickhouse_dsn()))
+    if args.print:
+        # The DDL for review, or to apply by hand: every statement is idempotent.
+        if not settings.clickhouse_cluster:
+            print("funnelstream: --print needs --cluster", file=sys.stderr)
+            return 2
+        print("".join(f"{s};\n\n" for s in render_all(settings.clickhouse_cluster)), end="")
+        return 0
+    ch = ClickHouse(settings.resolved_clickhouse_dsn())
+    applied = migrate(ch, statements_of(settings.clickhouse_cluster))
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 
@@ -394,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     mig = sub.add_parser("migrate", help="apply ClickHouse migrations")
     mig.add_argument("--data-dir", dest="data_dir")
     mig.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
+    mig.add_argument(
+        "--cluster",
+        dest="clickhouse_cluster",
+        help="a ClickHouse cluster: replicated tables ON CLUSTER, a Distributed one over each",
+    )
+    mig.add_argument(
+        "--print", action="store_true", help="print the cluster's DDL instead of applying it"
+    )
     keys = sub.add_parser(
         "keys",
         help="create, list and revoke API keys (stored hashed in ClickHouse)",

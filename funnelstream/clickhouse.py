@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -218,23 +218,32 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def _statements(sql: str) -> list[str]:
+def split_statements(sql: str) -> list[str]:
+    """A migration file's statements, comment lines dropped (none of ours has a `;` inside
+    a literal)."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def migrate(ch: ClickHouse) -> list[str]:
-    """Apply the migrations not applied yet; return their names."""
-    ch.command_sync(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (number UInt32, name String, "
-        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY number"
-    )
+SCHEMA_MIGRATIONS_SQL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (number UInt32, name String, "
+    "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY number"
+)
+
+
+def migrate(
+    ch: ClickHouse, statements_of: Callable[[str], list[str]] = split_statements
+) -> list[str]:
+    """Apply the migrations not applied yet; return their names. `statements_of`: how a
+    migration file becomes statements (funnelstream/cluster_schema.py for a cluster)."""
+    for statement in statements_of(SCHEMA_MIGRATIONS_SQL):
+        ch.command_sync(statement)
     done = {row[0] for row in ch.query_rows_sync("SELECT number FROM schema_migrations")}
     applied = []
     for number, name, sql in migration_files():
         if number in done:
             continue
-        for statement in _statements(sql):
+        for statement in statements_of(sql):
             ch.command_sync(statement)
         ch.insert_sync("schema_migrations", [(number, name)], ["number", "name"])
         applied.append(name)

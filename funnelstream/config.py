@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from funnelstream.cluster_schema import CLUSTER_NAME
 from funnelstream.ratelimit import parse_rate_limit
 from schemas.funnels import MAX_DEFINITION_BYTES, FunnelDefinition, validate_funnel
 
@@ -59,6 +60,10 @@ class CommonSettings(BaseSettings):
     topic: str = "events"
     partitions: int = 8
     clickhouse_dsn: str = ""
+    # A ClickHouse cluster, by its name in the servers' `remote_servers`: migrations are
+    # applied ON CLUSTER as replicated tables (funnelstream/cluster_schema.py). Empty: one
+    # server, or the embedded engine.
+    clickhouse_cluster: str = Field(default="", pattern=rf"^(?:{CLUSTER_NAME})?$")
     # Where a visitor's session ends: the sessionizer, the live fold of `count_by:
     # "session"` funnels and their reports all split sessions at this one gap, so it is
     # common to the processor and the query API.
