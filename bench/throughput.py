@@ -530,19 +530,22 @@ async def _full(events: int, late_share: float) -> dict[str, float]:
         await producer.append([LogRecord(m.key, m.value, m.timestamp_ms) for m in messages])
         processor = Processor(log, ch, FunnelCatalog(bench_funnels()), ProcessorConfig())
         stop = asyncio.Event()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         task = asyncio.create_task(processor.run(stop))
         while processor.processed_messages < len(messages):
             if task.done():
                 task.result()
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        # Every thread of the process (the engine's inserts included): steadier than
+        # events/s on a shared machine, for A/B runs of `--part full-once`.
+        cpu_us = (time.process_time() - cpu_started) / len(messages) * 1e6
         stop.set()
         await task
         await producer.stop()
         await log.close()
         ch.close()
-    return {"full": len(messages) / elapsed, "floor": decode_floor(messages)}
+    return {"full": len(messages) / elapsed, "cpu_us": cpu_us, "floor": decode_floor(messages)}
 
 
 def full_run(events: int, late_share: float) -> dict[str, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from functools import partial
@@ -210,6 +211,12 @@ def build_app(
             if ingest_process is not None:
                 # After the owner's start: the key snapshot it reads is written by now.
                 ingest_supervisor.start("ingest_process", ingest_process.run)
+            if "processor" not in roles:
+                # What exists now (modules, the app, settings, keys) lives as long as the
+                # process: frozen, the collector never walks it again. Per request, the
+                # young collections otherwise re-scanned it (the processor has its own
+                # policy: processor/collector.py).
+                gc.freeze()
             yield
         finally:
             await ingest_supervisor.shutdown()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -276,3 +279,26 @@ PROCESSOR_ERASURE_SECONDS = Histogram(
     "Time to erase one visitor from every table",
     registry=REGISTRY,
 )
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe` for each amount, with one increment per bucket instead of one
+    per amount: the processor observes every event's freshness and every conversion's
+    time, and per-value `observe` (a lock and a bucket scan each) was ~5% of its thread.
+    Uses the client's bucket layout (non-cumulative `_buckets` per `_upper_bounds`, one
+    `_sum`), which tests/funnelstream/test_metrics.py checks against `observe`."""
+    bounds: list[float] = histogram._upper_bounds  # noqa: SLF001
+    per_bucket = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        total += amount
+        if amount != amount:  # NaN: observe() adds it to the sum and to no bucket
+            continue
+        # observe() takes the first bound at or above the amount (the last is +Inf).
+        per_bucket[bisect_left(bounds, amount)] += 1
+    if not any(per_bucket):
+        return
+    histogram._sum.inc(total)  # noqa: SLF001
+    for bucket, n in zip(histogram._buckets, per_bucket, strict=True):  # noqa: SLF001
+        if n:
+            bucket.inc(n)

@@ -136,8 +136,7 @@ class FunnelMetrics:
                 metrics.FUNNEL_CORRECTIONS.labels(project, funnel_id, str(step), kind).inc(n)
         for (project, funnel_id, step), seconds in found.seconds_to_convert.items():
             histogram = metrics.FUNNEL_SECONDS_TO_CONVERT.labels(project, funnel_id, str(step))
-            for value in seconds:
-                histogram.observe(value)
+            metrics.observe_many(histogram, seconds)
 
     def export_stages(self, states: Iterable[VisitorState]) -> None:
         """Set the stage gauges from the held states (at scrape time). Every exported step
