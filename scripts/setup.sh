@@ -18,6 +18,11 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
+# The vendors' Node SDKs the SDK tests send with (tests/sdk/node), from its lockfile.
+if command -v npm >/dev/null && [ ! -d tests/sdk/node/node_modules ]; then
+  (cd tests/sdk/node && npm ci --no-audit --no-fund --silent)
+fi
+
 if [ "${1:-}" = "--all" ]; then
   bash deploy/browser/install.sh
   bash deploy/prometheus/install.sh

@@ -6,11 +6,14 @@ The funnel report and the stored event count are exactly what the journeys make.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,8 +45,26 @@ project = "shop"
 window_seconds = 86400
 count_by = "user"
 steps = [{ event = "page_view" }, { event = "Order Completed" }]
+
+[[projects]]
+id = "node"
+write_key = "wk_node"
+read_key = "rk_node"
+admin_key = "ak_node"
+
+[[funnels]]
+id = "node_sdk"
+project = "node"
+window_seconds = 86400
+steps = [
+  { event = "page_view", filters = [{ property = "url", op = "contains", value = "/product" }] },
+  { event = "Product Viewed" },
+  { event = "identify" },
+  { event = "Order Completed" },
+]
 """
 )
+NODE_DIR = Path(__file__).resolve().parents[1] / "sdk" / "node"
 # Per SDK: three visitors; the first buys (identified before the order), the second only
 # views the product, the third leaves after the landing page.
 VISITORS = 3
@@ -274,3 +295,25 @@ def test_read_key_refused_by_scope(server: Server) -> None:
     )
     assert r.status_code == 403
     assert r.json()["field"] == "writeKey"
+
+
+def test_node_sdks_send_a_journey(server: Server) -> None:
+    """`@segment/analytics-node` and `posthog-node` (tests/sdk/node, installed by
+    scripts/setup.sh) from a small script, into a project of their own."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    assert (NODE_DIR / "node_modules").is_dir(), "run scripts/setup.sh (npm ci in tests/sdk/node)"
+    done = subprocess.run(
+        ["node", "journey.mjs", server.base, "wk_node"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    server.wait_processed()
+    read = {"Authorization": "Bearer rk_node"}
+    r = httpx.get(f"{server.base}/v1/funnels/node_sdk/report", headers=read, timeout=60)
+    assert [s["visitors"] for s in r.json()["steps"]] == [4, 2, 2, 2]
+    r = httpx.get(f"{server.base}/v1/stats", headers=read, timeout=60)
+    assert r.json()["events"] == 10
