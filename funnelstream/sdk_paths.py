@@ -13,6 +13,15 @@ SEGMENT_PATHS = {
     "/v1/alias": "alias",
     "/v1/batch": "batch",
     "/v1/import": "batch",
+    # analytics.js / analytics-next post each message to its type's initial, and batches
+    # (`deliveryStrategy: batching`) to `/b`.
+    "/v1/t": "track",
+    "/v1/p": "page",
+    "/v1/s": "screen",
+    "/v1/i": "identify",
+    "/v1/g": "group",
+    "/v1/a": "alias",
+    "/v1/b": "batch",
 }
 
 

@@ -31,6 +31,7 @@ from schemas.events import Event, encode_dead_letter, parse_event, partition_key
 # Where each protocol's SDKs put the write key in the body (named in a 401).
 KEY_FIELD = {segment.NAME: "writeKey", posthog.NAME: "api_key"}
 UNSUPPORTED_MERGE = "unsupported_merge"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ def decode(call: SdkCall, request: Request, limit: int) -> Any:
                 f"compression {compression!r}: gzip, gzip-js and base64 are accepted",
                 field="compression",
             )
+        encoding = encoding or "gzip"
+    elif call.protocol == posthog.NAME and request.body.startswith(GZIP_MAGIC):
+        # posthog-js sends some gzip bodies (its first page view) with neither a header
+        # nor a query parameter saying so; PostHog's own capture sniffs them too.
         encoding = encoding or "gzip"
     raw = pipeline.read_body(request.body, encoding, limit)
     if call.protocol == posthog.NAME:

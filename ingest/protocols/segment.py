@@ -22,7 +22,7 @@ NAME = "segment"
 # Single-message routes name their type; `batch` (and `import`, its older name) carry it
 # per message.
 TYPES = ("track", "page", "screen", "identify", "group", "alias")
-BATCH_ROUTES = ("batch", "import")
+BATCH_ROUTES = ("batch",)
 
 # Our event name for each message type but `track` (which names its own) and `alias`.
 EVENT_OF_TYPE = {
