@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.protocols import segment
-from ingest.protocols.common import MESSAGE_ID_NAMESPACE, BodyError, event_id_for
+from ingest.protocols.common import MESSAGE_ID_NAMESPACE, BodyError, event_id_for, field_name
 from schemas.events import Event, parse_event
 
 NOW = 1_760_000_000_000
@@ -148,3 +148,49 @@ def test_other_message_ids_map_to_one_uuid_per_project(message_id: str) -> None:
 @given(st.uuids())
 def test_uuid_message_ids_are_kept(value: uuid.UUID) -> None:
     assert event_id_for(str(value).upper(), "shop") == str(value)
+
+
+OUR_FIELDS = {"visitor_id", "user_id", "event_id", "session_id"}
+ids = st.one_of(
+    st.none(),
+    st.text(max_size=5),
+    st.integers(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=1),
+)
+messages = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from([*segment.TYPES, "bogus"]),
+        "anonymousId": ids,
+        "userId": ids,
+        "messageId": ids,
+        "event": ids,
+        "timestamp": st.one_of(ids, st.just("2025-10-09T10:00:00Z"), st.integers(0, 2 * NOW)),
+        "sentAt": st.one_of(ids, st.just("2025-10-09T10:00:00Z")),
+        "properties": st.one_of(
+            st.none(), st.dictionaries(st.text(max_size=3), ids, max_size=2), ids
+        ),
+        "context": st.one_of(st.none(), st.just({"sessionId": 5, "page": {"url": 1}}), ids),
+    },
+)
+
+
+@given(st.lists(messages, min_size=1, max_size=4))
+def test_every_message_is_stored_or_refused_by_its_sdk_field(batch: list[dict[str, Any]]) -> None:
+    """Each message of a batch ends exactly one way: an event our validation accepts, a
+    merge, or refusals naming the field in Segment's names, never in ours."""
+    out = segment.translate({"batch": batch}, "batch", "shop", 100)
+    refused = {e["index"] for e in out.errors}
+    for message in out.events:
+        parsed = parse_event(message.event, project_id="shop", received_at_ms=NOW)
+        if not isinstance(parsed, Event):
+            refused.add(message.index)
+            for error in parsed:
+                name = field_name(message.path, message.field_names, error.field)
+                assert name.startswith(f"batch[{message.index}]")
+                assert name.split(".", 1)[1].split(".")[0] not in OUR_FIELDS, name
+    assert all(e["field"].startswith(f"batch[{e['index']}]") for e in out.errors)
+    merged = len(out.merges)
+    converted = {m.index for m in out.events}
+    assert len(refused | converted) + merged == len(batch)
