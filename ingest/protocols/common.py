@@ -45,10 +45,6 @@ class Translated:
     def refuse(self, index: int, path: str, name: str, message: str) -> None:
         self.errors.append({"index": index, "field": join(path, name), "message": message})
 
-    @property
-    def messages(self) -> int:
-        return len(self.events) + len(self.merges) + len({e["index"] for e in self.errors})
-
 
 def join(path: str, name: str) -> str:
     if not path:
