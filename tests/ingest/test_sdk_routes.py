@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from schemas.events import InvalidMessage, decode
-from tests.ingest.test_routes import make_client, read_log
+from tests.ingest.test_routes import DownLog, make_client, read_log
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"wk_test:").decode()}
 
@@ -142,3 +142,17 @@ def test_sdk_body_over_the_cap_is_refused(tmp_path: Path) -> None:
         big = {"anonymousId": "a", "event": "x", "properties": {"p": "y" * 4000}}
         r = c.post("/v1/track", json=big, headers=BASIC)
         assert r.status_code == 413
+
+
+def test_log_down_answers_503_with_retry_after(client: TestClient, tmp_path: Path) -> None:
+    """Nothing stored, nothing answered 2xx: the SDKs retry a 503 with the same ids."""
+    client.app.state.ingest.producer = DownLog()  # type: ignore[attr-defined]
+    for path, body in (
+        ("/v1/batch", {"batch": [{"type": "track", "anonymousId": "a", "event": "x"}]}),
+        ("/batch/", {"api_key": "wk_test", "batch": [{"event": "x", "distinct_id": "d"}]}),
+        ("/v1/alias", {"previousId": "a", "userId": "u"}),
+    ):
+        r = client.post(path, json=body, headers=BASIC)
+        assert r.status_code == 503 and "Retry-After" in r.headers, (path, r.text)
+        assert r.json()["code"] == "log_unavailable"
+    assert read_log(tmp_path) == []
