@@ -57,6 +57,7 @@ from funnelstream.request_limits import RequestLimits, build_policies
 from funnelstream.retention import apply_retention, log_retention_ms, retention_days
 from funnelstream.supervise import Components, Supervisor
 from ingest.routes import router as ingest_router
+from ingest.sdk_routes import router as sdk_router
 from ingest.service import IngestService
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
@@ -268,6 +269,7 @@ def build_app(
         # The owner documents ingest's routes for the public port's OpenAPI document; the
         # ingest process answers them (funnelstream/front.py), nobody sends them here.
         app.include_router(ingest_router)
+        app.include_router(sdk_router)
     if "query" in roles:
         install_error_handlers(app)
         install_query_openapi(app)

@@ -124,6 +124,7 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
     from funnelstream.config import QueryApiSettings
     from funnelstream.front import PublicFront, forward_body_caps
     from funnelstream.ingest_process import TOKEN_ENV, exit_with_parent
+    from funnelstream.sdk_paths import SDK_PATHS
     from ingest.routes import router as ingest_router
 
     token = os.environ.pop(TOKEN_ENV, None)
@@ -140,6 +141,7 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
         print(f"funnelstream serve-ingest: configuration error: {exc}", file=sys.stderr)
         return 2
     ingest_paths = frozenset(getattr(route, "path", "") for route in ingest_router.routes)
+    ingest_paths |= SDK_PATHS
     front = PublicFront(
         app,
         ingest_paths,

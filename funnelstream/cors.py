@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from funnelstream.sdk_paths import SDK_PATHS
+
 # Routes a storefront page calls from its own origin.
-PUBLIC_PATHS = frozenset({"/v1/events", "/v1/funnelstream.js"})
+PUBLIC_PATHS = frozenset({"/v1/events", "/v1/funnelstream.js"}) | SDK_PATHS
 # The snippet reads Retry-After on 429/503 from cross-origin pages.
 EXPOSED = ["Retry-After"]
 

@@ -54,6 +54,20 @@ INGEST_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# vendor SDK protocols (ingest/sdk.py): also counted in the two counters above
+INGEST_PROTOCOL_EVENTS = Counter(
+    "funnelstream_ingest_protocol_events_total",
+    "Events accepted and durably appended through a vendor SDK protocol (segment, posthog)",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_PROTOCOL_REJECTED = Counter(
+    "funnelstream_ingest_protocol_rejected_total",
+    "Vendor SDK messages or requests refused, by protocol and reason; `unsupported_merge`:"
+    " identity merges accepted and kept as dead letters",
+    ["protocol", "reason"],
+    registry=REGISTRY,
+)
 INGEST_APPEND_SECONDS = Histogram(
     "funnelstream_ingest_append_seconds",
     "Time to durably append one request's events",

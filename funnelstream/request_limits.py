@@ -2,10 +2,11 @@
 
 Each path has a policy by kind (`policy_for`):
 
-* ingest (`POST /v1/events`): per client address here; per write key in the ingest
-  service, once the key is known (a beacon sends it in the body). The body cap is checked
-  on `Content-Length` here and on the streamed bytes by the route itself, which reads the
-  body under the same cap without buffering more of it (ingest/routes.py).
+* ingest (`POST /v1/events`, and the vendor SDK paths of funnelstream/sdk_paths.py): per
+  client address here; per write key in the ingest service, once the key is known (a
+  beacon sends it in the body). The body cap is checked on `Content-Length` here and on
+  the streamed bytes by the route itself, which reads the body under the same cap without
+  buffering more of it (ingest/routes.py).
 * query (every other `/v1/` route of the query API): per client address, then per bearer
   key, then the body: refused on `Content-Length`, else read here up to the cap (counted
   as it streams, refused the moment it passes) and handed on, so no route ever parses more
@@ -33,6 +34,7 @@ from funnelstream import metrics
 from funnelstream.client_address import FORWARDED_FOR, IPNetwork, client_address
 from funnelstream.config import IngestSettings, QueryApiSettings
 from funnelstream.ratelimit import Limiter, RateLimit, Refusal
+from funnelstream.sdk_paths import SDK_PATHS
 
 INGEST_PATH = "/v1/events"
 # Under /v1/ but served to browsers like a static file: an ops route.
@@ -59,7 +61,7 @@ class Policies:
     ops: RoutePolicy
 
     def policy_for(self, path: str) -> RoutePolicy:
-        if path == INGEST_PATH and self.ingest is not None:
+        if (path == INGEST_PATH or path in SDK_PATHS) and self.ingest is not None:
             return self.ingest
         if path.startswith("/v1/") and path != SCRIPT_PATH and self.query is not None:
             return self.query

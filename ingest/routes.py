@@ -56,7 +56,7 @@ async def post_events(request: Request) -> Response:
     ingest = get_ingest(request)
     # Content-Length over the cap was refused before this (funnelstream/request_limits.py);
     # a body streamed without one is cut here, the moment it passes the cap.
-    body = await _read_capped(request, ingest.settings.max_body_bytes)
+    body = await read_capped(request, ingest.settings.max_body_bytes)
     if body is None:
         limit = ingest.settings.max_body_bytes
         metrics.BODY_TOO_LARGE.labels("ingest").inc()
@@ -99,7 +99,7 @@ router.add_api_route(
 )
 
 
-async def _read_capped(request: Request, limit: int) -> bytes | None:
+async def read_capped(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it passes `limit` (never buffer a huge upload)."""
     chunks = []
     size = 0

@@ -7,9 +7,9 @@ from typing import Any
 from funnelstream import metrics
 from funnelstream.config import IngestSettings, Project, ProjectConfig
 from funnelstream.key_store import KeyStore
-from funnelstream.log import LogProducer
+from funnelstream.log import LogProducer, LogRecord
 from funnelstream.ratelimit import Limiter, RateLimit
-from ingest import pipeline
+from ingest import pipeline, sdk
 from ingest.pipeline import IngestError, Request, Result
 
 
@@ -68,22 +68,7 @@ class IngestService:
                     raw_events, envelope = pipeline.parse_json(raw, s.max_batch_events)
                 records, errors = pipeline.full_records(raw_events, envelope, project, request)
             records, dropped = pipeline.drop_bots(records, request.user_agent, s.drop_bot_reasons)
-            if self._pending + len(records) > s.max_pending_events:
-                raise IngestError(
-                    503,
-                    "overloaded",
-                    "too many events waiting for the log",
-                    retry_after=s.retry_after_seconds,
-                )
-            self._pending += len(records)
-            try:
-                await pipeline.append(self.producer, records, s.retry_after_seconds)
-            except IngestError as exc:
-                self.log_problem = f"appends failing: {exc.message}"
-                raise
-            finally:
-                self._pending -= len(records)
-            self.log_problem = None
+            await self._append(records)
         except IngestError as exc:
             metrics.INGEST_REJECTED.labels(exc.code).inc()
             raise
@@ -91,6 +76,61 @@ class IngestService:
             metrics.INGEST_REJECTED.labels("invalid_event").inc(len({e["index"] for e in errors}))
         metrics.INGEST_EVENTS.labels(project.id).inc(len(records))
         return Result(accepted=len(records), dropped=dropped, errors=errors)
+
+    async def handle_sdk(self, request: Request, call: sdk.SdkCall) -> sdk.SdkResult:
+        """A vendor SDK's request (ingest/sdk.py): decode → authenticate → translate →
+        validate and enrich → append, with the guarantees of `handle`."""
+        s = self.settings
+        try:
+            doc = sdk.decode(call, request, s.max_body_bytes)
+            key = sdk.key_of(call, request.authorization, doc)
+            project = pipeline.authenticate(self.keys, "", {"write_key": key} if key else {})
+            self._admit(project)
+            translated = sdk.translate(call, doc, project.id, request, s.max_batch_events)
+            records, errors = sdk.records(translated, project, request)
+            if not records and errors:
+                raise IngestError(
+                    400, "invalid_events", "no message in the request is valid", errors=errors
+                )
+            records, dropped = pipeline.drop_bots(records, request.user_agent, s.drop_bot_reasons)
+            await self._append(records)
+        except IngestError as exc:
+            if exc.field == "write_key":
+                exc.field = sdk.KEY_FIELD[call.protocol]
+            metrics.INGEST_REJECTED.labels(exc.code).inc()
+            metrics.INGEST_PROTOCOL_REJECTED.labels(call.protocol, exc.code).inc()
+            raise
+        if errors:
+            refused = len({e["index"] for e in errors})
+            metrics.INGEST_REJECTED.labels("invalid_event").inc(refused)
+            metrics.INGEST_PROTOCOL_REJECTED.labels(call.protocol, "invalid_event").inc(refused)
+        merges = len(translated.merges) if records else 0
+        stored = len(records) - merges
+        metrics.INGEST_EVENTS.labels(project.id).inc(stored)
+        metrics.INGEST_PROTOCOL_EVENTS.labels(call.protocol).inc(stored)
+        if merges:
+            metrics.INGEST_PROTOCOL_REJECTED.labels(call.protocol, "unsupported_merge").inc(merges)
+        return sdk.SdkResult(stored, merges, dropped, errors)
+
+    async def _append(self, records: list[LogRecord]) -> None:
+        """Durably, within the in-flight bound; the log's state kept for /readyz."""
+        s = self.settings
+        if self._pending + len(records) > s.max_pending_events:
+            raise IngestError(
+                503,
+                "overloaded",
+                "too many events waiting for the log",
+                retry_after=s.retry_after_seconds,
+            )
+        self._pending += len(records)
+        try:
+            await pipeline.append(self.producer, records, s.retry_after_seconds)
+        except IngestError as exc:
+            self.log_problem = f"appends failing: {exc.message}"
+            raise
+        finally:
+            self._pending -= len(records)
+        self.log_problem = None
 
     def _admit(self, project: Project) -> None:
         """429 past the write key's rate limit: one bucket per project, so every write key

@@ -288,6 +288,25 @@ def encode_fields(
     )
 
 
+# A record ingest accepted but that is no event (an SDK's identity merge): it names its
+# reason under this field, and the processor keeps it as a dead letter with that reason.
+DEAD_LETTER_FIELD = "dead_letter"
+
+
+def encode_dead_letter(project_id: str, reason: str, detail: str, payload: object) -> bytes:
+    """The log record of a call ingest accepted and keeps only as a dead letter (the call
+    as it came in `payload`), so it is as durable as an event before the client hears 2xx."""
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            DEAD_LETTER_FIELD: reason,
+            "p": project_id,
+            "detail": detail,
+            "payload": payload,
+        }
+    )
+
+
 def decode(payload: bytes) -> Event:
     try:
         doc = orjson.loads(payload)
@@ -295,6 +314,8 @@ def decode(payload: bytes) -> Event:
         raise InvalidMessage("undecodable", str(exc)) from exc
     if not isinstance(doc, dict):
         raise InvalidMessage("undecodable", "not a JSON object")
+    if DEAD_LETTER_FIELD in doc:
+        raise InvalidMessage(str(doc[DEAD_LETTER_FIELD]), str(doc.get("detail", "")))
     version = doc.get("v")
     if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidMessage("unknown_schema_version", repr(version))

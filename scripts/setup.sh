@@ -18,6 +18,16 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
+# The vendors' JS SDKs the SDK tests send with (Node and browser builds, tests/sdk/node),
+# from its lockfile.
+if command -v npm >/dev/null; then
+  npm_stamp="tests/sdk/node/node_modules/.installed-$(sha256sum tests/sdk/node/package-lock.json | cut -c1-16)"
+  if [ ! -f "$npm_stamp" ]; then
+    (cd tests/sdk/node && npm ci --no-audit --no-fund --silent)
+    touch "$npm_stamp"
+  fi
+fi
+
 if [ "${1:-}" = "--all" ]; then
   bash deploy/browser/install.sh
   bash deploy/prometheus/install.sh
