@@ -91,7 +91,11 @@ def open_log(settings: CommonSettings, retention: dict[str, int] | None = None) 
         return KafkaLog(settings.kafka_bootstrap, retention_ms=log_retention_ms(days, None))
     from funnelstream.log.embedded import EmbeddedLog
 
-    backend = EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend = EmbeddedLog(
+        settings.data_dir / "log",
+        default_partitions=settings.partitions,
+        faults=settings.fault_plan(),
+    )
     backend.retention_ms = log_retention_ms(days, backend.retention_ms)
     return backend
 
@@ -155,7 +159,7 @@ def build_app(
             if backend is not None:
                 await backend.ensure_topic(settings.topic, settings.partitions)
             if roles & {"processor", "query"}:
-                ch = ClickHouse(settings.resolved_clickhouse_dsn())
+                ch = ClickHouse(settings.resolved_clickhouse_dsn(), settings.fault_plan())
                 await asyncio.to_thread(migrate, ch)
                 changed = await apply_retention(ch, retention)
                 if changed:

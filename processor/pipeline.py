@@ -343,7 +343,7 @@ class Processor:
             if not batch.empty():
                 self._batch = Batch()
                 started = time.monotonic()
-                writes = Writes.of_batch(batch)
+                writes = Writes.of_batch(batch, self.config.group)
                 # The dead-letter topic is written in the batch too, hence LogUnavailable.
                 with self._collector.io():
                     await steps.retrier.retry(
