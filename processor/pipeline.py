@@ -215,6 +215,8 @@ class Processor:
         self._collector = StepCollector()
         # Messages applied (folded) so far, written or not.
         self.applied_messages = 0
+        # Messages applied and dropped unwritten because the group had moved on (`_fenced`).
+        self.fenced_messages = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -340,6 +342,14 @@ class Processor:
         steps = self._steps
         async with self._flush_lock:
             batch = self._batch
+            consumer = self._consumer
+            if (
+                not batch.empty()
+                and consumer is not None
+                and await consumer.fenced(batch.first_offsets)
+            ):
+                self._fenced(batch)
+                return
             if not batch.empty():
                 self._batch = Batch()
                 started = time.monotonic()
@@ -356,7 +366,6 @@ class Processor:
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
                 steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
                 steps.committer.written(batch.next_offsets)
-            consumer = self._consumer
             if (
                 consumer is not None
                 and steps.committer.pending
@@ -373,6 +382,21 @@ class Processor:
             metrics.PROCESSOR_TOO_LATE.inc(batch.outputs.too_late)
             metrics.PROCESSOR_VISITORS.set(len(steps.states))
             self.processed_messages += batch.messages
+
+    def _fenced(self, batch: Batch) -> None:
+        """The group moved on while this member stalled: drop the batch unwritten, and
+        the visitor states it advanced, rather than race the partitions' new owners with
+        stale rows. They replay it from the last commit; the revocation that follows
+        drops the rest, and a new assignment loads the states anew."""
+        self._batch = Batch()
+        self._steps.states.drop(frozenset(batch.next_offsets))
+        self._steps.committer.forget(frozenset(batch.next_offsets))
+        self.fenced_messages += batch.messages
+        metrics.PROCESSOR_LOG_ERRORS.labels("fenced").inc()
+        log.warning(
+            "fenced out of the group (stalled past the session): dropped %d unwritten messages",
+            batch.messages,
+        )
 
     # -- rebalance -------------------------------------------------------------------
 
