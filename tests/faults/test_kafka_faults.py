@@ -1,5 +1,6 @@
-"""Faults of a processor group on real Kafka: a member that stalls mid-batch past its
-session timeout and then wakes up.
+"""Faults of the log under the processor, on real Kafka: a group member that stalls
+mid-batch past its session timeout and then wakes up; a slow broker and a broker restart
+while the processor is mid-batch.
 
 chdb opens one data path per process, so the group members are `Processor`s in this
 process sharing the engine (as in tests/kafka/test_rebalance.py). The stalled member
@@ -11,6 +12,8 @@ while the broker and the other member carry on.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +38,7 @@ from tests.faults.harness import (
     shop_traffic,
     size,
 )
+from tests.fixtures.kafka import KafkaCluster
 from tests.kafka.helpers import PARTITIONS, unique
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -204,4 +208,76 @@ async def test_a_member_stalled_mid_batch_past_its_session_never_wins(
     assert stalled.processor.fenced_messages > 0
     assert stalled.error is None, stalled.error
     assert offsets.regressions == []
+    assert_stored_exactly(ch, Expected.of(raw), replayed=True)
+
+
+def node_pid(cluster: KafkaCluster, node: int) -> int:
+    """The broker process of a node (deploy/kafka/broker.sh writes its pid file)."""
+    return int((cluster.directory / f"node-{node}" / "pid").read_text())
+
+
+async def test_slow_broker_and_broker_restart_while_the_processor_is_mid_batch(
+    ch: ClickHouse, kafka_cluster3: KafkaCluster
+) -> None:
+    """On the three-node cluster (every partition on three replicas): a node frozen for a
+    few seconds (SIGSTOP: every request to it hangs, as in a long GC pause), then another
+    node restarted, each while the processor holds a batch applied and not written, and
+    events keep coming. Polls and commits fail and are retried; nothing is lost or
+    counted twice."""
+    cluster = kafka_cluster3
+    raw = shop_traffic(visitors=size(600, 6000), seed=seed(41))
+    events = parsed(raw)
+    thirds = [events[: len(events) // 3], events[len(events) // 3 : 2 * len(events) // 3]]
+    thirds.append(events[2 * len(events) // 3 :])
+    topic, group = unique("brokers"), unique("processor")
+    log = KafkaLog(cluster.bootstrap, client_id="processor", request_timeout_ms=5000)
+    producer_log = KafkaLog(cluster.bootstrap, client_id="producer")
+    await producer_log.ensure_topic(topic, PARTITIONS)
+    producer = producer_log.producer(topic)
+    await producer.start()
+    await producer.append(records(thirds[0]))
+    processor = Processor(log, ch, FunnelCatalog([CHECKOUT, ATTEMPTS]), config(topic, group))
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    frozen: int | None = None
+    restarted = False
+    try:
+        await wait_for(lambda: processor.processed_messages > 0, "processing")
+        await wait_for(
+            lambda: processor.applied_messages > processor.processed_messages, "a batch in hand"
+        )
+        frozen = node_pid(cluster, 0)
+        os.kill(frozen, signal.SIGSTOP)
+        sending = asyncio.create_task(producer.append(records(thirds[1])))
+        await asyncio.sleep(3)
+        os.kill(frozen, signal.SIGCONT)
+        frozen = None
+        await sending
+        await wait_for(
+            lambda: processor.applied_messages > processor.processed_messages, "a batch in hand"
+        )
+        await asyncio.to_thread(cluster.stop_node, 1)
+        restarted = True
+        await producer.append(records(thirds[2]))
+        await asyncio.to_thread(cluster.start_node, 1)
+        restarted = False
+        await wait_for(
+            lambda: processor.processed_messages >= len(events), "every event written", 120
+        )
+        committed = Offsets(cluster.bootstrap, topic, group)
+        watching = asyncio.Event()
+        watcher = asyncio.create_task(committed.watch(watching))
+        await wait_for(lambda: sum(committed.last.values()) >= len(events), "all committed", 60)
+        watching.set()
+        await watcher
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        if restarted:
+            await asyncio.to_thread(cluster.start_node, 1)
+        stop.set()
+        await task
+        await producer.stop()
+        await producer_log.close()
+        await log.close()
     assert_stored_exactly(ch, Expected.of(raw), replayed=True)
