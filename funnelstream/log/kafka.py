@@ -476,8 +476,12 @@ class KafkaConsumer(LogConsumer):
         if not held:
             return False
         try:
-            await consumer.commit({self._tp(p): o for p, o in held.items()})
+            async with asyncio.timeout(self._log.request_timeout_ms / 1000):
+                await consumer.commit({self._tp(p): o for p, o in held.items()})
         except CommitFailedError:
+            # Raised for UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS,
+            # each of which makes aiokafka rejoin: a revocation follows, and a new
+            # assignment starts from the committed offsets.
             return True
         except _UNAVAILABLE:
             return False  # the broker did not answer: unknown; the write goes on
