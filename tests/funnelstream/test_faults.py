@@ -76,3 +76,12 @@ def test_faults_are_classified_like_the_engine_s_own_and_ambiguous_ones_land(
     faulty.faults = FaultPlan(rules={"clickhouse": {"fault": "refuse"}})
     with pytest.raises(ClickHouseUnavailable, match="Code: 210"):
         faulty.query_rows_sync("SELECT 1")
+
+
+def test_seconds_bounds_a_rule_in_time() -> None:
+    import time
+
+    plan = FaultPlan(rules={"clickhouse": {"fault": "refuse", "seconds": 0.2}})
+    assert plan.take(("clickhouse",)) is not None
+    time.sleep(0.25)
+    assert plan.take(("clickhouse",)) is None
