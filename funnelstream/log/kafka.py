@@ -470,7 +470,7 @@ class KafkaConsumer(LogConsumer):
         coordinator = consumer._coordinator
         # aiokafka forgets its generation when told the member is unknown (a heartbeat,
         # join or commit refused with UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION).
-        if coordinator is not None and coordinator.generation == _NO_GENERATION:
+        if getattr(coordinator, "generation", None) == _NO_GENERATION:
             return True
         held = {p: o for p, o in written.items() if p in self._membership.held}
         if not held:
