@@ -153,9 +153,9 @@ async def test_clickhouse_failing_while_events_keep_coming(
         await asyncio.sleep(0.5)  # events keep coming; nothing is written or committed
         assert processor.processed_messages == written
         assert {p: log.store.committed("events", CONFIG.group, p) for p in range(4)} == committed
-        assert (
-            metrics.PROCESSOR_WRITE_RETRIES._value.get() > retries_before or point == "clickhouse"
-        )
+        if point == "clickhouse.insert":
+            # (With the engine down the poll's dedupe lookup, a read, may fail first.)
+            assert metrics.PROCESSOR_WRITE_RETRIES._value.get() > retries_before
         plan.set({})  # back up
         await feeding
         await wait_for(lambda: processor.processed_messages >= len(raw), "every event written")
