@@ -94,7 +94,11 @@ def open_log(settings: CommonSettings, retention: dict[str, int] | None = None) 
         return KafkaLog(settings.kafka_bootstrap, retention_ms=log_retention_ms(days, None))
     from funnelstream.log.embedded import EmbeddedLog
 
-    backend = EmbeddedLog(settings.data_dir / "log", default_partitions=settings.partitions)
+    backend = EmbeddedLog(
+        settings.data_dir / "log",
+        default_partitions=settings.partitions,
+        faults=settings.fault_plan(),
+    )
     backend.retention_ms = log_retention_ms(days, backend.retention_ms)
     return backend
 
@@ -158,7 +162,7 @@ def build_app(
             if backend is not None:
                 await backend.ensure_topic(settings.topic, settings.partitions)
             if roles & {"processor", "query"}:
-                ch = ClickHouse(settings.resolved_clickhouse_dsn())
+                ch = ClickHouse(settings.resolved_clickhouse_dsn(), settings.fault_plan())
                 await asyncio.to_thread(migrate, ch, statements_of(settings.clickhouse_cluster))
                 changed = await apply_retention(ch, retention)
                 if changed:

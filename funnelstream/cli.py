@@ -286,8 +286,10 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"funnelstream keys: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
+        from funnelstream.cluster_schema import statements_of
+
         ch = ClickHouse(settings.resolved_clickhouse_dsn())
-        migrate(ch)
+        migrate(ch, statements_of(settings.clickhouse_cluster))
         store.reload_sync(ch)
     except (ClickHouseUnavailable, ClickHouseQueryError) as exc:
         print(

@@ -18,6 +18,8 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver import exceptions as driver_errors
 
+from funnelstream.faults import FaultPlan
+
 
 class ClickHouseUnavailable(Exception):
     """ClickHouse did not take a write or answer a query for a reason that passes
@@ -143,9 +145,22 @@ def _engine_lock(dsn: str) -> threading.Lock:
         return _ENGINE_LOCKS.setdefault(dsn, threading.Lock())
 
 
+# An insert's deduplication token makes a retry of the same write a no-op on the engine
+# (tables need `non_replicated_deduplication_window`, migration 0014): the copies a
+# materialized view makes of the block are deduplicated with it.
+def _dedup_settings(token: str) -> dict[str, Any]:
+    return {
+        "insert_deduplication_token": token,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+
+
 class ClickHouse:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, faults: FaultPlan | None = None) -> None:
+        """`faults`: test-only injected failures (funnelstream/faults.py), asked before and
+        after every call to the real engine."""
         self.dsn = dsn
+        self.faults = faults
         self.embedded = dsn.startswith("chdb://")
         try:
             self._client = _open(dsn)
@@ -153,13 +168,23 @@ class ClickHouse:
             raise classify(exc, "-- connect") from exc
         self._lock = _engine_lock(dsn) if self.embedded else threading.Lock()
 
-    def _call(self, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """`sql`: the statement, kept on a `ClickHouseQueryError` for the log."""
+    def _call(self, kind: str, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`kind`: "insert", "query" or "command" (a fault point's name); `sql`: the
+        statement, kept on a `ClickHouseQueryError` for the log."""
         try:
+            fault = None
+            if self.faults is not None:
+                fault = self.faults.take(("clickhouse." + kind, "clickhouse"), sql)
+                if fault is not None and not fault.after:
+                    raise fault.error(sql)
             if self.embedded:
                 with self._lock:
-                    return fn(*args, **kwargs)
-            return fn(*args, **kwargs)
+                    result = fn(*args, **kwargs)
+            else:
+                result = fn(*args, **kwargs)
+            if fault is not None:  # ambiguous: the engine has done it, the caller is told not
+                raise fault.error(sql)
+            return result
         except Exception as exc:
             raise classify(exc, sql) from exc
 
@@ -167,22 +192,30 @@ class ClickHouse:
     def query_rows_sync(
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        result = self._call(sql, self._client.query, sql, parameters=parameters or {})
+        result = self._call("query", sql, self._client.query, sql, parameters=parameters or {})
         return [tuple(r) for r in result.result_rows]
 
     def command_sync(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
-        self._call(sql, self._client.command, sql, parameters=parameters or {})
+        self._call("command", sql, self._client.command, sql, parameters=parameters or {})
 
     def insert_sync(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
+        """`dedup_token`: the same token on a retried insert makes it a no-op where the
+        first attempt landed (an ambiguous failure), instead of a second copy."""
         if rows:
             self._call(
+                "insert",
                 f"INSERT INTO {table}",
                 self._client.insert,
                 table,
                 list(rows),
                 column_names=list(columns),
+                settings=_dedup_settings(dedup_token) if dedup_token else None,
             )
 
     # async API (services)
@@ -195,9 +228,13 @@ class ClickHouse:
         await asyncio.to_thread(self.command_sync, sql, parameters)
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
-        await asyncio.to_thread(self.insert_sync, table, rows, columns)
+        await asyncio.to_thread(self.insert_sync, table, rows, columns, dedup_token)
 
     def close(self) -> None:
         with self._lock:

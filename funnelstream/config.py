@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from funnelstream.cluster_schema import CLUSTER_NAME
+from funnelstream.faults import FaultPlan
 from funnelstream.ratelimit import parse_rate_limit
 from schemas.funnels import MAX_DEFINITION_BYTES, FunnelDefinition, validate_funnel
 
@@ -85,9 +86,29 @@ class CommonSettings(BaseSettings):
     # Days a project's rows are kept when its config says nothing (funnelstream/retention.py);
     # 0 keeps them forever, so an upgrade never deletes history nobody asked to delete.
     retention_days: int = Field(default=0, ge=0, le=36500)
+    # Test only: a fault plan file (funnelstream/faults.py) that makes ClickHouse calls and
+    # embedded log writes fail on purpose. Refused unless `test_faults_allowed` is set as
+    # well, and always in production mode: a stray variable must not break a deployment.
+    test_faults: Path | None = None
+    test_faults_allowed: bool = False
+
+    @model_validator(mode="after")
+    def _test_faults_only_in_tests(self) -> CommonSettings:
+        if self.test_faults is not None and (
+            not self.test_faults_allowed or self.mode == "production"
+        ):
+            raise ValueError(
+                "test_faults injects failures on purpose: refused unless "
+                "FUNNELSTREAM_TEST_FAULTS_ALLOWED=1 is set too, and always in production mode"
+            )
+        return self
 
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def fault_plan(self) -> FaultPlan | None:
+        """The test-only fault plan, if one is set (validated above)."""
+        return None if self.test_faults is None else FaultPlan(self.test_faults)
 
 
 class IngestSettings(CommonSettings):

@@ -143,7 +143,8 @@ PROCESSOR_WRITE_RETRIES = Counter(
 )
 PROCESSOR_LOG_ERRORS = Counter(
     "funnelstream_processor_log_errors_total",
-    "Log calls that failed and were retried or given up (poll, commit), by call",
+    'Log calls that failed and were retried or given up (poll, commit), by call; "fenced":'
+    " batches dropped unwritten because the group had moved on without this member",
     ["call"],
     registry=REGISTRY,
 )

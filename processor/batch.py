@@ -28,6 +28,8 @@ class Batch:
     # Visitor key → (partition, state) of every visitor the batch changed.
     dirty: dict[str, tuple[int, VisitorState]] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
+    # The first offset taken per partition: with `next_offsets`, the span the batch holds.
+    first_offsets: dict[int, int] = field(default_factory=dict)
     received_ms: list[int] = field(default_factory=list)
     messages: int = 0
     started: float = 0.0
@@ -44,6 +46,7 @@ class Batch:
         if self.messages == 0:
             self.started = time.monotonic()
         self.messages += 1
+        self.first_offsets.setdefault(partition, offset)
         self.next_offsets[partition] = offset + 1
 
 

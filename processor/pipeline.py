@@ -215,6 +215,11 @@ class Processor:
         self._collector = StepCollector()
         # Messages applied (folded) so far, written or not.
         self.applied_messages = 0
+        # Messages applied and dropped unwritten because the group had moved on (`_fenced`).
+        self.fenced_messages = 0
+        # Fenced out of the group: apply, write and erase nothing until the revocation
+        # that must follow (the states held are no longer what was written).
+        self._fenced_out = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -294,6 +299,11 @@ class Processor:
 
     async def _apply(self, messages: list[LogMessage]) -> None:
         steps = self._steps
+        if self._fenced_out:
+            # Their partitions are another member's now; whoever owns them next reads
+            # them again from the last commit (a new assignment starts there).
+            self.fenced_messages += len(messages)
+            return
         self.applied_messages += len(messages)
         # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
         # the apply: it would swap the batch whose pending ids the lookup checked
@@ -319,6 +329,8 @@ class Processor:
         once the deletes are done."""
         steps = self._steps
         await self.flush()
+        if self._fenced_out:
+            return  # the partition's next owner erases it, in log order
         async with self._flush_lock:
             await steps.retrier.retry(
                 "erasure",
@@ -340,10 +352,17 @@ class Processor:
         steps = self._steps
         async with self._flush_lock:
             batch = self._batch
+            consumer = self._consumer
+            if not batch.empty() and (
+                self._fenced_out
+                or (consumer is not None and await consumer.fenced(batch.first_offsets))
+            ):
+                self._fenced(batch)
+                return
             if not batch.empty():
                 self._batch = Batch()
                 started = time.monotonic()
-                writes = Writes.of_batch(batch)
+                writes = Writes.of_batch(batch, self.config.group)
                 # The dead-letter topic is written in the batch too, hence LogUnavailable.
                 with self._collector.io():
                     await steps.retrier.retry(
@@ -356,7 +375,6 @@ class Processor:
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
                 steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
                 steps.committer.written(batch.next_offsets)
-            consumer = self._consumer
             if (
                 consumer is not None
                 and steps.committer.pending
@@ -375,6 +393,22 @@ class Processor:
             metrics.PROCESSOR_TOO_LATE.inc(batch.outputs.too_late)
             metrics.PROCESSOR_VISITORS.set(len(steps.states))
             self.processed_messages += batch.messages
+
+    def _fenced(self, batch: Batch) -> None:
+        """The group moved on while this member stalled: drop the batch unwritten, and
+        the visitor states it advanced, rather than race the partitions' new owners with
+        stale rows. They replay it from the last commit; the revocation that follows
+        drops the rest, and a new assignment loads the states anew."""
+        self._fenced_out = True
+        self._batch = Batch()
+        self._steps.states.drop(frozenset(batch.next_offsets))
+        self._steps.committer.forget(frozenset(batch.next_offsets))
+        self.fenced_messages += batch.messages
+        metrics.PROCESSOR_LOG_ERRORS.labels("fenced").inc()
+        log.warning(
+            "fenced out of the group (stalled past the session): dropped %d unwritten messages",
+            batch.messages,
+        )
 
     # -- rebalance -------------------------------------------------------------------
 
@@ -403,6 +437,9 @@ class Processor:
             # visitor, what the states we wrote say was applied.
             log.warning("giving up uncommitted offsets %s of revoked partitions", lost)
         steps.states.drop(partitions)
+        # Everything held is revoked together (the eager protocol), so from here the
+        # member starts anew: a new assignment loads its states and offsets.
+        self._fenced_out = False
         steps.backfiller.revoked(partitions)
         for partition in partitions:
             with contextlib.suppress(KeyError):

@@ -7,12 +7,20 @@ on disk implies its rows are on disk (processor/state.py), and the offset commit
 backfill's marker) comes after the whole write. A failed write is retried as a whole by
 the caller; every step is idempotent (ReplacingMergeTree keys, rebuilds from what is
 stored), so a retry or a replay after a crash writes the same rows again.
+
+A write can also fail ambiguously: the insert landed, the answer was lost. Read with
+FINAL the second copy would not count, but not every read is FINAL (reports read `events`
+as stored, the live stream reads transitions as written). So every insert of a batch
+carries a deduplication token (`batch_token`): the same log span and events give the
+same token, on a retry and on a replay after a restart, and the engine drops a block it
+has already taken under that token (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
@@ -87,9 +95,11 @@ class Writes:
     # writes the same corrections again (same rows, same write time, so a stream reader
     # sees each once) instead of re-folding from states the first attempt replaced.
     refolds: Refolds | None = None
+    # The inserts' deduplication token base (`batch_token`); "" writes without one.
+    token: str = ""
 
     @classmethod
-    def of_batch(cls, batch: Batch) -> Writes:
+    def of_batch(cls, batch: Batch, group: str) -> Writes:
         out = batch.outputs
         return cls(
             outputs=out,
@@ -98,7 +108,24 @@ class Writes:
             fresh={str(row[1]) for row in out.events} if out.users else set(),
             dead_letters=batch.dead_letters,
             dead_letter_records=batch.dead_letter_records,
+            token=batch_token(group, batch),
         )
+
+
+def batch_token(group: str, batch: Batch) -> str:
+    """What names a batch's writes, rebuilt alike after a restart: the consumer group, the
+    log span per partition, and the batch's first and last event ids (random UUIDs, so a
+    log started over from offset 0 against the same ClickHouse never reuses an old
+    batch's token; two ids instead of a digest of all: a digest of 20,000 ids cost ~35 ms)."""
+    span = ",".join(
+        f"{p}:{batch.first_offsets.get(p, end - 1)}-{end}"
+        for p, end in sorted(batch.next_offsets.items())
+    )
+    events = batch.outputs.events
+    ends = f"{events[0][1]}..{events[-1][1]}" if events else ""
+    # Hashed to a fixed length: the span grows with the partitions a batch reads.
+    named = hashlib.blake2b(f"{span}/{len(events)}:{ends}".encode(), digest_size=16)
+    return f"{group}/{named.hexdigest()}"
 
 
 @dataclass(slots=True)
@@ -108,6 +135,9 @@ class _Pass:
 
     writes: Writes
     users: UserRows = field(default_factory=UserRows)
+    # Inserts made so far: the n-th insert of a pass gets token "<base>/<n>". The steps
+    # insert in one fixed order, so every attempt numbers them alike.
+    inserts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,18 +185,28 @@ class Sink:
         for step in order:
             await step.write(self, done)
 
+    async def _insert(
+        self, done: _Pass, table: str, rows: Sequence[Row], columns: Sequence[str]
+    ) -> None:
+        """Every insert of a pass, numbered (empty ones too, so the numbering never
+        depends on what an attempt found to write)."""
+        done.inserts += 1
+        base = done.writes.token
+        token = f"{base}/{done.inserts}" if base else None
+        await self._ch.insert(table, rows, columns, token)
+
     # -- the steps, in the order BATCH_ORDER names them ------------------------------
 
     async def _events(self, done: _Pass) -> None:
-        await self._ch.insert("events", done.writes.outputs.events, EVENT_COLUMNS)
+        await self._insert(done, "events", done.writes.outputs.events, EVENT_COLUMNS)
 
     async def _sessions(self, done: _Pass) -> None:
         rows = list(done.writes.outputs.sessions.values())
-        await self._ch.insert("sessions", rows, SESSION_COLUMNS)
+        await self._insert(done, "sessions", rows, SESSION_COLUMNS)
 
     async def _identities(self, done: _Pass) -> None:
-        await self._ch.insert(
-            "visitor_identities", done.writes.outputs.identities, IDENTITY_COLUMNS
+        await self._insert(
+            done, "visitor_identities", done.writes.outputs.identities, IDENTITY_COLUMNS
         )
 
     async def _rebuild_users(self, done: _Pass) -> None:
@@ -175,7 +215,7 @@ class Sink:
 
     async def _funnel_states(self, done: _Pass) -> None:
         rows = list(done.writes.outputs.funnel_states.values()) + done.users.funnel_states
-        await self._ch.insert("funnel_state", rows, FUNNEL_STATE_COLUMNS)
+        await self._insert(done, "funnel_state", rows, FUNNEL_STATE_COLUMNS)
 
     async def _transitions(self, done: _Pass) -> None:
         # One insert: the table keeps each key's last row in insert order, also within an
@@ -183,7 +223,7 @@ class Sink:
         # view gets every row, retractions included. The users' rows are as they happened.
         happened, retractions, corrections = done.writes.outputs.transition_inserts()
         rows = [*happened, *done.users.transitions, *retractions, *corrections]
-        await self._ch.insert("funnel_transitions", rows, TRANSITION_COLUMNS)
+        await self._insert(done, "funnel_transitions", rows, TRANSITION_COLUMNS)
 
     async def _refolds(self, done: _Pass) -> None:
         w = done.writes
@@ -195,12 +235,12 @@ class Sink:
             w.refolds = await self._refolder.refold(w.outputs.refold, w.dirty)
         found = w.refolds
         fixes = found.fixes
-        await self._ch.insert("sessions", fixes.sessions, SESSION_COLUMNS)
-        await self._ch.insert("funnel_state", fixes.funnel_states, FUNNEL_STATE_COLUMNS)
+        await self._insert(done, "sessions", fixes.sessions, SESSION_COLUMNS)
+        await self._insert(done, "funnel_state", fixes.funnel_states, FUNNEL_STATE_COLUMNS)
         # Retractions first: a correction that follows shares their key in
         # funnel_transitions, and the later row of one insert is the one kept.
-        await self._ch.insert(
-            "funnel_transitions", fixes.retractions + fixes.transitions, TRANSITION_COLUMNS
+        await self._insert(
+            done, "funnel_transitions", fixes.retractions + fixes.transitions, TRANSITION_COLUMNS
         )
         # The re-folded states replace the live ones, written below and held from now on.
         for key, (partition, state) in found.replaced.items():
@@ -214,7 +254,7 @@ class Sink:
         metrics.PROCESSOR_REFOLD_SECONDS.observe(time.monotonic() - started)
 
     async def _dead_letter_table(self, done: _Pass) -> None:
-        await self._ch.insert("dead_letters", done.writes.dead_letters, DEAD_LETTER_COLUMNS)
+        await self._insert(done, "dead_letters", done.writes.dead_letters, DEAD_LETTER_COLUMNS)
 
     async def _dead_letter_topic(self, done: _Pass) -> None:
         records = done.writes.dead_letter_records
@@ -227,18 +267,18 @@ class Sink:
             (self._group, partition, key, state.dumps(), state.applied_offset)
             for key, (partition, state) in done.writes.dirty.items()
         ]
-        await self._ch.insert("processor_state", rows, STATE_COLUMNS)
+        await self._insert(done, "processor_state", rows, STATE_COLUMNS)
 
     async def _funnel_progress(self, done: _Pass) -> None:
         rows = done.writes.funnel_progress
-        await self._ch.insert("visitor_funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
+        await self._insert(done, "visitor_funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
 
     async def _progress(self, done: _Pass) -> None:
         rows = done.writes.progress
-        await self._ch.insert("funnel_backfill_progress", rows, PROGRESS_COLUMNS)
+        await self._insert(done, "funnel_backfill_progress", rows, PROGRESS_COLUMNS)
 
     async def _markers(self, done: _Pass) -> None:
-        await self._ch.insert("funnel_backfills", done.writes.markers, BACKFILL_COLUMNS)
+        await self._insert(done, "funnel_backfills", done.writes.markers, BACKFILL_COLUMNS)
 
 
 # A batch: the log's messages turned into rows.

@@ -138,6 +138,15 @@ class LogConsumer(abc.ABC):
     def assignment(self) -> frozenset[int]:
         """The partitions this member holds now; empty from the start of `on_revoked`."""
 
+    async def fenced(self, written: Mapping[int, int]) -> bool:
+        """Whether the group has already moved on without this member (it stalled past
+        its session): what it holds belongs to others now, even before `on_revoked` says
+        so, and its batch must not be written; the new owners replay it from the last
+        commit. `written`: per partition, the offset before which everything is written,
+        which may be committed to find out. A backend that cannot lose a member this way
+        never is."""
+        return False
+
     @abc.abstractmethod
     async def end_offsets(self) -> dict[int, int]:
         """The next offset to be written, per assigned partition (for lag)."""

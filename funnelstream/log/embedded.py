@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from funnelstream.faults import FaultPlan
 from funnelstream.log.base import (
     Log,
     LogConsumer,
@@ -69,8 +70,10 @@ def _connect(path: Path) -> sqlite3.Connection:
 class _Store:
     """The SQLite file; every method is blocking and meant for a worker thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, faults: FaultPlan | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Test only (funnelstream/faults.py): "log.append" fails a write as a full disk does.
+        self._faults = faults
         self._write = _connect(path)
         self._read = _connect(path)
         self._write_lock = threading.Lock()
@@ -113,6 +116,8 @@ class _Store:
         by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(partition_for(record.key, partitions), []).append(record)
+        if self._faults is not None and (fault := self._faults.take(("log.append",))):
+            raise fault.error(topic)
         with self._write_lock:
             self._write.execute("BEGIN IMMEDIATE")
             try:
@@ -263,8 +268,9 @@ class EmbeddedLog(Log):
         directory: Path,
         default_partitions: int = 8,
         retention_ms: int | None = 7 * 24 * 3600 * 1000,
+        faults: FaultPlan | None = None,
     ) -> None:
-        self._store = _Store(Path(directory) / "log.sqlite3")
+        self._store = _Store(Path(directory) / "log.sqlite3", faults)
         self._default_partitions = default_partitions
         self.retention_ms = retention_ms
         self._appenders: dict[str, _Appender] = {}

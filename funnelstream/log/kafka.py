@@ -21,7 +21,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.structs import TopicPartition
 
 from funnelstream.log.base import (
@@ -35,6 +41,9 @@ from funnelstream.log.base import (
 )
 
 logger = logging.getLogger(__name__)
+# aiokafka's generation id while it is not a member of its group (OffsetCommitRequest's
+# DEFAULT_GENERATION_ID).
+_NO_GENERATION = -1
 
 # What a broker or network failure looks like from aiokafka: its own errors, asyncio
 # timeouts and socket errors that escape it.
@@ -450,6 +459,33 @@ class KafkaConsumer(LogConsumer):
 
     def assignment(self) -> frozenset[int]:
         return self._membership.held
+
+    async def fenced(self, written: Mapping[int, int]) -> bool:
+        """Asks the coordinator: commits `written` (all of it is written, so committing it
+        is always right), which it refuses once the group has moved on. A member that
+        stalled learns so before it writes, not from the heartbeat that answers later."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        coordinator = consumer._coordinator
+        # aiokafka forgets its generation when told the member is unknown (a heartbeat,
+        # join or commit refused with UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION).
+        if getattr(coordinator, "generation", None) == _NO_GENERATION:
+            return True
+        held = {p: o for p, o in written.items() if p in self._membership.held}
+        if not held:
+            return False
+        try:
+            async with asyncio.timeout(self._log.request_timeout_ms / 1000):
+                await consumer.commit({self._tp(p): o for p, o in held.items()})
+        except CommitFailedError:
+            # Raised for UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS,
+            # each of which makes aiokafka rejoin: a revocation follows, and a new
+            # assignment starts from the committed offsets.
+            return True
+        except _UNAVAILABLE:
+            return False  # the broker did not answer: unknown; the write goes on
+        return False
 
     async def end_offsets(self) -> dict[int, int]:
         consumer = self._started()

@@ -181,11 +181,13 @@ class GatedClickHouse(ClickHouse):
         self.gate.set()
         self.blocked = asyncio.Event()
 
-    async def insert(self, table: str, rows: Any, columns: Any) -> None:
+    async def insert(
+        self, table: str, rows: Any, columns: Any, dedup_token: str | None = None
+    ) -> None:
         if rows and not self.gate.is_set():
             self.blocked.set()
             await self.gate.wait()
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 async def test_commit_refused_after_the_group_moved_on(

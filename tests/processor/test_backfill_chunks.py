@@ -168,10 +168,14 @@ class Counting(ClickHouse):
         self.rows: dict[str, list[Sequence[Any]]] = {}
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
         self.rows.setdefault(table, []).extend(rows)
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 async def test_a_stopped_backfill_stops_at_once_and_resumes_where_it_was(

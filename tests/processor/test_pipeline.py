@@ -59,12 +59,16 @@ class FlakyClickHouse(ClickHouse):
         self.fail_tables = fail_tables
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
         if rows and self.fail_tables.get(table, 0) > 0:
             self.fail_tables[table] -= 1
             raise ClickHouseUnavailable(f"injected failure writing {table}")
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 async def append(log: EmbeddedLog, payloads: list[tuple[bytes, bytes]]) -> None:

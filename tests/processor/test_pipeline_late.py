@@ -268,11 +268,13 @@ async def test_a_crash_at_the_retraction_and_its_correction_replays_exactly(
             self.__dict__.update(real.__dict__)
             self.blocked = 0
 
-        async def insert(self, table: str, rows: Any, columns: Any) -> None:
+        async def insert(
+            self, table: str, rows: Any, columns: Any, dedup_token: str | None = None
+        ) -> None:
             if table == "funnel_transitions" and any(r[-1] == "corrected" for r in rows):
                 self.blocked += 1
                 raise ClickHouseUnavailable("injected: gone before the correction")
-            await super().insert(table, rows, columns)
+            await super().insert(table, rows, columns, dedup_token)
 
     funnel = VIEW_CART
 

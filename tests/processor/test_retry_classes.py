@@ -35,9 +35,15 @@ class RenamedEvents(ClickHouse):
         self.__dict__.update(real.__dict__)
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
-        await super().insert("events_gone" if table == "events" else table, rows, columns)
+        await super().insert(
+            "events_gone" if table == "events" else table, rows, columns, dedup_token
+        )
 
 
 class Outage(ClickHouse):
@@ -48,12 +54,16 @@ class Outage(ClickHouse):
         self.failures = failures
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
         if table == "events" and self.failures > 0:
             self.failures -= 1
             raise ClickHouseUnavailable("injected outage")
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 async def log_with_events(tmp_path: Path, n: int = 6) -> EmbeddedLog:

@@ -182,11 +182,15 @@ class Recording(ClickHouse):
         self.tables: list[str] = []
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
         if rows:
             self.tables.append(table)
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 @pytest.mark.clickhouse
@@ -232,7 +236,7 @@ async def test_the_sink_writes_a_batch_in_its_declared_order(
             out=batch.outputs,
         )
         batch.dirty["p\x1fv"] = (d.partition, state)
-    await sink.write(Writes.of_batch(batch), BATCH_ORDER)
+    await sink.write(Writes.of_batch(batch, "g"), BATCH_ORDER)
     await sink.stop()
     await log.close()
     assert recording.tables == [
