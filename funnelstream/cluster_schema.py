@@ -54,6 +54,9 @@ _CREATE_VIEW = re.compile(rf"^CREATE MATERIALIZED VIEW IF NOT EXISTS ({_NAME})\b
 _DROP_VIEW = re.compile(rf"^DROP VIEW IF EXISTS ({_NAME})$")
 _ALTER = re.compile(rf"^ALTER TABLE ({_NAME}) (ADD COLUMN|ADD INDEX)\b(.*)$", re.S)
 _INSERT_SELECT = re.compile(rf"^INSERT INTO ({_NAME})\s+SELECT\b", re.S)
+_NON_REPLICATED_WINDOW = re.compile(
+    rf"^ALTER TABLE ({_NAME}) MODIFY SETTING non_replicated_deduplication_window\b"
+)
 
 
 class UnknownStatement(ValueError):
@@ -104,6 +107,11 @@ def render_statement(sql: str, cluster: str) -> list[str]:
         if command == "ADD COLUMN":  # a Distributed table lists its columns too
             out.append(f"ALTER TABLE {table}{DISTRIBUTED_SUFFIX} {on} {command}{rest}")
         return out
+    if _NON_REPLICATED_WINDOW.match(sql):
+        # Replicated tables keep their inserts' deduplication tokens by themselves
+        # (`replicated_deduplication_window`): the window plain MergeTree tables need for
+        # the processor's tokens (0014_insert_deduplication.sql) has nothing to add.
+        return []
     if _INSERT_SELECT.match(sql):
         # Data carried forward from an older schema: run once, on the node that applies
         # the migrations; the replicated target brings the rows to the other replicas.

@@ -175,10 +175,10 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     recorder = Recorder()
     run = ClickHouse._call
 
-    def keep(self: ClickHouse, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(fn, "__name__", "") != "insert":
+    def keep(self: ClickHouse, kind: str, sql: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if kind != "insert":
             recorder.seen.setdefault(sql, dict(kwargs.get("parameters") or {}))
-        return run(self, sql, fn, *args, **kwargs)
+        return run(self, kind, sql, fn, *args, **kwargs)
 
     monkeypatch.setattr(ClickHouse, "_call", keep)
     yield recorder
