@@ -99,6 +99,10 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ),
     ("GET", "/v1/funnels/{funnel_id}/time-to-convert"): Needs("read", "not_found", params=RANGE),
     ("GET", "/v1/funnels/{funnel_id}/open"): Needs("read", "not_found", params=RANGE),
+    # decisions
+    ("GET", "/v1/funnels/{funnel_id}/experiment"): Needs(
+        "read", "not_found", params={**RANGE, "property": "variant", "control": "A"}
+    ),
     ("GET", "/v1/stats"): Needs("read"),
     # keys
     ("GET", "/v1/keys"): Needs("admin"),
