@@ -103,6 +103,9 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ("GET", "/v1/funnels/{funnel_id}/experiment"): Needs(
         "read", "not_found", params={**RANGE, "property": "variant", "control": "A"}
     ),
+    ("GET", "/v1/funnels/{funnel_id}/forecast"): Needs(
+        "read", "not_found", params={**RANGE, "target": "10"}
+    ),
     ("GET", "/v1/stats"): Needs("read"),
     # keys
     ("GET", "/v1/keys"): Needs("admin"),
