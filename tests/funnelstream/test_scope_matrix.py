@@ -106,6 +106,9 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ("GET", "/v1/funnels/{funnel_id}/forecast"): Needs(
         "read", "not_found", params={**RANGE, "target": "10"}
     ),
+    ("GET", "/v1/funnels/{funnel_id}/drivers"): Needs(
+        "read", "not_found", params={**RANGE, "step": "0"}
+    ),
     ("GET", "/v1/retention"): Needs("read", params={**RANGE, "start_event": "buy"}),
     ("GET", "/v1/stats"): Needs("read"),
     # keys

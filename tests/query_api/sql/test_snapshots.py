@@ -25,6 +25,7 @@ from query_api.sql.analysis import (
     open_funnel_sql,
 )
 from query_api.sql.cohorts import RetentionQuery, retention_sql
+from query_api.sql.drivers import drivers_sql
 from query_api.sql.experiment import experiment_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
@@ -143,6 +144,7 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
             "shop", START, END, "purchase", "purchase", "week", 8, "Europe/Berlin", "user", "plan"
         )
     ),
+    "drivers_step_1": lambda: drivers_sql(funnel(), "shop", START, END, END, 1, 500),
     "experiment_by_user": lambda: experiment_sql(
         funnel(count_by="user"), "shop", START, END, "variant"
     ),
