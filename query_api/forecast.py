@@ -3,9 +3,12 @@ it is tested without ClickHouse, and backtested on generated data with known rat
 
 The model (docs/forecasts.md states it for users):
 
-* Step k's conversion (of entities that reached step k-1 and are no longer in progress,
-  those that reached step k) is a binomial rate with Jeffreys' prior: its posterior is
-  Beta(converted + 1/2, decided - converted + 1/2). Steps are independent.
+* Step k's conversion (of the entities that reached step k-1, those that reached step k,
+  as the report counts them) is a binomial rate with Jeffreys' prior: its posterior is
+  Beta(converted + 1/2, trials - converted + 1/2). Steps are independent. Entities still
+  in progress count as not converted, as in the report (leaving them out would count
+  the quick converters of the last window and not the slow ones: a bias upwards, the
+  larger; a range much longer than the funnel's window makes either small).
 * Entities enter the funnel as a Poisson process; its daily rate has the Jeffreys
   posterior Gamma(entered + 1/2, 1 / days observed).
 * Expected conversions at each step for a horizon: entrants (given, or drawn from the
@@ -46,11 +49,11 @@ class Estimate:
 
 @dataclass(frozen=True, slots=True)
 class StepRate:
-    """Step k's conversion: `converted` of `decided` (entities that reached the previous
-    step, minus those still in progress there); step 0 has none."""
+    """Step k's conversion: `converted` of `trials` (entities that reached the previous
+    step); step 0 has none."""
 
     converted: int
-    decided: int
+    trials: int
     rate: Estimate
 
 
@@ -79,7 +82,6 @@ def _interval(draws: np.ndarray, expected: float | None, level: float) -> Estima
 
 def forecast(
     reached: Sequence[int],
-    in_progress: Sequence[int],
     days_observed: float,
     *,
     horizon_days: float,
@@ -87,20 +89,20 @@ def forecast(
     target: int | None = None,
     level: float = 0.9,
 ) -> Forecast:
-    """`reached`, `in_progress`: per step, as the report counts them over `days_observed`
-    days. `entrants`: the top-of-funnel volume to forecast for (default: the current
-    daily rate times `horizon_days`). `target`: conversions wanted at the last step."""
+    """`reached`: entities per step, as the report counts them over `days_observed` days.
+    `entrants`: the top-of-funnel volume to forecast for (default: the current daily rate
+    times `horizon_days`). `target`: conversions wanted at the last step."""
     rng = np.random.default_rng(_SEED)
     tail = (1 - level) / 2
     rates = []
     draws = []
     for k in range(1, len(reached)):
         converted = reached[k]
-        decided = max(reached[k - 1] - in_progress[k - 1], converted)
-        a, b = converted + 0.5, decided - converted + 0.5
+        trials = reached[k - 1]
+        a, b = converted + 0.5, trials - converted + 0.5
         low, high = beta.ppf([tail, 1 - tail], a, b)
-        point = converted / decided if decided else None
-        rates.append(StepRate(converted, decided, Estimate(point, float(low), float(high))))
+        point = converted / trials if trials else None
+        rates.append(StepRate(converted, trials, Estimate(point, float(low), float(high))))
         draws.append(rng.beta(a, b, size=DRAWS))
 
     shape, scale = reached[0] + 0.5, 1 / days_observed
@@ -123,7 +125,7 @@ def forecast(
     for k, p in enumerate(draws):
         counts = rng.binomial(counts, p)
         s = rates[k]
-        mean *= (s.converted + 0.5) / (s.decided + 1)
+        mean *= (s.converted + 0.5) / (s.trials + 1)
         steps.append(_interval(counts, mean, level))
 
     needed = days = None

@@ -40,10 +40,10 @@ class StepRateOut(BaseModel):
     index: int
     event: str
     converted: int = Field(description="Entities that reached this step")
-    decided: int = Field(
-        description="Entities that reached the previous step, minus those still in progress"
+    trials: int = Field(
+        description="Entities that reached the previous step (in progress: not converted)"
     )
-    rate: EstimateOut = Field(description="converted / decided, Jeffreys interval")
+    rate: EstimateOut = Field(description="converted / trials, Jeffreys interval")
 
 
 class StepForecastOut(BaseModel):
@@ -77,7 +77,7 @@ class ForecastOut(BaseModel):
                             "index": 1,
                             "event": "buy",
                             "converted": 70,
-                            "decided": 700,
+                            "trials": 700,
                             "rate": {"expected": 0.1, "low": 0.083, "high": 0.12},
                         }
                     ],
@@ -144,8 +144,8 @@ async def funnel_forecast(
     from_: From = None,
     to: To = None,
 ) -> ForecastOut:
-    """Step conversions observed in [from, to) (default: the last 30 days; entities still
-    in progress are left out of their step's denominator) give: the conversions expected at
+    """Step conversions observed in [from, to) (default: the last 30 days; counted as the
+    report counts them, in progress as not converted yet) give: the conversions expected at
     each step from `entrants` entrants, or from the observed daily entrants over
     `horizon_days`; with `target`, the entrants and the days at today's traffic a target at
     the last step needs. Intervals reflect the sample size (a beta-binomial chain;
@@ -157,7 +157,6 @@ async def funnel_forecast(
     result = await run_in_threadpool(
         lambda: forecast.forecast(
             [s.visitors for s in report.steps],
-            [s.in_progress for s in report.steps],
             days,
             horizon_days=horizon_days,
             entrants=entrants,
@@ -188,7 +187,7 @@ async def funnel_forecast(
                 index=k + 1,
                 event=labels[k + 1],
                 converted=r.converted,
-                decided=r.decided,
+                trials=r.trials,
                 rate=_estimate(r.rate),
             )
             for k, r in enumerate(result.rates)

@@ -37,7 +37,7 @@ def test_intervals_cover_the_truth_at_their_level() -> None:
     end_to_end = math.prod(TRUE_RATES)
     for _ in range(ROUNDS):
         history = _chain(rng, int(rng.poisson(PER_DAY * DAYS)))
-        f = forecast(history, [0, 0, 0], DAYS, horizon_days=HORIZON, target=TARGET, level=level)
+        f = forecast(history, DAYS, horizon_days=HORIZON, target=TARGET, level=level)
         future = _chain(rng, int(rng.poisson(PER_DAY * HORIZON)))
         last = f.steps[-1]
         assert last.low is not None and last.high is not None
@@ -60,7 +60,7 @@ def test_intervals_cover_the_truth_at_their_level() -> None:
 def test_point_figures() -> None:
     # 700 entered in 14 days (50 a day), 280 of 700 reached step 2 (0.4), 70 of 280
     # (0.25): end to end 0.1. 100 purchases need 1000 entrants, 20 days.
-    f = forecast([700, 280, 70], [0, 0, 0], 14, horizon_days=7, target=100)
+    f = forecast([700, 280, 70], 14, horizon_days=7, target=100)
     assert f.entrants_per_day.expected == 50
     assert [r.rate.expected for r in f.rates] == [0.4, 0.25]
     assert f.steps[0].expected == 350
@@ -68,19 +68,14 @@ def test_point_figures() -> None:
     assert f.steps[2].expected == pytest.approx(350 * 280.5 / 701 * 70.5 / 281)
     assert f.entrants_needed is not None and f.entrants_needed.expected == pytest.approx(1000)
     assert f.days_needed is not None and f.days_needed.expected == pytest.approx(20)
-    given_top = forecast([700, 280, 70], [0, 0, 0], 14, horizon_days=7, entrants=1000)
+    given_top = forecast([700, 280, 70], 14, horizon_days=7, entrants=1000)
     assert given_top.steps[0].expected == given_top.steps[0].low == 1000
     assert given_top.entrants_needed is None
 
 
-def test_in_progress_left_out_of_the_denominator() -> None:
-    f = forecast([100, 40, 10], [0, 20, 0], 10, horizon_days=1)
-    assert (f.rates[1].converted, f.rates[1].decided) == (10, 20)
-
-
 def test_more_history_narrows_the_interval() -> None:
-    small = forecast([70, 28, 7], [0, 0, 0], 14, horizon_days=7, entrants=1000)
-    large = forecast([7000, 2800, 700], [0, 0, 0], 14, horizon_days=7, entrants=1000)
+    small = forecast([70, 28, 7], 14, horizon_days=7, entrants=1000)
+    large = forecast([7000, 2800, 700], 14, horizon_days=7, entrants=1000)
     width = [(f.steps[2].high or 0) - (f.steps[2].low or 0) for f in (small, large)]
     assert width[1] < width[0] / 2
 
@@ -88,15 +83,11 @@ def test_more_history_narrows_the_interval() -> None:
 @settings(deadline=None, max_examples=25)
 @given(
     st.lists(st.integers(0, 500), min_size=2, max_size=4),
-    st.integers(0, 50),
     st.sampled_from([None, 1, 10**6]),
 )
-def test_finite_or_null_whatever_the_counts(
-    drops: list[int], in_progress: int, target: int | None
-) -> None:
-    reached = list(np.cumsum(drops[::-1])[::-1])
-    progress = [min(in_progress, r) for r in reached]
-    f = forecast(reached, progress, 3.5, horizon_days=30, target=target, entrants=None)
+def test_finite_or_null_whatever_the_counts(drops: list[int], target: int | None) -> None:
+    reached = [int(x) for x in np.cumsum(drops[::-1])[::-1]]
+    f = forecast(reached, 3.5, horizon_days=30, target=target, entrants=None)
     values = [f.entrants_per_day, f.entrants, *f.steps, *(r.rate for r in f.rates)]
     values += [e for e in (f.entrants_needed, f.days_needed) if e is not None]
     for e in values:

@@ -1,6 +1,5 @@
-"""The forecast route over a real engine: the report's counts feed the model (entities
-still in progress left out of their step's denominator), today's traffic comes from the
-range, and refusals name the field. (The model is backtested in
+"""The forecast route over a real engine: the report's counts feed the model, today's
+traffic comes from the range, and refusals name the field. (The model is backtested in
 tests/query_api/test_forecast.py.)"""
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def test_forecast_from_the_report_counts(client: TestClient) -> None:
     r = get(client, target=10, horizon_days=4)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert [(s["converted"], s["decided"]) for s in body["rates"]] == [(20, 40), (5, 20)]
+    assert [(s["converted"], s["trials"]) for s in body["rates"]] == [(20, 40), (5, 20)]
     assert body["entrants_source"] == "current_traffic"
     assert body["entrants_per_day"]["expected"] == 20  # 40 over two days
     assert body["steps"][0]["conversions"]["expected"] == 80  # four days of it
