@@ -10,12 +10,13 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from funnelstream import metrics
 from funnelstream.http_errors import keyed_route_errors
-from query_api.cohorts import Period, cohorts_from_rows, totals
+from query_api.cohorts import Cohort, Period, cohorts_from_rows, totals
+from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, ReadProject
 from query_api.routes.reports import parse_range
 from query_api.sql.cohorts import RetentionQuery, retention_sql
@@ -159,8 +160,39 @@ def _periods(periods: list[Period]) -> list[PeriodOut]:
     ]
 
 
-@router.get("", response_model=RetentionOut, summary="Retention and repeat purchase by cohort")
+def _csv(cohorts: list[Cohort]) -> Response:
+    header = (
+        "cohort", "value", "entities", "repeated", "repeat_rate", "period", "returned",
+        "returned_on_or_after", "rate", "rate_on_or_after", "complete",
+    )  # fmt: skip
+    rows = [
+        (
+            c.start.isoformat(),
+            c.value,
+            c.entities,
+            c.repeated,
+            c.repeat_rate,
+            p.period,
+            p.returned,
+            p.returned_on_or_after,
+            p.rate,
+            p.rate_on_or_after,
+            p.complete,
+        )  # fmt: skip
+        for c in cohorts
+        for p in c.periods
+    ]
+    return csv_response(header, rows, "retention")
+
+
+@router.get(
+    "",
+    response_model=RetentionOut,
+    summary="Retention and repeat purchase by cohort",
+    responses=CSV_RESPONSE,
+)
 async def project_retention(
+    request: Request,
     project: ReadProject,
     ch: ClickHouseDep,
     start_event: Annotated[str, Query(min_length=1, max_length=200, description="e.g. purchase")],
@@ -177,12 +209,13 @@ async def project_retention(
     ] = None,
     from_: From = None,
     to: To = None,
-) -> RetentionOut:
+) -> RetentionOut | Response:
     """Entities whose first `start_event` falls in [from, to), in cohorts by its calendar
     period (day, week from Monday, month) in `tz`; per period after it, how many sent a
     `return_event` (later than the cohort event, before `to`): in that period (bounded)
     and in it or a later one (unbounded), with rates and the repeat rate (any return).
-    With `breakdown`, cohorts are split by that property of the cohort event."""
+    With `breakdown`, cohorts are split by that property of the cohort event. With
+    `Accept: text/csv`: one row per cohort and period."""
     started = time.monotonic()
     zone = parse_time_zone(tz)
     start, end = parse_range(from_, to)
@@ -223,6 +256,8 @@ async def project_retention(
         )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("retention").observe(elapsed)
+    if wants_csv(request):
+        return _csv(cohorts)
     return RetentionOut(
         start_event=start_event,
         return_event=query.return_event,

@@ -8,13 +8,14 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from funnelstream import metrics
 from funnelstream.http_errors import keyed_route_errors
 from query_api import drivers
+from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.analysis import _step
 from query_api.routes.funnel_lookup import ReportFunnel
@@ -116,11 +117,25 @@ def _driver(d: drivers.Driver) -> DriverOut:
     )
 
 
+def _csv(ranked: drivers.Drivers) -> Response:
+    header = ("direction", *DriverOut.model_fields)
+    rows = [
+        (direction, *_driver(d).model_dump().values())
+        for direction, listed in (("converting", ranked.converting), ("dropping", ranked.dropping))
+        for d in listed
+    ]
+    return csv_response(header, rows, "drivers")
+
+
 @router.get(
-    "/{funnel_id}/drivers", response_model=DriversOut, summary="Why they convert or drop at a step"
+    "/{funnel_id}/drivers",
+    response_model=DriversOut,
+    summary="Why they convert or drop at a step",
+    responses=CSV_RESPONSE,
 )
 async def funnel_drivers(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -133,13 +148,14 @@ async def funnel_drivers(
     alpha: Annotated[float, Query(gt=0, lt=0.5, description="Level of the intervals")] = 0.05,
     from_: From = None,
     to: To = None,
-) -> DriversOut:
+) -> DriversOut | Response:
     """Of the entities that reached `step`, those that went on to the next step against
     those that dropped there (still in progress: left out): per feature (an event sent
     between the steps, a property of the step's event, a field of its session), the odds
     ratio of converting with it, its interval, a two-sided test (z, or Fisher's exact
     test for small counts) and a Holm-adjusted p-value; features held by fewer than
-    `min_support` entities are not tested. The `top` strongest each way."""
+    `min_support` entities are not tested. The `top` strongest each way. With
+    `Accept: text/csv`: one row per feature listed, `direction` first."""
     started = time.monotonic()
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
@@ -155,6 +171,8 @@ async def funnel_drivers(
     )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("drivers").observe(elapsed)
+    if wants_csv(request):
+        return _csv(ranked)
     return DriversOut(
         funnel_id=funnel.id,
         step=step,

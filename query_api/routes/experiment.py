@@ -8,13 +8,14 @@ import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from funnelstream import metrics
 from funnelstream.http_errors import keyed_route_errors
 from query_api import experiment
+from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
@@ -193,13 +194,57 @@ def _comparison(c: experiment.Comparison) -> ComparisonOut:
     )
 
 
+_CSV_HEADER = (
+    "variant", "kind", "from_step", "to_step", "control_successes", "control_trials",
+    "control_rate", "variant_successes", "variant_trials", "variant_rate", "difference",
+    "difference_ci_low", "difference_ci_high", "lift", "lift_ci_low", "lift_ci_high", "test",
+    "p_value", "p_value_adjusted", "significant", "detectable_difference",
+    "sample_needed_per_group", "still_needed", "verdict",
+)  # fmt: skip
+
+
+def _csv(result: experiment.Experiment) -> Response:
+    rows = [
+        (
+            c.variant,
+            c.kind,
+            c.from_step,
+            c.to_step,
+            c.control_rate.successes,
+            c.control_rate.trials,
+            c.control_rate.rate,
+            c.variant_rate.successes,
+            c.variant_rate.trials,
+            c.variant_rate.rate,
+            c.difference,
+            c.difference_low,
+            c.difference_high,
+            c.lift,
+            c.lift_low,
+            c.lift_high,
+            c.test,
+            c.p_value,
+            c.p_value_adjusted,
+            c.significant,
+            c.detectable_difference,
+            c.sample_needed_per_group,
+            c.still_needed,
+            c.verdict,
+        )  # fmt: skip
+        for c in result.comparisons
+    ]
+    return csv_response(_CSV_HEADER, rows, "experiment")
+
+
 @router.get(
     "/{funnel_id}/experiment",
     response_model=ExperimentOut,
     summary="Compare the funnel across variants (A/B test)",
+    responses=CSV_RESPONSE,
 )
 async def funnel_experiment(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -216,14 +261,15 @@ async def funnel_experiment(
     ] = 0.02,
     from_: From = None,
     to: To = None,
-) -> ExperimentOut:
+) -> ExperimentOut | Response:
     """The funnel per value of `property`: an entity belongs to the first value seen on its
     events in [from, to); entities seen with two values are excluded (`several_values`).
     Every step-to-step conversion and the end-to-end conversion of each variant is
     compared with the control's: difference and lift with intervals, a two-sided z-test
     (Fisher's exact test where an expected cell count is below 5), Holm-Bonferroni over
     the whole family, power 0.8 figures for `mde`, and a verdict (`significant`,
-    `not yet`, `no difference detectable`). Method: docs/experiments.md."""
+    `not yet`, `no difference detectable`). Method: docs/experiments.md. With
+    `Accept: text/csv`: one row per comparison."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
     query = experiment_sql(compiler(funnel), funnel.project, start, end, property)
@@ -255,6 +301,8 @@ async def funnel_experiment(
     result = await run_in_threadpool(experiment.compare, counts.reached, control, alpha, mde)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("experiment").observe(elapsed)
+    if wants_csv(request):
+        return _csv(result)
     labels = [s.label() for s in funnel.steps]
     return ExperimentOut(
         funnel_id=funnel.id,

@@ -9,13 +9,14 @@ import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from funnelstream import metrics
 from funnelstream.http_errors import keyed_route_errors
 from query_api import forecast
+from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range, run_report
@@ -121,11 +122,39 @@ def _estimate(e: forecast.Estimate) -> EstimateOut:
     return EstimateOut(expected=e.expected, low=e.low, high=e.high)
 
 
+def _csv(result: forecast.Forecast, labels: list[str]) -> Response:
+    header = (
+        "index", "event", "converted", "trials", "rate", "rate_low", "rate_high",
+        "expected_conversions", "conversions_low", "conversions_high",
+    )  # fmt: skip
+    rates: list[forecast.StepRate | None] = [None, *result.rates]
+    rows = [
+        (
+            k,
+            labels[k],
+            r and r.converted,
+            r and r.trials,
+            r and r.rate.expected,
+            r and r.rate.low,
+            r and r.rate.high,
+            s.expected,
+            s.low,
+            s.high,
+        )  # fmt: skip
+        for k, (r, s) in enumerate(zip(rates, result.steps, strict=True))
+    ]
+    return csv_response(header, rows, "forecast")
+
+
 @router.get(
-    "/{funnel_id}/forecast", response_model=ForecastOut, summary="Forecast conversions and targets"
+    "/{funnel_id}/forecast",
+    response_model=ForecastOut,
+    summary="Forecast conversions and targets",
+    responses=CSV_RESPONSE,
 )
 async def funnel_forecast(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -143,13 +172,13 @@ async def funnel_forecast(
     level: Annotated[float, Query(ge=0.5, le=0.99, description="Interval level")] = 0.9,
     from_: From = None,
     to: To = None,
-) -> ForecastOut:
+) -> ForecastOut | Response:
     """Step conversions observed in [from, to) (default: the last 30 days; counted as the
     report counts them, in progress as not converted yet) give: the conversions expected at
     each step from `entrants` entrants, or from the observed daily entrants over
     `horizon_days`; with `target`, the entrants and the days at today's traffic a target at
     the last step needs. Intervals reflect the sample size (a beta-binomial chain;
-    docs/forecasts.md)."""
+    docs/forecasts.md). With `Accept: text/csv`: one row per step."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
     report = await run_report(ch, compiler, funnel, start, end)
@@ -167,6 +196,8 @@ async def funnel_forecast(
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("forecast").observe(elapsed)
     labels = [s.label() for s in funnel.steps]
+    if wants_csv(request):
+        return _csv(result, labels)
     target_out = None
     if result.entrants_needed is not None and result.days_needed is not None and target:
         target_out = TargetOut(

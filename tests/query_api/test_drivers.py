@@ -146,6 +146,12 @@ def test_route_answers_and_refuses(ch: ClickHouse) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["converting"][0]["name"] == "chat"
         assert r.json()["dropping"][0]["name"] == "shipping_costs"
+        as_csv = client.get(
+            "/v1/funnels/checkout/drivers", params=params, headers={**headers, "Accept": "text/csv"}
+        )
+        lines = [line.split(",") for line in as_csv.text.splitlines()]
+        assert lines[0][:4] == ["direction", "kind", "name", "value"]
+        assert lines[1][:3] == ["converting", "event", "chat"]
         bad = client.get(
             "/v1/funnels/checkout/drivers", params={**params, "step": "2"}, headers=headers
         )

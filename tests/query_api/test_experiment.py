@@ -94,7 +94,7 @@ def test_holm_step_down() -> None:
 
 # Few examples: statsmodels' Holm runs a full gc.collect() per call (why we do not call it
 # in the service), a third of a second in a test process.
-@settings(deadline=None, max_examples=12)
+@settings(deadline=None, max_examples=8)
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=40))
 def test_holm_equals_statsmodels(p_values: list[float]) -> None:
     _, want, _, _ = multipletests(p_values, alpha=0.05, method="holm")

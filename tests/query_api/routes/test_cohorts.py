@@ -106,3 +106,20 @@ def test_refusals_name_the_field(
     r = get(client, **params)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == error and field in r.json()["field"], r.json()
+
+
+@pytest.mark.usefixtures("purchases")
+def test_csv(client: TestClient) -> None:
+    r = client.get(
+        "/v1/retention",
+        params={**RANGE, "start_event": "buy", "periods": "1"},
+        headers={**READ, "Accept": "text/csv"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    lines = [line.split(",") for line in r.text.splitlines()]
+    assert lines[0][:3] == ["cohort", "value", "entities"]
+    # Two cohorts, periods 0 and 1 each.
+    assert [(row[0], row[5], row[6]) for row in lines[1:]] == [
+        ("2024-12-30", "0", "1"), ("2024-12-30", "1", "1"),
+        ("2025-01-06", "0", "0"), ("2025-01-06", "1", "0"),
+    ]  # fmt: skip

@@ -115,3 +115,18 @@ def test_refusals_name_the_field(
     r = get(client, **params)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == error and field in r.json()["field"], r.json()
+
+
+@pytest.mark.usefixtures("planted")
+def test_csv(client: TestClient) -> None:
+    r = client.get(
+        URL,
+        params={**RANGE, "property": "variant", "control": "A"},
+        headers={**READ, "Accept": "text/csv"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    lines = r.text.splitlines()
+    assert lines[0].startswith("variant,kind,from_step,to_step,control_successes")
+    assert [line.split(",")[:4] for line in lines[1:]] == [
+        ["B", "step", "0", "1"], ["B", "step", "1", "2"], ["B", "end_to_end", "0", "2"]
+    ]  # fmt: skip

@@ -89,3 +89,15 @@ def test_refusals_name_the_field(client: TestClient, params: dict[str, str], fie
     r = get(client, **params)
     assert r.status_code == 400, r.text
     assert field in r.json()["field"], r.json()
+
+
+@pytest.mark.usefixtures("planted")
+def test_csv(client: TestClient) -> None:
+    r = client.get(
+        URL, params={**RANGE, "entrants": "1000"}, headers={**READ, "Accept": "text/csv"}
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    lines = [line.split(",") for line in r.text.splitlines()]
+    assert lines[0][:4] == ["index", "event", "converted", "trials"]
+    assert lines[1][:4] == ["0", "view", "", ""] and lines[1][7] == "1000.0"
+    assert lines[2][:4] == ["1", "cart", "20", "40"]
