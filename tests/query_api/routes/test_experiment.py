@@ -105,6 +105,8 @@ def test_variants_counts_and_verdict(client: TestClient) -> None:
         ({"control": "C"}, "control", "unknown_control"),
         ({"control": "A", "alpha": "0.7"}, "alpha", "invalid_request"),
         ({"control": "A", "mde": "0"}, "mde", "invalid_request"),
+        ({"control": "A", "alpha": "nan"}, "alpha", "invalid_request"),
+        ({"control": "A", "mde": "inf"}, "mde", "invalid_request"),
         ({"control": "A", "from": "yesterday"}, "from", "invalid_time"),
         ({}, "control", "invalid_request"),
     ],

@@ -82,6 +82,8 @@ def test_forecast_from_the_report_counts(client: TestClient) -> None:
         ({"entrants": "0"}, "entrants"),
         ({"target": "-1"}, "target"),
         ({"level": "1"}, "level"),
+        ({"level": "nan"}, "level"),
+        ({"horizon_days": "1e400"}, "horizon_days"),
         ({"to": "2024-01-01"}, "from"),
     ],
 )
