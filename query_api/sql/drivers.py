@@ -6,7 +6,7 @@ The population: entities whose deepest step is at least `step` (0-based), either
 converted (reached step + 1) or dropped there (deepest step `step` and their attempt can
 no longer advance); entities still in progress are left out.
 
-Features, each counted once per entity:
+Features, each counted once per entity, read in one pass over the population:
 * `event`: an event name the entity sent after reaching `step` and before reaching the
   next step (converted) or before its attempt's window closed or `to` (dropped);
 * `property`: a property (key=value) of the event holding `step`;
@@ -62,7 +62,10 @@ def drivers_sql(
         f"events.timestamp >= {params.bind(start, _DATETIME)} "
         f"AND events.timestamp < {params.bind(end, _DATETIME)}"
     )
-    fields = ", ".join(f"('{f}', s.{f})" for f in SESSION_FIELDS)
+    fields = ", ".join(f"('session', '{f}', s.{f})" for f in SESSION_FIELDS)
+    plain = in_range.replace("events.", "")
+    # One pass over the population (a CTE read twice is computed twice): each entity's
+    # features as one array of (kind, name, value), a 'total' entry for everyone.
     sql = f"""
 WITH population AS (
     SELECT visitor_id AS entity,
@@ -73,60 +76,43 @@ WITH population AS (
     FROM ({held}
     )
     WHERE level > {k} OR (level = {k} AND open_until < {params.bind(_ms(now), "Int64")})
-),
-features AS (
-    SELECT DISTINCT p.entity AS entity, p.converted AS converted, 'event' AS kind,
-           x.event AS name, '' AS value
+)
+SELECT feature.1 AS kind, feature.2 AS name, feature.3 AS value,
+       countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with
+FROM (
+    SELECT p.converted AS converted,
+           arrayJoin(arrayConcat(
+               [('total', '', '')],
+               arrayMap(n -> ('event', n, ''), arrayDistinct(arrayFilter(
+                   (n, ms) -> ms > p.from_ms AND ms < p.until_ms, x.names, x.times))),
+               arrayMap(kv -> ('property', kv.1, kv.2),
+                        arrayZip(mapKeys(e.properties), mapValues(e.properties))),
+               arrayFilter(f -> f.3 != '', [{fields}])
+           )) AS feature
     FROM population AS p
-    INNER JOIN (
-        SELECT {entity} AS entity, events.event AS event,
-               toUnixTimestamp64Milli(events.timestamp) AS ms
-        FROM events{join}
-        WHERE events.project_id = {project_param} AND {in_range}
+    LEFT JOIN (
+        SELECT entity, groupArray(event) AS names, groupArray(ms) AS times
+        FROM (
+            SELECT {entity} AS entity, toString(events.event) AS event,
+                   toUnixTimestamp64Milli(events.timestamp) AS ms
+            FROM events{join}
+            WHERE events.project_id = {project_param} AND {in_range}
+        )
+        GROUP BY entity
     ) AS x ON x.entity = p.entity
-    WHERE x.ms > p.from_ms AND x.ms < p.until_ms
-    UNION ALL
-    SELECT p.entity, p.converted, 'property', kv.1, kv.2
-    FROM population AS p
-    INNER JOIN (
+    LEFT JOIN (
         SELECT event_id, visitor_id, toUnixTimestamp64Milli(timestamp) AS ms, properties
         FROM events
-        WHERE project_id = {project_param} AND {in_range.replace("events.", "")}
+        WHERE project_id = {project_param} AND {plain}
     ) AS e ON e.event_id = p.step_event
-    ARRAY JOIN arrayZip(mapKeys(e.properties), mapValues(e.properties)) AS kv
-    UNION ALL
-    SELECT entity, converted, 'session', field.1, field.2
-    FROM (
-        SELECT p.entity AS entity, p.converted AS converted, [{fields}] AS fields
-        FROM (
-            SELECT p.entity AS entity, p.converted AS converted, e.visitor_id AS visitor,
-                   e.ms AS ms
-            FROM population AS p
-            INNER JOIN (
-                SELECT event_id, visitor_id, toUnixTimestamp64Milli(timestamp) AS ms
-                FROM events
-                WHERE project_id = {project_param} AND {in_range.replace("events.", "")}
-            ) AS e ON e.event_id = p.step_event
-        ) AS p
-        ASOF INNER JOIN (
-            SELECT visitor_id, toUnixTimestamp64Milli(started_at) AS started_ms,
-                   {", ".join(SESSION_FIELDS)}
-            FROM sessions FINAL
-            WHERE project_id = {project_param} AND is_deleted = 0
-        ) AS s ON p.visitor = s.visitor_id AND p.ms >= s.started_ms
-    )
-    ARRAY JOIN fields AS field
-    WHERE field.2 != ''
+    LEFT ASOF JOIN (
+        SELECT visitor_id, toUnixTimestamp64Milli(started_at) AS started_ms,
+               {", ".join(SESSION_FIELDS)}
+        FROM sessions FINAL
+        WHERE project_id = {project_param} AND is_deleted = 0
+    ) AS s ON e.visitor_id = s.visitor_id AND e.ms >= s.started_ms
 )
-SELECT 'total' AS kind, '' AS name, '' AS value,
-       countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with
-FROM population
-UNION ALL
-SELECT * FROM (
-    SELECT kind, name, value, countIf(converted), countIf(NOT converted)
-    FROM features
-    GROUP BY kind, name, value
-    ORDER BY count() DESC, kind, name, value
-    LIMIT {params.bind(limit, "UInt32")}
-)""".strip()
+GROUP BY kind, name, value
+ORDER BY kind = 'total' DESC, count() DESC, kind, name, value
+LIMIT {params.bind(limit + 1, "UInt32")}""".strip()
     return sql, params.values

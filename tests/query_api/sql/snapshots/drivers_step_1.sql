@@ -43,62 +43,45 @@ FROM (
     WHERE level > 0
     )
     WHERE level > 2 OR (level = 2 AND open_until < {p16:Int64})
-),
-features AS (
-    SELECT DISTINCT p.entity AS entity, p.converted AS converted, 'event' AS kind,
-           x.event AS name, '' AS value
+)
+SELECT feature.1 AS kind, feature.2 AS name, feature.3 AS value,
+       countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with
+FROM (
+    SELECT p.converted AS converted,
+           arrayJoin(arrayConcat(
+               [('total', '', '')],
+               arrayMap(n -> ('event', n, ''), arrayDistinct(arrayFilter(
+                   (n, ms) -> ms > p.from_ms AND ms < p.until_ms, x.names, x.times))),
+               arrayMap(kv -> ('property', kv.1, kv.2),
+                        arrayZip(mapKeys(e.properties), mapValues(e.properties))),
+               arrayFilter(f -> f.3 != '', [('session', 'entry_url', s.entry_url), ('session', 'referrer', s.referrer), ('session', 'utm_source', s.utm_source), ('session', 'utm_medium', s.utm_medium), ('session', 'utm_campaign', s.utm_campaign), ('session', 'device', s.device), ('session', 'browser', s.browser), ('session', 'os', s.os), ('session', 'country', s.country)])
+           )) AS feature
     FROM population AS p
-    INNER JOIN (
-        SELECT visitor_id AS entity, events.event AS event,
-               toUnixTimestamp64Milli(events.timestamp) AS ms
-        FROM events
-        WHERE events.project_id = {p13:String} AND events.timestamp >= {p14:DateTime64(3, 'UTC')} AND events.timestamp < {p15:DateTime64(3, 'UTC')}
+    LEFT JOIN (
+        SELECT entity, groupArray(event) AS names, groupArray(ms) AS times
+        FROM (
+            SELECT visitor_id AS entity, toString(events.event) AS event,
+                   toUnixTimestamp64Milli(events.timestamp) AS ms
+            FROM events
+            WHERE events.project_id = {p13:String} AND events.timestamp >= {p14:DateTime64(3, 'UTC')} AND events.timestamp < {p15:DateTime64(3, 'UTC')}
+        )
+        GROUP BY entity
     ) AS x ON x.entity = p.entity
-    WHERE x.ms > p.from_ms AND x.ms < p.until_ms
-    UNION ALL
-    SELECT p.entity, p.converted, 'property', kv.1, kv.2
-    FROM population AS p
-    INNER JOIN (
+    LEFT JOIN (
         SELECT event_id, visitor_id, toUnixTimestamp64Milli(timestamp) AS ms, properties
         FROM events
         WHERE project_id = {p13:String} AND timestamp >= {p14:DateTime64(3, 'UTC')} AND timestamp < {p15:DateTime64(3, 'UTC')}
     ) AS e ON e.event_id = p.step_event
-    ARRAY JOIN arrayZip(mapKeys(e.properties), mapValues(e.properties)) AS kv
-    UNION ALL
-    SELECT entity, converted, 'session', field.1, field.2
-    FROM (
-        SELECT p.entity AS entity, p.converted AS converted, [('entry_url', s.entry_url), ('referrer', s.referrer), ('utm_source', s.utm_source), ('utm_medium', s.utm_medium), ('utm_campaign', s.utm_campaign), ('device', s.device), ('browser', s.browser), ('os', s.os), ('country', s.country)] AS fields
-        FROM (
-            SELECT p.entity AS entity, p.converted AS converted, e.visitor_id AS visitor,
-                   e.ms AS ms
-            FROM population AS p
-            INNER JOIN (
-                SELECT event_id, visitor_id, toUnixTimestamp64Milli(timestamp) AS ms
-                FROM events
-                WHERE project_id = {p13:String} AND timestamp >= {p14:DateTime64(3, 'UTC')} AND timestamp < {p15:DateTime64(3, 'UTC')}
-            ) AS e ON e.event_id = p.step_event
-        ) AS p
-        ASOF INNER JOIN (
-            SELECT visitor_id, toUnixTimestamp64Milli(started_at) AS started_ms,
-                   entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os, country
-            FROM sessions FINAL
-            WHERE project_id = {p13:String} AND is_deleted = 0
-        ) AS s ON p.visitor = s.visitor_id AND p.ms >= s.started_ms
-    )
-    ARRAY JOIN fields AS field
-    WHERE field.2 != ''
+    LEFT ASOF JOIN (
+        SELECT visitor_id, toUnixTimestamp64Milli(started_at) AS started_ms,
+               entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os, country
+        FROM sessions FINAL
+        WHERE project_id = {p13:String} AND is_deleted = 0
+    ) AS s ON e.visitor_id = s.visitor_id AND e.ms >= s.started_ms
 )
-SELECT 'total' AS kind, '' AS name, '' AS value,
-       countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with
-FROM population
-UNION ALL
-SELECT * FROM (
-    SELECT kind, name, value, countIf(converted), countIf(NOT converted)
-    FROM features
-    GROUP BY kind, name, value
-    ORDER BY count() DESC, kind, name, value
-    LIMIT {p17:UInt32}
-)
+GROUP BY kind, name, value
+ORDER BY kind = 'total' DESC, count() DESC, kind, name, value
+LIMIT {p17:UInt32}
 
 -- p0 = 86400000
 -- p1 = 'page_view'
@@ -117,4 +100,4 @@ SELECT * FROM (
 -- p14 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
 -- p15 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
 -- p16 = 1738368000000
--- p17 = 500
+-- p17 = 501
