@@ -20,6 +20,7 @@ from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.analysis import _step
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
+from query_api.routes.segments import parse_segment
 from query_api.sql.drivers import drivers_sql
 
 router = APIRouter(
@@ -146,6 +147,14 @@ async def funnel_drivers(
     ] = 5,
     top: Annotated[int, Query(ge=1, le=100, description="Features listed each way")] = 10,
     alpha: Annotated[float, Query(gt=0, lt=0.5, description="Level of the intervals")] = 0.05,
+    segment: Annotated[
+        str | None,
+        Query(
+            max_length=4000,
+            description="JSON array of property filters, as a funnel step's `filters`: only"
+            " entities with an event in the range on which all hold",
+        ),
+    ] = None,
     from_: From = None,
     to: To = None,
 ) -> DriversOut | Response:
@@ -160,7 +169,10 @@ async def funnel_drivers(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    query = drivers_sql(compiler(funnel), funnel.project, start, end, now, step, MAX_FEATURES)
+    filters = parse_segment(segment, project.id)
+    query = drivers_sql(
+        compiler(funnel), funnel.project, start, end, now, step, MAX_FEATURES, filters
+    )
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(*query)
     converted, dropped, features = drivers.features_from_rows(rows)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from funnel.sql.filters import Params
 from funnel.sql.report import USER_ENTITY, user_join_sql
+from query_api.sql.segments import segment_entities_sql
+from schemas.funnels import PropertyFilter
 
 Interval = Literal["day", "week", "month"]
 # The calendar period holding a moment, as a Date in the time zone.
@@ -36,6 +38,7 @@ class RetentionQuery:
     tz: str
     count_by: Literal["visitor", "user"] = "visitor"
     breakdown: str | None = None
+    segment: tuple[PropertyFilter, ...] = ()
 
 
 def _entity(query: RetentionQuery, project_param: str) -> tuple[str, str]:
@@ -74,6 +77,12 @@ def retention_sql(query: RetentionQuery) -> tuple[str, dict[str, Any]]:
         else "''"
     )
     period = _periods_between(query.interval, "f.first_at", "r.at", tz)
+    members = ""
+    if query.segment:
+        inside = segment_entities_sql(
+            query.segment, entity, join, project, params, query.start, query.end
+        )
+        members = f"\n       AND entity IN ({inside}\n    )"
     sql = f"""
 WITH firsts AS (
     SELECT {entity} AS entity,
@@ -84,7 +93,7 @@ WITH firsts AS (
       AND events.event = {params.bind(query.start_event, "String")}
       AND events.timestamp < {end}
     GROUP BY entity
-    HAVING first_at >= {start}
+    HAVING first_at >= {start}{members}
 ),
 returns AS (
     SELECT {entity} AS entity, events.timestamp AS at

@@ -15,6 +15,7 @@ Features, each counted once per entity, read in one pass over the population:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,8 @@ from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import held_sql, open_until_sql
 from query_api.sql.analysis import SESSION_FIELDS, _entity
+from query_api.sql.segments import segment_entities_sql
+from schemas.funnels import PropertyFilter
 
 _DATETIME = "DateTime64(3, 'UTC')"
 
@@ -38,10 +41,12 @@ def drivers_sql(
     now: datetime,
     step: int,
     limit: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows (kind, name, value, converted, dropped): per feature, entities of the
-    population with it that converted and that dropped; the first row is kind 'total'
-    (all entities of the population). At most `limit` features, the most frequent."""
+    population (in the segment, if any) with it that converted and that dropped; the
+    first row is kind 'total' (all entities of the population). At most `limit` features,
+    the most frequent."""
     params = Params()
     k = step + 1  # 1-based slot of `step`
     open_until = open_until_sql(funnel.definition, params)
@@ -62,6 +67,10 @@ def drivers_sql(
         f"events.timestamp >= {params.bind(start, _DATETIME)} "
         f"AND events.timestamp < {params.bind(end, _DATETIME)}"
     )
+    members = ""
+    if segment:
+        inside = segment_entities_sql(segment, entity, join, project_param, params, start, end)
+        members = f"\n      AND visitor_id IN ({inside}\n    )"
     fields = ", ".join(f"('session', '{f}', s.{f})" for f in SESSION_FIELDS)
     plain = in_range.replace("events.", "")
     # One pass over the population (a CTE read twice is computed twice): each entity's
@@ -75,7 +84,7 @@ WITH population AS (
            toUUID(vals[{k}]) AS step_event
     FROM ({held}
     )
-    WHERE level > {k} OR (level = {k} AND open_until < {params.bind(_ms(now), "Int64")})
+    WHERE (level > {k} OR (level = {k} AND open_until < {params.bind(_ms(now), "Int64")})){members}
 )
 SELECT feature.1 AS kind, feature.2 AS name, feature.3 AS value,
        countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with

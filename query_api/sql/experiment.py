@@ -11,12 +11,15 @@ unassigned.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import entity_sql, held_sql
+from query_api.sql.segments import segment_entities_sql
+from schemas.funnels import PropertyFilter
 
 # status of a row of experiment_sql
 UNASSIGNED, ASSIGNED, SEVERAL_VALUES = 0, 1, 2
@@ -47,14 +50,26 @@ def assignment_sql(
 
 
 def experiment_sql(
-    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, prop: str
+    funnel: CompiledFunnel,
+    project: str,
+    start: datetime,
+    end: datetime,
+    prop: str,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
-    """Rows (status, variant, level, entities) over the entities that reached step 1:
-    status ASSIGNED with the entity's variant, SEVERAL_VALUES or UNASSIGNED with variant
-    ''; level is the deepest step held (1-based), as in the report."""
+    """Rows (status, variant, level, entities) over the entities that reached step 1 (and
+    are in the segment, if any): status ASSIGNED with the entity's variant, SEVERAL_VALUES
+    or UNASSIGNED with variant ''; level is the deepest step held (1-based), as in the
+    report."""
     params = Params()
     held = held_sql(funnel, project, start, end, params)
     assigned = assignment_sql(funnel, project, start, end, prop, params)
+    where = ""
+    if segment:
+        project_param = params.bind(project, "String")
+        entity, join = entity_sql(funnel, project_param, params, start, end)
+        members = segment_entities_sql(segment, entity, join, project_param, params, start, end)
+        where = f"\nWHERE h.visitor_id IN ({members}\n)"
     sql = f"""
 SELECT multiIf(a.seen = 0, {UNASSIGNED}, a.seen = 1, {ASSIGNED}, {SEVERAL_VALUES}) AS status,
        if(status = {ASSIGNED}, a.variant, '') AS variant,
@@ -63,7 +78,7 @@ SELECT multiIf(a.seen = 0, {UNASSIGNED}, a.seen = 1, {ASSIGNED}, {SEVERAL_VALUES
 FROM ({held}
 ) AS h
 LEFT JOIN ({assigned}
-) AS a ON a.visitor_id = h.visitor_id
+) AS a ON a.visitor_id = h.visitor_id{where}
 GROUP BY status, variant, level
 ORDER BY status, variant, level
 SETTINGS join_use_nulls = 0""".strip()

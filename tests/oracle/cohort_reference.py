@@ -7,18 +7,20 @@ is its first `start_event` before `end` (by time, then event id in ClickHouse's 
 order); the entity is in the cohort of that event's calendar period (day, week from
 Monday, month, in the time zone) when the event is in [start, end). A return is a
 `return_event` in [start, end) strictly later than the cohort event; its period is the
-count of calendar periods between the two; only periods 0..`periods` count.
+count of calendar periods between the two; only periods 0..`periods` count. With a
+segment, only entities with an event in [start, end) on which every filter holds.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from tests.oracle.funnel_reference import RefEvent, _uuid_order
+from schemas.funnels import PropertyFilter
+from tests.oracle.funnel_reference import RefEvent, _holds, _uuid_order
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ def retention(
     tz: str,
     count_by: str = "visitor",
     breakdown: str | None = None,
+    segment: Sequence[PropertyFilter] = (),
 ) -> dict[tuple[date, str], RefCohort]:
     everything = list(events)
     zone = ZoneInfo(tz)
@@ -69,6 +72,11 @@ def retention(
     def entity(e: RefEvent) -> str:
         return user_of[e.visitor_id][1] if e.visitor_id in user_of else e.visitor_id
 
+    in_segment = {
+        entity(e)
+        for e in everything
+        if start_ms <= e.timestamp_ms < end_ms and all(_holds(f, e.properties) for f in segment)
+    }
     first: dict[str, RefEvent] = {}
     for e in everything:
         if e.event != start_event or e.timestamp_ms >= end_ms:
@@ -96,7 +104,7 @@ def retention(
             returns[entity(e)].add(period)
     members: dict[tuple[date, str], list[set[int]]] = defaultdict(list)
     for who, e in first.items():
-        if e.timestamp_ms >= start_ms:
+        if e.timestamp_ms >= start_ms and (not segment or who in in_segment):
             value = e.properties.get(breakdown, "") if breakdown else ""
             members[(_bucket(e.timestamp_ms, interval, zone), value)].append(returns[who])
     return {

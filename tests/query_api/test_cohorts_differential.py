@@ -18,6 +18,7 @@ from funnelstream.clickhouse import ClickHouse
 from processor.rows import ms_to_datetime
 from query_api.cohorts import cohorts_from_rows
 from query_api.sql.cohorts import RetentionQuery, retention_sql
+from schemas.funnels import PropertyFilter
 from tests.oracle import cohort_reference, funnel_reference
 from tests.query_api.test_report_differential import insert
 
@@ -69,6 +70,16 @@ def streams(draw: st.DrawFn) -> list[funnel_reference.RefEvent]:
     tz=st.sampled_from(ZONES),
     count_by=st.sampled_from(["visitor", "user"]),
     breakdown=st.sampled_from([None, "plan"]),
+    segment=st.sampled_from(
+        [
+            (),
+            (PropertyFilter(property="plan", op="eq", value="x"),),
+            (
+                PropertyFilter(property="plan", op="is_set"),
+                PropertyFilter(property="plan", op="neq", value="y"),
+            ),
+        ]
+    ),
 )
 def test_retention_equals_reference(
     ch: ClickHouse,
@@ -80,6 +91,7 @@ def test_retention_equals_reference(
     tz: str,
     count_by: str,
     breakdown: str | None,
+    segment: tuple[PropertyFilter, ...],
 ) -> None:
     project = f"r{next(_projects)}"
     insert(ch, project, events)
@@ -94,6 +106,7 @@ def test_retention_equals_reference(
         tz,
         count_by,  # type: ignore[arg-type]
         breakdown,
+        segment,
     )
     rows = ch.query_rows_sync(*retention_sql(query))
     cohorts = cohorts_from_rows(rows, periods, interval, tz, datetime.now(UTC))
@@ -107,6 +120,16 @@ def test_retention_equals_reference(
         for c in cohorts
     }
     want = cohort_reference.retention(
-        events, START, END, start_event, return_event, interval, periods, tz, count_by, breakdown
+        events,
+        START,
+        END,
+        start_event,
+        return_event,
+        interval,
+        periods,
+        tz,
+        count_by,
+        breakdown,
+        segment,
     )
     assert got == want

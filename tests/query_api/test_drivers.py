@@ -24,7 +24,7 @@ from processor.rows import EVENT_COLUMNS, SESSION_COLUMNS, ms_to_datetime
 from query_api.drivers import Feature, features_from_rows, rank
 from query_api.routes.drivers import router
 from query_api.sql.drivers import drivers_sql
-from schemas.funnels import FunnelDefinition
+from schemas.funnels import FunnelDefinition, PropertyFilter
 
 pytestmark = pytest.mark.clickhouse
 
@@ -100,6 +100,12 @@ def test_planted_drivers_come_out_first(ch: ClickHouse) -> None:
         assert (got[key].converted_with, got[key].dropped_with) == (c, d), key
     # Only what the generator made: no step events, no other properties or fields.
     assert set(got) == set(truth) - {"total"}
+
+    # A segment: only the entities with a coupon event; their totals are the coupon's.
+    coupon = (PropertyFilter(property="coupon", op="eq", value="yes"),)
+    sql = drivers_sql(compile_funnel(FUNNEL), "shop", START, END, now, 1, 100, coupon)
+    in_segment = features_from_rows(ch.query_rows_sync(*sql))
+    assert [in_segment[0], in_segment[1]] == truth["property:coupon=yes"]
 
     drivers = rank(converted, dropped, features, min_support=5, top=5)
     first_up, first_down = drivers.converting[0], drivers.dropping[0]

@@ -132,3 +132,32 @@ def test_csv(client: TestClient) -> None:
     assert [line.split(",")[:4] for line in lines[1:]] == [
         ["B", "step", "0", "1"], ["B", "step", "1", "2"], ["B", "end_to_end", "0", "2"]
     ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("planted")
+def test_segment(client: TestClient) -> None:
+    segment = '[{"property": "variant", "op": "eq", "value": "B"}]'
+    body = get(client, control="B", segment=segment).json()
+    # B's visitors, and the two seen with both values (one of their events has B).
+    assert [v["value"] for v in body["variants"]] == ["B"]
+    assert (body["several_values"], body["unassigned"]) == (2, 0)
+    assert body["comparisons"] == []
+
+
+@pytest.mark.usefixtures("planted")
+@pytest.mark.parametrize(
+    ("segment", "field", "error"),
+    [
+        ("not json", "segment", "invalid_segment"),
+        ("[]", "segment", "invalid_segment"),
+        ('[{"property": "x", "op": "bogus"}]', "segment[0].op", "invalid_segment"),
+        ('[{"property": "x", "op": "regex", "value": "("}]', "segment[0].value", None),
+    ],
+)
+def test_segment_refusals_name_the_field(
+    client: TestClient, segment: str, field: str, error: str | None
+) -> None:
+    r = get(client, control="A", segment=segment)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field, r.json()
+    assert error is None or r.json()["error"] == error

@@ -28,7 +28,7 @@ from query_api.sql.cohorts import RetentionQuery, retention_sql
 from query_api.sql.drivers import drivers_sql
 from query_api.sql.experiment import experiment_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
-from schemas.funnels import FunnelDefinition
+from schemas.funnels import FunnelDefinition, PropertyFilter
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("UPDATE_SQL_SNAPSHOTS") == "1"
@@ -145,6 +145,14 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
         )
     ),
     "drivers_step_1": lambda: drivers_sql(funnel(), "shop", START, END, END, 1, 500),
+    "experiment_segment": lambda: experiment_sql(
+        funnel(),
+        "shop",
+        START,
+        END,
+        "variant",
+        (PropertyFilter(property="utm_source", op="in", value=["google", "bing"]),),
+    ),
     "experiment_by_user": lambda: experiment_sql(
         funnel(count_by="user"), "shop", START, END, "variant"
     ),

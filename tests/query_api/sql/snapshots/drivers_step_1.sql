@@ -42,7 +42,7 @@ FROM (
 ))
     WHERE level > 0
     )
-    WHERE level > 2 OR (level = 2 AND open_until < {p16:Int64})
+    WHERE (level > 2 OR (level = 2 AND open_until < {p16:Int64}))
 )
 SELECT feature.1 AS kind, feature.2 AS name, feature.3 AS value,
        countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with
