@@ -67,7 +67,11 @@ from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
 from query_api.openapi import install_query_openapi
 from query_api.routes.analysis import router as analysis_router
+from query_api.routes.cohorts import router as cohort_retention_router
+from query_api.routes.drivers import router as drivers_router
 from query_api.routes.erasure import router as erasure_router
+from query_api.routes.experiment import router as experiment_router
+from query_api.routes.forecast import router as forecast_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.keys import router as keys_router
 from query_api.routes.live import router as live_router
@@ -281,6 +285,10 @@ def build_app(
         app.include_router(reports_router)
         app.include_router(live_router)
         app.include_router(analysis_router)
+        app.include_router(experiment_router)
+        app.include_router(forecast_router)
+        app.include_router(cohort_retention_router)
+        app.include_router(drivers_router)
         app.include_router(stats_router)
         app.include_router(keys_router)
         app.include_router(erasure_router)

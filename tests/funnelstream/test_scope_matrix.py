@@ -100,6 +100,17 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ),
     ("GET", "/v1/funnels/{funnel_id}/time-to-convert"): Needs("read", "not_found", params=RANGE),
     ("GET", "/v1/funnels/{funnel_id}/open"): Needs("read", "not_found", params=RANGE),
+    # decisions
+    ("GET", "/v1/funnels/{funnel_id}/experiment"): Needs(
+        "read", "not_found", params={**RANGE, "property": "variant", "control": "A"}
+    ),
+    ("GET", "/v1/funnels/{funnel_id}/forecast"): Needs(
+        "read", "not_found", params={**RANGE, "target": "10"}
+    ),
+    ("GET", "/v1/funnels/{funnel_id}/drivers"): Needs(
+        "read", "not_found", params={**RANGE, "step": "0"}
+    ),
+    ("GET", "/v1/retention"): Needs("read", params={**RANGE, "start_event": "buy"}),
     ("GET", "/v1/stats"): Needs("read"),
     # keys
     ("GET", "/v1/keys"): Needs("admin"),

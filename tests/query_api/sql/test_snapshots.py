@@ -24,8 +24,11 @@ from query_api.sql.analysis import (
     next_events_sql,
     open_funnel_sql,
 )
+from query_api.sql.cohorts import RetentionQuery, retention_sql
+from query_api.sql.drivers import drivers_sql
+from query_api.sql.experiment import experiment_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
-from schemas.funnels import FunnelDefinition
+from schemas.funnels import FunnelDefinition, PropertyFilter
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("UPDATE_SQL_SNAPSHOTS") == "1"
@@ -136,6 +139,23 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "open_funnel": lambda: open_funnel_sql(funnel(), "shop", START, END),
     "live_stages": lambda: stage_counts_sql("shop", "checkout"),
     "live_recent_transitions": lambda: recent_transitions_sql("shop", "checkout", START),
+    "retention_weekly_by_user_breakdown": lambda: retention_sql(
+        RetentionQuery(
+            "shop", START, END, "purchase", "purchase", "week", 8, "Europe/Berlin", "user", "plan"
+        )
+    ),
+    "drivers_step_1": lambda: drivers_sql(funnel(), "shop", START, END, END, 1, 500),
+    "experiment_segment": lambda: experiment_sql(
+        funnel(),
+        "shop",
+        START,
+        END,
+        "variant",
+        (PropertyFilter(property="utm_source", op="in", value=["google", "bing"]),),
+    ),
+    "experiment_by_user": lambda: experiment_sql(
+        funnel(count_by="user"), "shop", START, END, "variant"
+    ),
 }
 
 

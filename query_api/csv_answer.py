@@ -1,0 +1,54 @@
+"""CSV answers for analysts: a report route asked with `Accept: text/csv` answers one flat
+table (a header row, then one row per line of the report) instead of JSON.
+
+Cells are written by Python's csv module (RFC 4180 quoting). A text cell starting with
+`=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`, so a spreadsheet opening
+the file never runs a property value sent by a visitor as a formula; numbers are written
+as they are. A missing value (null) is an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fastapi import Request, Response
+
+MEDIA_TYPE = "text/csv"
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+# For a route's `responses=`: the 200 answer's CSV form in the OpenAPI document.
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
+        "description": "The report as JSON, or as CSV with `Accept: text/csv`",
+    }
+}
+
+
+def wants_csv(request: Request) -> bool:
+    return MEDIA_TYPE in request.headers.get("accept", "").lower()
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_response(
+    header: Sequence[str], rows: Iterable[Sequence[object]], filename: str
+) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows([_cell(v) for v in row] for row in rows)
+    return Response(
+        out.getvalue(),
+        media_type=f"{MEDIA_TYPE}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
+    )
