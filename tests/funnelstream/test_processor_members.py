@@ -38,6 +38,14 @@ class GatedClickHouse(ClickHouse):
         await super().insert(table, rows, columns)
 
 
+async def until(condition: Any, what: str) -> None:
+    for _ in range(600):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def test_one_member_keeps_the_name_processor_several_are_numbered() -> None:
     assert ProcessorMembers(1, lambda: None).names() == ["processor"]  # type: ignore[arg-type,return-value]
     assert ProcessorMembers(3, lambda: None).names() == [  # type: ignore[arg-type,return-value]
@@ -70,33 +78,30 @@ async def test_a_killed_member_writes_and_commits_nothing_and_its_restart_is_exa
     stop = asyncio.Event()
     supervisor = Supervisor(components, BackoffPolicy(0.05, 0.1), stop, settle_seconds=0.2)
     members.start(supervisor)
-
-    async def until(condition: Any, what: str) -> None:
-        for _ in range(600):
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    # Every event applied; its batch's write is in flight (held at the gate).
-    await until(
-        lambda: members.processors() and members.processors()[0].applied_messages == len(events),
-        "the events applied",
-    )
-    first = members.processors()[0]
-    assert members.kill() == "processor"
-    await until(lambda: not components.state("processor").ok, "the member failing")
-    assert "MemberKilled" in components.failing()["processor"]
-    # Abandoned: no row written, no offset committed.
-    assert ch.query_rows_sync("SELECT count() FROM events") == [(0,)]
-    store = log._store  # the log's own table of commits, read without joining the group
-    assert [store.committed("events", config.group, p) for p in (0, 1)] == [None, None]
-    # A fresh member replays everything once the writes go through, and is ready again.
-    await until(lambda: members.processors()[0] is not first, "the restart")
-    gated.open.set()
-    await until(lambda: members.processed_messages == len(events), "the replay written")
-    await until(lambda: not components.failing(), "the member ready again")
-    assert levels(ch) == {1: 10, 2: 10, 3: 10}
-    assert ch.query_rows_sync("SELECT count() FROM events FINAL") == [(len(events),)]
-    await supervisor.shutdown()
-    await log.close()
+    try:
+        # Every event applied; its batch's write is in flight (held at the gate).
+        await until(
+            lambda: (
+                members.processors() and members.processors()[0].applied_messages == len(events)
+            ),
+            "the events applied",
+        )
+        first = members.processors()[0]
+        assert members.kill() == "processor"
+        await until(lambda: not components.state("processor").ok, "the member failing")
+        assert "MemberKilled" in components.failing()["processor"]
+        # Abandoned: no row written, no offset committed.
+        assert ch.query_rows_sync("SELECT count() FROM events") == [(0,)]
+        store = log._store  # the log's own table of commits, read without joining the group
+        assert [store.committed("events", config.group, p) for p in (0, 1)] == [None, None]
+        # A fresh member replays everything once the writes go through, and is ready again.
+        await until(lambda: members.processors()[0] is not first, "the restart")
+        gated.open.set()
+        await until(lambda: members.processed_messages == len(events), "the replay written")
+        await until(lambda: not components.failing(), "the member ready again")
+        assert levels(ch) == {1: 10, 2: 10, 3: 10}
+        assert ch.query_rows_sync("SELECT count() FROM events FINAL") == [(len(events),)]
+    finally:
+        gated.open.set()  # a failed check leaves no write waiting forever
+        await supervisor.shutdown()
+        await log.close()
