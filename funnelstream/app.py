@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import signal
+import threading
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, Literal
 
@@ -52,6 +54,7 @@ from funnelstream.key_store import (
 )
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.processor_members import ProcessorMembers
 from funnelstream.ratelimit import Limiter
 from funnelstream.request_limits import RequestLimits, build_policies
 from funnelstream.retention import apply_retention, log_retention_ms, retention_days
@@ -202,21 +205,22 @@ def build_app(
                 assert ch is not None and backend is not None
                 log_backend, clickhouse = backend, ch
 
-                def run_processor(stop: asyncio.Event) -> Awaitable[None]:
-                    # A fresh processor for every (re)start: a crashed one may hold visitor
-                    # state applied past what was written, which must be reloaded instead.
-                    processor = Processor(
+                def make_processor() -> Processor:
+                    return Processor(
                         log_backend,
                         clickhouse,
                         app.state.catalog,
                         processor_config(processor_settings),
                     )
-                    app.state.processor = processor
-                    return processor.run(stop)
 
+                # One or more group members in this process (funnelstream/processor_members.py).
+                members = ProcessorMembers(processor_settings.processor_members, make_processor)
+                app.state.processor = members
                 for part in ("clickhouse", "log"):
-                    components.add_probe(part, partial(_processor_problem, app, part))
-                supervisor.start("processor", run_processor)
+                    components.add_probe(part, partial(members.problem, part))
+                members.start(supervisor)
+                if processor_settings.processor_members > 1:
+                    _kill_member_on_signal(members)
             if ingest_process is not None:
                 # After the owner's start: the key snapshot it reads is written by now.
                 ingest_supervisor.start("ingest_process", ingest_process.run)
@@ -228,6 +232,7 @@ def build_app(
                 gc.freeze()
             yield
         finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)  # if it was set
             await ingest_supervisor.shutdown()
             await supervisor.shutdown()
             erasure_log: ErasureLog | None = getattr(app.state, "erasure_log", None)
@@ -313,16 +318,18 @@ def build_app(
         out: dict[str, Any] = {"status": "degraded" if failed else "ok", "roles": sorted(shown)}
         if failed:
             out["failed"] = failed
-        processor: Processor | None = getattr(request.app.state, "processor", None)
+        processor: ProcessorMembers | None = getattr(request.app.state, "processor", None)
         if processor is not None:
-            # `lag` covers the partitions this processor holds ("partitions"); none are
-            # held while a consumer group rebalances. null: the log did not answer.
+            # `lag` covers the partitions this process's members hold ("partitions"); none
+            # are held while a consumer group rebalances. null: the log did not answer.
             try:
                 out["lag"] = sum((await processor.lag()).values())
             except LogUnavailable:
                 out["lag"] = None
             out["partitions"] = sorted(processor.assignment())
             out["processed"] = processor.processed_messages
+            if len(processor.names()) > 1:
+                out["members"] = processor.held_by()
         return out
 
     @app.get(
@@ -332,11 +339,11 @@ def build_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
     async def prometheus_metrics(request: Request) -> Response:
-        processor: Processor | None = getattr(request.app.state, "processor", None)
+        processor: ProcessorMembers | None = getattr(request.app.state, "processor", None)
         if processor is not None:
             with contextlib.suppress(Exception):
                 await processor.lag()
-            processor.export_funnel_stages()
+            processor.export_gauges()
         components.failing()  # brings funnelstream_component_up up to date with the probes
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -393,9 +400,14 @@ def _erasure_log(
     return ErasureLog(open_own, settings.topic, settings.partitions, owned=True)
 
 
-def _processor_problem(app: FastAPI, part: str) -> str | None:
-    processor: Processor | None = getattr(app.state, "processor", None)
-    return processor.problems().get(part) if processor is not None else None
+def _kill_member_on_signal(members: ProcessorMembers) -> None:
+    """SIGUSR1 abandons one processor member as a crash would (drills, tests/kafka/
+    test_stack.py): members sharing this process cannot be `kill -9`ed one at a time.
+    Only where a signal handler can be set (the main thread's loop: `funnelstream`
+    commands, not an app run by a test client in another thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, members.kill)
 
 
 async def _enforce_retention(backend: EmbeddedLog, stop: asyncio.Event) -> None:

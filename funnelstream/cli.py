@@ -352,8 +352,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     _server_args(serve, 8080)
     serve.add_argument("--demo", action="store_true", help="send demo traffic, print a funnel")
+    parts = {}
     for name, port in (("ingest", 8081), ("process", 8082), ("query-api", 8083)):
-        _server_args(sub.add_parser(name, help=f"run only the {name} part"), port)
+        parts[name] = sub.add_parser(name, help=f"run only the {name} part")
+        _server_args(parts[name], port)
+    parts["process"].add_argument(
+        "--with-query-api",
+        dest="with_query_api",
+        action="store_true",
+        help="answer the query API in this process too (the embedded engine opens in one "
+        "process: docs/scaling.md)",
+    )
     # Started by `serve` only (funnelstream/ingest_process.py), on the socket it bound.
     serve_ingest = sub.add_parser("serve-ingest", help="(started by serve; not by hand)")
     serve_ingest.add_argument("--fd", type=int, required=True)
@@ -453,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "query-api": frozenset({"query"}),
     }
     if args.command in roles:
+        if getattr(args, "with_query_api", False):
+            return _run_server(args, roles["process"] | roles["query-api"])
         return _run_server(args, roles[args.command])
     if args.command == "serve-ingest":
         return _run_serve_ingest(args)

@@ -152,6 +152,19 @@ class ProcessorSettings(CommonSettings):
     # Saved funnels per project exported as funnel metrics, in catalog order; the series
     # this bounds are counted in docs/metrics.md.
     metrics_funnels_per_project: int = Field(default=50, ge=0)
+    # Consumer group members this process runs, each its own Kafka consumer holding the
+    # fold state of its partitions (funnelstream/processor_members.py, docs/scaling.md).
+    # More than one only on Kafka: the embedded log has one member per group.
+    processor_members: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _members_need_kafka(self) -> ProcessorSettings:
+        if self.processor_members > 1 and self.log_backend != "kafka":
+            raise ValueError(
+                "processor_members > 1 needs log_backend kafka: the embedded log has one "
+                "consumer per group"
+            )
+        return self
 
 
 class QueryApiSettings(CommonSettings):

@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
@@ -65,7 +66,7 @@ from processor.rebuild import LateRefolder, UserRebuilder
 from processor.restore import stored_states
 from processor.retry import Retrier
 from processor.sink import BATCH_ORDER, Sink, Writes
-from processor.state import HeldStates
+from processor.state import HeldStates, VisitorState
 from processor.transform import Timing
 from schemas.erasure import Erasure
 from schemas.funnels import FunnelDefinition
@@ -481,9 +482,18 @@ class Processor:
         done = self._steps.backfiller.done
         return frozenset(p for p, funnels in done.items() if (project, funnel_id) in funnels)
 
-    def export_funnel_stages(self) -> None:
-        """Recompute the funnel stage gauges from the held states (before a scrape)."""
-        self._steps.funnel_metrics.export_stages(self._steps.states.all())
+    def export_funnel_stages(self, states: Iterable[VisitorState] | None = None) -> None:
+        """Recompute the funnel stage gauges from the held states (before a scrape).
+        `states`: every member's of this process, when several share the gauges."""
+        held = self._steps.states.all() if states is None else states
+        self._steps.funnel_metrics.export_stages(held)
+
+    def held_states(self) -> Iterator[VisitorState]:
+        """The visitor states of the partitions this processor holds."""
+        return self._steps.states.all()
+
+    def held_visitors(self) -> int:
+        return len(self._steps.states)
 
     def assignment(self) -> frozenset[int]:
         """The partitions this processor holds now."""
