@@ -32,10 +32,14 @@ class GatedClickHouse(ClickHouse):
         self.open = asyncio.Event()
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
     ) -> None:
         await self.open.wait()
-        await super().insert(table, rows, columns)
+        await super().insert(table, rows, columns, dedup_token)
 
 
 async def until(condition: Any, what: str) -> None:
