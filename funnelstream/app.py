@@ -64,6 +64,7 @@ from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
 from query_api.openapi import install_query_openapi
 from query_api.routes.analysis import router as analysis_router
+from query_api.routes.board import router as board_router
 from query_api.routes.erasure import router as erasure_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.keys import router as keys_router
@@ -266,6 +267,7 @@ def build_app(
         app.include_router(funnels_router)
         app.include_router(reports_router)
         app.include_router(live_router)
+        app.include_router(board_router)
         app.include_router(analysis_router)
         app.include_router(stats_router)
         app.include_router(keys_router)

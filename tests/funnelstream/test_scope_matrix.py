@@ -87,6 +87,9 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ("GET", "/v1/funnels/{funnel_id}/live/stream"): Needs(
         "read", "not_found", params={"since": "not-a-time"}
     ),
+    # the stage board
+    ("GET", "/v1/funnels/{funnel_id}/board"): Needs("read", "not_found"),
+    ("GET", "/v1/funnels/{funnel_id}/board/export"): Needs("read", "not_found"),
     # analysis
     ("GET", "/v1/funnels/{funnel_id}/breakdown"): Needs(
         "read", "not_found", params={**RANGE, "property": "url"}

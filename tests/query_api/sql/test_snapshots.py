@@ -24,6 +24,7 @@ from query_api.sql.analysis import (
     next_events_sql,
     open_funnel_sql,
 )
+from query_api.sql.board import BoardCursor, BoardQuery, board_page_sql, board_totals_sql
 from query_api.sql.live import recent_transitions_sql, stage_counts_sql
 from schemas.funnels import FunnelDefinition
 
@@ -136,6 +137,17 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "open_funnel": lambda: open_funnel_sql(funnel(), "shop", START, END),
     "live_stages": lambda: stage_counts_sql("shop", "checkout"),
     "live_recent_transitions": lambda: recent_transitions_sql("shop", "checkout", START),
+    "board_page": lambda: board_page_sql(
+        BoardQuery("shop", "checkout", 2, START, ("owner",)), BoardCursor(2, 0, "v1"), 101
+    ),
+    "board_page_where": lambda: board_page_sql(
+        BoardQuery("shop", "checkout", properties=("owner",), where=(("owner", "ann"),)),
+        BoardCursor(2, 0, "v1"),
+        101,
+    ),
+    "board_totals_where": lambda: board_totals_sql(
+        BoardQuery("shop", "checkout", properties=("owner",), where=(("owner", "ann"),))
+    ),
 }
 
 
