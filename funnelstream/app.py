@@ -69,6 +69,7 @@ from query_api.routes.erasure import router as erasure_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.keys import router as keys_router
 from query_api.routes.live import router as live_router
+from query_api.routes.page import router as page_router
 from query_api.routes.reports import router as reports_router
 from query_api.routes.stats import router as stats_router
 
@@ -268,6 +269,7 @@ def build_app(
         app.include_router(reports_router)
         app.include_router(live_router)
         app.include_router(board_router)
+        app.include_router(page_router)
         app.include_router(analysis_router)
         app.include_router(stats_router)
         app.include_router(keys_router)

@@ -110,6 +110,12 @@ ROUTES: dict[tuple[str, str], Needs] = {
     # erasure: the right key's answer is 202 (or 503 when this app has no log to append to)
     ("DELETE", "/v1/visitors/{visitor_id}"): Needs("admin"),
     ("DELETE", "/v1/users/{user_id}"): Needs("admin"),
+    # the analyst page: static files, no key (the user types a read key into the page)
+    ("GET", "/app"): Needs("none"),
+    ("GET", "/app/app.js"): Needs("none"),
+    ("GET", "/app/app.css"): Needs("none"),
+    ("GET", "/app/vendor/uplot.min.js"): Needs("none"),
+    ("GET", "/app/vendor/uplot.min.css"): Needs("none"),
     # operations and documentation: no key
     ("GET", "/readyz"): Needs("none"),
     ("GET", "/healthz"): Needs("none"),
