@@ -79,7 +79,9 @@ def oracle(history: list[tuple[str, str, int, int]], rule: AbandonRule) -> set[D
     return fired
 
 
-def run(history: list[tuple[str, str, int, int]], rule: AbandonRule) -> list[Due]:
+def run(
+    history: list[tuple[str, str, int, int]], rule: AbandonRule, timing: Timing = TIMING
+) -> list[Due]:
     """The history through the live fold and the timers as the processor would run them:
     per event, the watermark moves and what is due fires, then the event is folded."""
     timers = AbandonTimers(rule)
@@ -97,7 +99,7 @@ def run(history: list[tuple[str, str, int, int]], rule: AbandonRule) -> list[Due
             partition=0,
             offset=n,
             funnels=[FUNNEL],
-            timing=TIMING,
+            timing=timing,
             processed_at_ms=t + delay,
             out=Outputs(),
         )
@@ -135,3 +137,18 @@ def test_a_conversion_before_the_deadline_fires_nothing_and_a_return_fires_again
     # The same, imported a day late: history never fires.
     history = [(v, e, t, 1440 * MINUTE) for v, e, t, _ in twice]
     assert run(history, rule) == []
+
+
+def test_a_late_event_showing_the_conversion_cancels_a_pending_trigger() -> None:
+    rule = AbandonRule("cart", 0, 30 * MINUTE)
+    late = Timing(session_gap_ms=10 * 86400 * 1000, lateness_ms=60 * MINUTE)
+    history = [
+        ("v", "a", 0, 0),
+        ("v", "x", 20 * MINUTE, 0),
+        ("v", "b", 10 * MINUTE, 11 * MINUTE),  # arrives after x: the visitor did convert
+        ("v", "x", 45 * MINUTE, 0),  # the deadline passes
+    ]
+    assert run(history, rule, late) == []
+    # Arriving after the deadline passed, the same event recalls nothing already sent.
+    after = [*history[:2], ("v", "x", 45 * MINUTE, 0), ("v", "b", 10 * MINUTE, 36 * MINUTE)]
+    assert run(after, rule, late) == [Due("v", 0, 0, 30 * MINUTE)]
