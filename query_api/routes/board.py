@@ -115,7 +115,7 @@ def _query(
         stalled_before=None if stalled_for is None else now - timedelta(seconds=stalled_for),
         properties=names,
         where=pairs,
-        key="user_id" if funnel.count_by == "user" else "visitor_id",
+        by_user=funnel.count_by == "user",
     )
 
 

@@ -36,8 +36,8 @@ class BoardQuery:
     """What a board request asks for. `level`: one stage (1-based) or None for all;
     `stalled_before`: only visitors who entered their stage at or before it; `properties`:
     names looked up per visitor; `where`: (name, value) pairs a visitor's looked-up value
-    must equal (their names are among `properties`); `key`: the events column that names
-    a `funnel_state` row's entity (`user_id` for funnels counting users)."""
+    must equal (their names are among `properties`); `by_user`: the funnel counts users,
+    so a row names a user, or a never-identified visitor counted on its own."""
 
     project: str
     funnel_id: str
@@ -45,7 +45,14 @@ class BoardQuery:
     stalled_before: datetime | None = None
     properties: tuple[str, ...] = ()
     where: tuple[tuple[str, str], ...] = ()
-    key: str = "visitor_id"
+    by_user: bool = False
+
+    @property
+    def entity(self) -> str:
+        """What names an event's `funnel_state` row: its visitor, or for funnels counting
+        users its user id when it carries one (an event sent before its visitor was
+        identified counts as that visitor's, not the user's)."""
+        return "if(user_id != '', user_id, visitor_id)" if self.by_user else "visitor_id"
 
 
 def _board_cte(q: BoardQuery, params: Params, page: str) -> str:
@@ -79,7 +86,7 @@ def _activity_cte(q: BoardQuery, params: Params) -> str:
             f"argMaxIf(properties[{{name{i}:String}}], timestamp,"
             f" mapContains(properties, {{name{i}:String}})) AS p{i}"
         )
-    key = q.key
+    key = q.entity
     return f"""activity AS (
     SELECT {key} AS entity, {", ".join(columns)}
     FROM events

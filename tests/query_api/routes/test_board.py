@@ -5,6 +5,7 @@ hypothesis) the board's per-stage totals equal to the live counts over random hi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import time
@@ -50,8 +51,11 @@ FUNNEL = {
 EXAMPLES = int(os.environ.get("FUNNELSTREAM_BOARD_EXAMPLES", "20"))
 
 
+BY_USER = {**FUNNEL, "id": "deals_by_user", "count_by": "user"}
+
+
 def catalog() -> FunnelCatalog:
-    return FunnelCatalog([FunnelDefinition.model_validate(FUNNEL)])
+    return FunnelCatalog([FunnelDefinition.model_validate(f) for f in (FUNNEL, BY_USER)])
 
 
 def make_app(ch: ClickHouse) -> FastAPI:
@@ -194,6 +198,42 @@ async def test_board_lists_each_stage_with_properties_filters_pages_and_csv(
         assert "gone" not in {v for v, _ in who(after)}
         assert [s["visitors"] for s in after["stages"]] == [4, 1, 1]
     await log.close()
+
+
+async def test_a_funnel_counting_users_lists_users_with_their_visitors_properties(
+    ch: ClickHouse, tmp_path: Path
+) -> None:
+    """Rows of a `count_by: "user"` funnel are users: their properties and last activity
+    come from the events of every visitor that sent the user id."""
+    events = [
+        ev("a1", "view", minute(0), 0, owner="amy"),
+        ev("a2", "cart", minute(2), 1, owner="zed"),
+        ev("b1", "view", minute(1), 2),
+        ev("anon", "view", minute(3), 3, owner="nobody"),
+    ]
+    events = [
+        dataclasses.replace(e, user_id=user)
+        for e, user in zip(events, ["u1", "u1", "u2", ""], strict=True)
+    ]
+    log = EmbeddedLog(tmp_path / "log", default_partitions=2)
+    await append(log, [(e.partition_key(), encode(e)) for e in events])
+    await run_until_idle(Processor(log, ch, catalog(), config()), log, len(events))
+    await log.close()
+    transport = httpx.ASGITransport(app=make_app(ch))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get(
+            "/v1/funnels/deals_by_user/board", params={"property": "owner"}, headers=READ
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        live = await client.get("/v1/funnels/deals_by_user/live?minutes=0", headers=READ)
+    rows = {v["visitor_id"]: v for v in body["visitors"]}
+    assert rows["u1"]["stage"] == 1 and rows["u1"]["properties"] == {"owner": "zed"}
+    assert rows["u1"]["last_activity_at"].startswith("2025-10-09T08:55:20")  # minute 2
+    assert rows["u2"]["stage"] == 0 and rows["u2"]["properties"] == {"owner": ""}
+    # Never identified: counted on its own, under its visitor id.
+    assert rows["anon"]["stage"] == 0 and rows["anon"]["properties"] == {"owner": "nobody"}
+    assert [s["visitors"] for s in body["stages"]] == [s["at_stage"] for s in live.json()["stages"]]
 
 
 # --- the board's totals equal the live counts, over random histories ----------------
