@@ -70,6 +70,7 @@ from query_api.erasure import ErasureLog
 from query_api.errors import install_error_handlers
 from query_api.openapi import install_query_openapi
 from query_api.routes.analysis import router as analysis_router
+from query_api.routes.board import router as board_router
 from query_api.routes.cohorts import router as cohort_retention_router
 from query_api.routes.drivers import router as drivers_router
 from query_api.routes.erasure import router as erasure_router
@@ -78,6 +79,7 @@ from query_api.routes.forecast import router as forecast_router
 from query_api.routes.funnels import router as funnels_router
 from query_api.routes.keys import router as keys_router
 from query_api.routes.live import router as live_router
+from query_api.routes.page import router as page_router
 from query_api.routes.reports import router as reports_router
 from query_api.routes.stats import router as stats_router
 
@@ -289,6 +291,8 @@ def build_app(
         app.include_router(funnels_router)
         app.include_router(reports_router)
         app.include_router(live_router)
+        app.include_router(board_router)
+        app.include_router(page_router)
         app.include_router(analysis_router)
         app.include_router(experiment_router)
         app.include_router(forecast_router)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Funnelstream needs on a fresh machine, idempotently:
 #   - a virtualenv in .venv with the package and its dev tools (pip, from PyPI)
+#   - the analyst page's chart library (npm, query_api/static/build.sh)
 #   - with --all: Debian's Chromium (browser tests), Debian's Prometheus and promtool
 #     (prometheus tests) and Apache Kafka's jars (Maven Central)
 set -euo pipefail
@@ -27,6 +28,9 @@ if command -v npm >/dev/null; then
     touch "$npm_stamp"
   fi
 fi
+# The analyst page's chart library (npm, pinned by its lockfile), copied where the query
+# API serves it: query_api/static/vendor/ (not committed).
+sh query_api/static/build.sh
 
 if [ "${1:-}" = "--all" ]; then
   bash deploy/browser/install.sh

@@ -151,11 +151,15 @@ async def transition_stream(
     sent: dict[tuple[str, int, str, int], datetime] = {}
     quiet_since = time.monotonic()
     labels = [s.label() for s in funnel.steps]
+    # Within one catch-up, a full page is followed by the page after its last row: re-read
+    # from the overlap, a full page of rows already sent would be read again forever.
+    floor = cursor - STREAM_OVERLAP
+    past: tuple[datetime, str, int, str] | None = None
     try:
         yield f"retry: {int(poll_seconds * 1000)}\n\n"
         while not await is_disconnected():
             sql, params = transitions_after_sql(
-                funnel.project, funnel.id, cursor - STREAM_OVERLAP, STREAM_BATCH
+                funnel.project, funnel.id, floor, STREAM_BATCH, past
             )
             try:
                 rows = await ch.query_rows(sql, params)
@@ -207,7 +211,12 @@ async def transition_stream(
                 quiet_since = time.monotonic()
                 yield ": keep-alive\n\n"
             if len(rows) < STREAM_BATCH:
+                past = None
+                floor = cursor - STREAM_OVERLAP
                 await asyncio.sleep(poll_seconds)
+            else:
+                last = rows[-1]
+                past = (_utc(last[4]), str(last[0]), int(last[1]), str(last[5]))
     finally:
         StreamCounter.open -= 1
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+# The transitions tables' `kind` Enum8 values (migration 0007), in the order they sort.
+KIND_ORDER = {"reached": 0, "retracted": 1, "corrected": 2}
+
 
 def stage_counts_sql(project: str, funnel_id: str) -> tuple[str, dict[str, Any]]:
     """Rows (level, visitors): how many visitors stand at each level now (level 0: a
@@ -51,15 +54,28 @@ GROUP BY step""".strip()
 
 
 def transitions_after_sql(
-    project: str, funnel_id: str, after: datetime, limit: int
+    project: str,
+    funnel_id: str,
+    after: datetime,
+    limit: int,
+    past: tuple[datetime, str, int, str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Transitions written at or after `after` (processed_at), oldest write first: what the
-    stream sends. Not FINAL: the stream deduplicates by (visitor, step) itself."""
-    sql = """
+    stream sends. Not FINAL: the stream deduplicates by (visitor, step) itself. `past`: the
+    (processed_at, visitor, step, kind) of the last row of a full page, to read the next page
+    after it (more than `limit` rows can share a write time)."""
+    params: dict[str, Any] = {"project": project, "funnel": funnel_id, "after": after}
+    keyset = ""
+    if past is not None:
+        keyset = """
+  AND (processed_at, visitor_id, step, toInt8(kind))
+    > ({p_at:DateTime64(3, 'UTC')}, {p_v:String}, {p_s:UInt8}, {p_k:Int8})"""
+        params.update(p_at=past[0], p_v=past[1], p_s=past[2], p_k=KIND_ORDER[past[3]])
+    sql = f"""
 SELECT visitor_id, step, reached_at, chain_started_at, processed_at, kind
 FROM funnel_transitions_by_time
-WHERE project_id = {project:String} AND funnel_id = {funnel:String}
-  AND processed_at >= {after:DateTime64(3, 'UTC')}
-ORDER BY processed_at, visitor_id, step
-LIMIT {limit:UInt32}""".strip()
-    return sql, {"project": project, "funnel": funnel_id, "after": after, "limit": limit}
+WHERE project_id = {{project:String}} AND funnel_id = {{funnel:String}}
+  AND processed_at >= {{after:DateTime64(3, 'UTC')}}{keyset}
+ORDER BY processed_at, visitor_id, step, kind
+LIMIT {{limit:UInt32}}""".strip()
+    return sql, {**params, "limit": limit}

@@ -88,6 +88,9 @@ ROUTES: dict[tuple[str, str], Needs] = {
     ("GET", "/v1/funnels/{funnel_id}/live/stream"): Needs(
         "read", "not_found", params={"since": "not-a-time"}
     ),
+    # the stage board
+    ("GET", "/v1/funnels/{funnel_id}/board"): Needs("read", "not_found"),
+    ("GET", "/v1/funnels/{funnel_id}/board/export"): Needs("read", "not_found"),
     # analysis
     ("GET", "/v1/funnels/{funnel_id}/breakdown"): Needs(
         "read", "not_found", params={**RANGE, "property": "url"}
@@ -129,6 +132,12 @@ ROUTES: dict[tuple[str, str], Needs] = {
         for path in POSTHOG_CAPTURE_PATHS
     },
     **{(m, path): Needs("none") for path in POSTHOG_FLAG_PATHS for m in ("GET", "POST")},
+    # the analyst page: static files, no key (the user types a read key into the page)
+    ("GET", "/app"): Needs("none"),
+    ("GET", "/app/app.js"): Needs("none"),
+    ("GET", "/app/app.css"): Needs("none"),
+    ("GET", "/app/vendor/uplot.min.js"): Needs("none"),
+    ("GET", "/app/vendor/uplot.min.css"): Needs("none"),
     # operations and documentation: no key
     ("GET", "/readyz"): Needs("none"),
     ("GET", "/healthz"): Needs("none"),

@@ -28,7 +28,7 @@ from funnelstream.http_errors import install_error_envelope
 from processor.catalog import FunnelCatalog
 from processor.rows import FUNNEL_STATE_COLUMNS, TRANSITION_COLUMNS
 from query_api.routes.funnels import router as funnels_router
-from query_api.routes.live import StreamCounter, sse_message
+from query_api.routes.live import STREAM_BATCH, StreamCounter, sse_message
 from query_api.routes.live import router as live_router
 from schemas.funnels import FunnelDefinition
 
@@ -212,3 +212,25 @@ def test_stream_sends_new_transitions_and_ends_when_the_client_leaves(
     while StreamCounter.open and time.monotonic() < deadline:
         time.sleep(0.05)
     assert StreamCounter.open == 0
+
+
+def test_stream_sends_more_transitions_than_a_page_written_at_once(
+    server: str, ch: ClickHouse
+) -> None:
+    """A batch of more than STREAM_BATCH transitions sharing one write time (a processor
+    catching up) reaches the client whole, and the stream goes on after it."""
+    now = datetime.now(UTC)
+    many = STREAM_BATCH + 200
+    rows = [
+        ("shop", "checkout", f"w{n:05d}", 1, now, now, uuid.uuid4(), now, "reached")
+        for n in range(many)
+    ]
+    ch.insert_sync("funnel_transitions", rows, TRANSITION_COLUMNS)
+    url = f"{server}/v1/funnels/checkout/live/stream"
+    since = str(int((now - timedelta(minutes=1)).timestamp() * 1000))
+    with httpx.stream("GET", url, params={"since": since}, headers=READ, timeout=10) as r:
+        events = _events(r.iter_lines())
+        got = {next(events)["visitor_id"] for _ in range(many)}
+        assert len(got) == many
+        transition(ch, "after", 1, datetime.now(UTC), datetime.now(UTC))
+        assert next(events)["visitor_id"] == "after"

@@ -24,6 +24,7 @@ from query_api.sql.analysis import (
     next_events_sql,
     open_funnel_sql,
 )
+from query_api.sql.board import BoardCursor, BoardQuery, board_page_sql, board_totals_sql
 from query_api.sql.cohorts import RetentionQuery, retention_sql
 from query_api.sql.drivers import drivers_sql
 from query_api.sql.experiment import experiment_sql
@@ -155,6 +156,17 @@ CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     ),
     "experiment_by_user": lambda: experiment_sql(
         funnel(count_by="user"), "shop", START, END, "variant"
+    ),
+    "board_page": lambda: board_page_sql(
+        BoardQuery("shop", "checkout", 2, START, ("owner",)), BoardCursor(2, 0, "v1"), 101
+    ),
+    "board_page_where": lambda: board_page_sql(
+        BoardQuery("shop", "checkout", properties=("owner",), where=(("owner", "ann"),)),
+        BoardCursor(2, 0, "v1"),
+        101,
+    ),
+    "board_totals_where": lambda: board_totals_sql(
+        BoardQuery("shop", "checkout", properties=("owner",), where=(("owner", "ann"),))
     ),
 }
 
