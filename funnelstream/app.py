@@ -33,6 +33,7 @@ from funnelstream.clickhouse import (
 from funnelstream.config import (
     CommonSettings,
     IngestSettings,
+    LogSettings,
     ProcessorSettings,
     QueryApiSettings,
     load_config,
@@ -50,6 +51,7 @@ from funnelstream.key_store import (
 )
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.logs import RequestIds
 from funnelstream.ratelimit import Limiter
 from funnelstream.request_limits import RequestLimits, build_policies
 from funnelstream.retention import apply_retention, log_retention_ms, retention_days
@@ -251,8 +253,10 @@ def build_app(
         trusted_proxies=settings.trusted_proxies,
     )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
-    # Outermost: counts every answer, the refusals above included.
+    # Around the limits: counts every answer, the refusals above included.
     app.add_middleware(ResponseCounter, policies=policies)
+    # Around everything: every log line of a request names it (funnelstream/logs.py).
+    app.add_middleware(RequestIds, access_log=LogSettings().access_log)
 
     install_error_envelope(app)
 

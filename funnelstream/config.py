@@ -155,6 +155,20 @@ class QueryApiSettings(CommonSettings):
         return self
 
 
+class LogSettings(BaseSettings):
+    """How every process writes its log lines (funnelstream/logs.py); read before any other
+    setting, so a configuration error is logged in the format asked for."""
+
+    model_config = SettingsConfigDict(env_prefix="FUNNELSTREAM_", extra="ignore")
+
+    # "json": one object per line (services' default); "text": for people (the command-line
+    # tools' default). None: the command's default. `--log-format` overrides it.
+    log_format: Literal["json", "text"] | None = None
+    # One line per HTTP request (method, path, status, duration, request id): off by
+    # default, as ingest answers thousands of requests a second.
+    access_log: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Project:
     id: str

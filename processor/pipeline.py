@@ -45,12 +45,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
 from funnelstream.backoff import Backoff, BackoffPolicy
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.log import Log, LogConsumer, LogMessage, LogUnavailable, RebalanceListener
+from funnelstream.logs import batch_context
 from processor.apply import Applier
 from processor.backfills import Backfiller
 from processor.batch import Batch, BatchPolicy
@@ -298,7 +300,7 @@ class Processor:
         # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
         # the apply: it would swap the batch whose pending ids the lookup checked
         # against, and drop the states of revoked partitions.
-        async with self._flush_lock:
+        async with self._flush_lock, _logged(self._batch):
             batch = self._batch
             deliveries = steps.decoder.decode(messages, batch)
             with self._collector.io():
@@ -338,7 +340,7 @@ class Processor:
         lists them as held, but this is the last chance to commit for them.
         """
         steps = self._steps
-        async with self._flush_lock:
+        async with self._flush_lock, _logged(self._batch):
             batch = self._batch
             if not batch.empty():
                 self._batch = Batch()
@@ -352,6 +354,7 @@ class Processor:
                         (ClickHouseUnavailable, LogUnavailable),
                         metrics.PROCESSOR_WRITE_RETRIES.inc,
                     )
+                _log_written(batch, writes)
                 metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
                 steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
@@ -449,3 +452,37 @@ class Processor:
     def assignment(self) -> frozenset[int]:
         """The partitions this processor holds now."""
         return self._consumer.assignment() if self._consumer is not None else frozenset()
+
+
+@contextlib.asynccontextmanager
+async def _logged(batch: Batch) -> AsyncIterator[None]:
+    """Log lines made inside carry the batch's id (funnelstream/logs.py); the lines about
+    a written batch also name the offsets it ends at (`_log_written`)."""
+    with batch_context(batch.id):
+        yield
+
+
+def _log_written(batch: Batch, writes: Writes) -> None:
+    """What an operator wants to hear of a written batch: its dead letters and re-folds
+    (the rest is in the metrics); the offsets it ends at, to find its messages."""
+    ends = ", ".join(f"p{p}<{o}" for p, o in sorted(batch.next_offsets.items()))
+    if batch.dead_letters:
+        reasons: dict[str, int] = {}
+        for row in batch.dead_letters:
+            reasons[str(row[2])] = reasons.get(str(row[2]), 0) + 1
+        log.warning(
+            "batch of %d messages (%s) sent %d to the dead letters: %s",
+            batch.messages,
+            ends,
+            len(batch.dead_letters),
+            ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())),
+        )
+    refolded = len(writes.refolds.replaced) if writes.refolds is not None else 0
+    if refolded:
+        log.info(
+            "batch of %d messages (%s) re-folded %d visitors for late events",
+            batch.messages,
+            ends,
+            refolded,
+        )
+    log.debug("batch of %d messages written (%s)", batch.messages, ends)
