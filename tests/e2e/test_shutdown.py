@@ -1,0 +1,68 @@
+"""SIGTERM `funnelstream serve` while several clients send batches: it stops on its own
+(ingest first, then the processor), every event answered 202 is stored exactly once, and
+after a restart and the resend of what was not acknowledged the funnel is exact."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from funnelstream.demo import storefront
+from tests.e2e.load import Senders, stored_event_ids
+from tests.e2e.server import Server, stats
+
+pytestmark = [pytest.mark.clickhouse, pytest.mark.slow]
+
+BATCH = 100
+CLIENTS = 4
+EVERYTHING = {"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+
+
+def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
+    traffic = storefront(visitors=3000, start_ms=int(time.time() * 1000) - 7200_000, seed=7)
+    batches = [traffic.events[i : i + BATCH] for i in range(0, len(traffic.events), BATCH)]
+    data = tmp_path / "data"
+
+    server = Server(data).start()
+    senders = Senders(server.base, batches, list(range(len(batches))), CLIENTS).start()
+    senders.wait_acked(len(batches) // 3)
+    assert server.proc is not None
+    stopping = time.monotonic()
+    server.proc.terminate()  # SIGTERM, mid-stream
+    # uvicorn ends a graceful stop by raising the signal it caught again (exit 143).
+    assert server.proc.wait(60) == -signal.SIGTERM
+    stopped_in = time.monotonic() - stopping
+    senders.stop()
+    acked_first = set(senders.acked)
+    assert 0 < len(acked_first) < len(batches), "the stop came after the stream"
+    log = server.log_path.read_text()
+    # In order: ingest stopped on its own (not killed), then the processor let go.
+    assert "killing it" not in log
+    assert log.index("ingest process (pid") < log.index("revoked partitions")
+
+    # Restart; resend what was not acknowledged, and one acknowledged batch (a client
+    # that missed its answer): event ids keep both from counting twice.
+    server = Server(data).start()
+    todo = [i for i in range(len(batches)) if i not in acked_first]
+    resenders = Senders(server.base, batches, [min(acked_first), *todo], CLIENTS).start()
+    resenders.drain()
+    try:
+        server.wait_processed(timeout=120)
+        report = server.report(**EVERYTHING)
+        assert [s["visitors"] for s in report["steps"]] == traffic.reached
+        assert [s["reached"] for s in server.live()["stages"]] == traffic.reached
+        totals = stats(server)
+        assert totals["events"] == len(traffic.events)
+        assert totals["dead_letters"] == 0
+    finally:
+        server.stop()
+    stored = stored_event_ids(data)
+    assert set(stored) == {e["event_id"] for e in traffic.events}
+    assert max(stored.values()) == 1, [i for i, n in stored.items() if n > 1][:5]
+    print(
+        f"stopped in {stopped_in:.1f}s with {len(acked_first)}/{len(batches)} batches "
+        f"acknowledged, {senders.failures} refused or cut while stopping"
+    )
