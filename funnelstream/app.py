@@ -108,6 +108,7 @@ def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
         ),
         batch_max_messages=settings.batch_max_messages,
         batch_max_seconds=settings.batch_max_seconds,
+        batch_idle_seconds=settings.batch_idle_seconds,
         retry_initial_seconds=settings.retry_initial_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         backfill_chunk_visitors=settings.backfill_chunk_visitors,

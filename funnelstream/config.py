@@ -116,6 +116,8 @@ class ProcessorSettings(CommonSettings):
     # Large batches, few inserts: processor/pipeline.py's ProcessorConfig says why.
     batch_max_messages: int = 20000
     batch_max_seconds: float = 1.0
+    # How old a batch is written once the log is drained (at most batch_max_seconds).
+    batch_idle_seconds: float = Field(default=0.25, gt=0)
     # The shared backoff (funnelstream/backoff.py): ClickHouse and log retries, and the
     # restarts of crashed background tasks. Doubles from the first to the second.
     retry_initial_seconds: float = 0.2

@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 # Events folded between two turns of the event loop (about 20 ms of fold).
 APPLY_SLICE = 500
+# The longest a poll waits: how long a stop may wait for the loop to see it.
+STOP_LATENCY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,10 @@ class Processor:
         # While a backfill has chunks left, a poll takes what is there without waiting.
         backfilling = steps.backfiller.busy()
         timeout = 0.0 if backfilling else steps.policy.poll_timeout(self._batch, time.monotonic())
+        # The loop sees a stop between polls: a poll waiting out a long batch period
+        # (`batch_max_seconds`) would hold the stop past the supervisor's grace period,
+        # which then cancels the processor with its batch unwritten.
+        timeout = min(timeout, STOP_LATENCY_SECONDS)
         limit = steps.policy.poll_limit(self._batch)
         try:
             with self._collector.io():

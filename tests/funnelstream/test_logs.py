@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import string
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.types import Message, Receive, Scope, Send
 
 from funnelstream.log import LogRecord
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.logs import REQUEST_ID, RequestIds
 from tests.e2e.server import READ, WRITE, Server
-
-pytestmark = [pytest.mark.clickhouse]
 
 EVENT = {"event": "page_view", "visitor_id": "v1", "timestamp": "2026-01-01T00:00:00Z"}
 
@@ -32,13 +36,14 @@ def _json_lines(server: Server) -> list[dict[str, Any]]:
     return lines
 
 
-def _wait_for(server: Server, found: str, timeout: float = 30) -> None:
+def _wait_for(server: Server, found: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while found not in server.log_path.read_text():
         assert time.monotonic() < deadline, f"no log line with {found!r}"
         time.sleep(0.1)
 
 
+@pytest.mark.clickhouse
 def test_json_lines_carry_request_and_batch_ids(tmp_path: Path) -> None:
     server = Server(tmp_path, FUNNELSTREAM_ACCESS_LOG="true").start()
     try:
@@ -112,3 +117,41 @@ async def _append_undecodable(path: Path) -> None:
     await producer.append([LogRecord(b"shop\x00v9", b"not an event", int(time.time() * 1000))])
     await producer.stop()
     await log.close()
+
+
+SANE = st.text(alphabet=string.ascii_letters + string.digits + "._:/+=-", min_size=1, max_size=128)
+
+
+@given(incoming=st.one_of(st.none(), SANE.map(str.encode), st.binary(max_size=200)))
+def test_request_id_kept_when_sane_else_made(incoming: bytes | None) -> None:
+    """One id per request, in the app's view (header and log context) and once in the
+    answer: the incoming one when it is 1-128 plain characters, else a fresh one."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen["headers"] = [v for k, v in scope["headers"] if k == b"x-request-id"]
+        seen["context"] = REQUEST_ID.get()
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    headers = [] if incoming is None else [(b"x-request-id", incoming)]
+    scope = {"type": "http", "method": "POST", "path": "/v1/events", "headers": headers}
+    # Nested as in serve's ingest process (its front, then the ingest app): one id.
+    asyncio.run(RequestIds(RequestIds(app))(scope, receive, send))
+
+    answered = [v for k, v in sent[0]["headers"] if k == b"x-request-id"]
+    assert len(answered) == 1 and seen["headers"] == answered
+    assert seen["context"] == answered[0].decode()
+    if incoming is not None and re.fullmatch(rb"[A-Za-z0-9._:/+=-]{1,128}", incoming):
+        assert answered[0] == incoming
+    else:
+        assert re.fullmatch(rb"[0-9a-f]{32}", answered[0])
+    assert REQUEST_ID.get() is None  # not left behind for the next request

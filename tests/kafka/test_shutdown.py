@@ -35,7 +35,8 @@ def _sigterm(*servers: Server) -> None:
 
 def start_all(*servers: Server) -> None:
     with ThreadPoolExecutor(len(servers)) as pool:
-        for started in pool.map(Server.start, servers):
+        # A longer wait than one start's: they share the machine's cores.
+        for started in pool.map(lambda s: s.start(timeout=240), servers):
             assert started is not None
 
 
@@ -49,10 +50,17 @@ def test_sigterm_ingest_and_processor_mid_stream(tmp_path: Path, kafka_bootstrap
     def ingest(life: int) -> Server:
         return kafka_server("ingest", tmp_path / f"ingest{life}", kafka_bootstrap, topic, group)
 
-    # No batch is due within 5 s, so the processor's stop comes with its batch applied
-    # and not yet written: whatever is stored after the stop, the stop wrote.
+    # No batch is due for 60 s (and the stream is smaller than one), so the processor's
+    # stop comes with its batch applied and not yet written: what is stored after the
+    # stop, the stop wrote.
     processor = kafka_server(
-        "process", data, kafka_bootstrap, topic, group, FUNNELSTREAM_BATCH_MAX_SECONDS="5"
+        "process",
+        data,
+        kafka_bootstrap,
+        topic,
+        group,
+        FUNNELSTREAM_BATCH_MAX_SECONDS="60",
+        FUNNELSTREAM_BATCH_IDLE_SECONDS="60",
     )
     # The second life's ingest is started now too: starts take seconds here, in parallel.
     front, next_front = ingest(1), ingest(2)
