@@ -349,7 +349,7 @@ def _log_format_arg(p: argparse.ArgumentParser) -> None:
 def _setup_logging(args: argparse.Namespace, service: bool) -> None:
     """One log setup for every command (funnelstream/logs.py): the flag, else
     FUNNELSTREAM_LOG_FORMAT, else JSON for services and text for the command-line tools.
-    The choice is put in the environment, so `serve`'s ingest process logs alike."""
+    A service's choice is put in the environment, so `serve`'s ingest process logs alike."""
     chosen = getattr(args, "log_format", None)
     try:
         fmt: LogFormat = chosen or LogSettings().log_format or ("json" if service else "text")
@@ -358,7 +358,8 @@ def _setup_logging(args: argparse.Namespace, service: bool) -> None:
         logs.configure(fmt)
         logging.getLogger(__name__).error("configuration error: %s", exc)
         raise SystemExit(2) from exc
-    os.environ["FUNNELSTREAM_LOG_FORMAT"] = fmt
+    if service:
+        os.environ["FUNNELSTREAM_LOG_FORMAT"] = fmt
     logs.configure(fmt)
 
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -92,14 +92,33 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is written (a test's capture that
+    has since ended is never held)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(fmt: LogFormat, level: int = logging.INFO) -> None:
-    """Route every logger (ours, uvicorn's, the libraries') to one stderr handler in `fmt`."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Route every logger (ours, uvicorn's, the libraries') to one stderr handler in `fmt`.
+    Called again, it replaces its own handler; handlers others put on the root logger
+    (a test runner's) are left in place."""
+    handler = _Stderr()
     handler.setFormatter(json_formatter() if fmt == "json" else _TextFormatter())
     handler.addFilter(_ContextFields())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, _Stderr):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     for name in _QUIET_LOGGERS:
