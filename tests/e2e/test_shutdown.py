@@ -26,7 +26,11 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
     batches = [traffic.events[i : i + BATCH] for i in range(0, len(traffic.events), BATCH)]
     data = tmp_path / "data"
 
-    server = Server(data).start()
+    # No batch is due for 60 s, so the processor's stop comes with its batch applied and
+    # not yet written: what is stored after the stop, the stop wrote.
+    server = Server(
+        data, FUNNELSTREAM_BATCH_MAX_SECONDS="60", FUNNELSTREAM_BATCH_IDLE_SECONDS="60"
+    ).start()
     senders = Senders(server.base, batches, list(range(len(batches))), CLIENTS).start()
     senders.wait_acked(len(batches) // 4)
     assert server.proc is not None
@@ -42,6 +46,11 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
     # In order: ingest stopped on its own (not killed), then the processor let go.
     assert "killing it" not in log
     assert log.index("ingest process (pid") < log.index("revoked partitions")
+    # Seen within a second, though its poll may wait for the batch period (60 s): not
+    # cancelled after the supervisor's grace period (15 s).
+    assert stopped_in < 12
+    written_on_stop = stored_event_ids(data)
+    assert written_on_stop, "the processor's stop did not write its batch"
 
     # Restart; resend what was not acknowledged, and one acknowledged batch (a client
     # that missed its answer): event ids keep both from counting twice.
@@ -64,5 +73,6 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
     assert max(stored.values()) == 1, [i for i, n in stored.items() if n > 1][:5]
     print(
         f"stopped in {stopped_in:.1f}s with {len(acked_first)}/{len(batches)} batches "
-        f"acknowledged, {senders.failures} refused or cut while stopping"
+        f"acknowledged, {senders.failures} refused or cut while stopping, "
+        f"{len(written_on_stop)} events written by the processor's stop"
     )
