@@ -24,10 +24,10 @@ with orjson, which ingest already uses.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -136,7 +136,8 @@ def batch_context(batch_id: str) -> Iterator[None]:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits, as a uuid4 has, for a third of its cost.
+    return os.urandom(16).hex()
 
 
 class RequestIds:
@@ -155,21 +156,20 @@ class RequestIds:
         if scope["type"] != "http" or _SCOPE_KEY in scope:
             await self._app(scope, receive, send)
             return
+        # On ingest's hot path: a few microseconds per request. ASGI header names are
+        # lower case; the scope is this request's own, so it is changed in place.
         incoming = None
-        others = []
         for key, value in scope["headers"]:
-            if key.lower() == HEADER:
+            if key == HEADER:
                 incoming = value
-            else:
-                others.append((key, value))
         if incoming is not None and _SANE_ID.fullmatch(incoming):
-            request_id = incoming.decode("ascii")
             raw = incoming
+            request_id = incoming.decode("ascii")
         else:
             request_id = new_id()
             raw = request_id.encode("ascii")
-        others.append((HEADER, raw))
-        scope = dict(scope, headers=others)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != HEADER]
+            scope["headers"].append((HEADER, raw))
         scope[_SCOPE_KEY] = request_id
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
@@ -179,10 +179,9 @@ class RequestIds:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
+                headers = message.get("headers", ())
                 if not any(k.lower() == HEADER for k, _ in headers):
-                    headers.append((HEADER, raw))
-                    message = dict(message, headers=headers)
+                    message = {**message, "headers": [*headers, (HEADER, raw)]}
             await send(message)
 
         try:
