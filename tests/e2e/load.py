@@ -23,10 +23,15 @@ class Senders:
     """`clients` threads taking batches from one queue and posting them to `base`, each
     on its own keep-alive connection, until the queue is empty or `stop`. A batch answered
     202 is acknowledged; any other answer or a failed request puts it back (the client
-    keeps it, as the snippet's retry queue does), to send again later."""
+    keeps it, as the snippet's retry queue does), to send again later. `pace`: seconds a
+    client waits between two requests, so a fast machine does not finish the stream
+    before a stop lands in it."""
 
-    def __init__(self, base: str, batches: list[Batch], todo: list[int], clients: int) -> None:
+    def __init__(
+        self, base: str, batches: list[Batch], todo: list[int], clients: int, pace: float = 0.0
+    ) -> None:
         self._base = base
+        self._pace = pace
         self._batches = batches
         self._todo = list(reversed(todo))
         self._lock = threading.Lock()
@@ -80,6 +85,7 @@ class Senders:
                 if ok:
                     with self._lock:
                         self.acked.add(index)
+                    time.sleep(self._pace)
                     continue
                 with self._lock:
                     self.failures += 1

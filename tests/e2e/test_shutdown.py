@@ -18,11 +18,13 @@ pytestmark = [pytest.mark.clickhouse, pytest.mark.slow]
 
 BATCH = 100
 CLIENTS = 4
+# At most 80 batches a second: the stream lasts longer than the stop takes.
+PACE = 0.05
 EVERYTHING = {"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
 
 
 def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
-    traffic = storefront(visitors=5000, start_ms=int(time.time() * 1000) - 7200_000, seed=7)
+    traffic = storefront(visitors=8000, start_ms=int(time.time() * 1000) - 7200_000, seed=7)
     batches = [traffic.events[i : i + BATCH] for i in range(0, len(traffic.events), BATCH)]
     data = tmp_path / "data"
 
@@ -31,8 +33,8 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
     server = Server(
         data, FUNNELSTREAM_BATCH_MAX_SECONDS="60", FUNNELSTREAM_BATCH_IDLE_SECONDS="60"
     ).start()
-    senders = Senders(server.base, batches, list(range(len(batches))), CLIENTS).start()
-    senders.wait_acked(len(batches) // 4)
+    senders = Senders(server.base, batches, list(range(len(batches))), CLIENTS, PACE).start()
+    senders.wait_acked(len(batches) // 5)
     assert server.proc is not None
     stopping = time.monotonic()
     server.proc.terminate()  # SIGTERM, mid-stream

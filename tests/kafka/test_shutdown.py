@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
 BATCH = 100
 CLIENTS = 4
+# At most 80 batches a second: the stream lasts longer than the stop takes.
+PACE = 0.05
 
 
 def _sigterm(*servers: Server) -> None:
@@ -65,7 +67,7 @@ def test_sigterm_ingest_and_processor_mid_stream(tmp_path: Path, kafka_bootstrap
     # The second life's ingest is started now too: starts take seconds here, in parallel.
     front, next_front = ingest(1), ingest(2)
     start_all(processor, front, next_front)
-    senders = Senders(front.base, batches, list(range(len(batches))), CLIENTS).start()
+    senders = Senders(front.base, batches, list(range(len(batches))), CLIENTS, PACE).start()
     senders.wait_acked(len(batches) // 4)
     _sigterm(front, processor)
     senders.stop()
