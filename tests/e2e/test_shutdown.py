@@ -34,14 +34,17 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
         data, FUNNELSTREAM_BATCH_MAX_SECONDS="60", FUNNELSTREAM_BATCH_IDLE_SECONDS="60"
     ).start()
     senders = Senders(server.base, batches, list(range(len(batches))), CLIENTS, PACE).start()
-    senders.wait_acked(len(batches) // 5)
-    assert server.proc is not None
-    stopping = time.monotonic()
-    server.proc.terminate()  # SIGTERM, mid-stream
-    # uvicorn ends a graceful stop by raising the signal it caught again (exit 143).
-    assert server.proc.wait(60) == -signal.SIGTERM
-    stopped_in = time.monotonic() - stopping
-    senders.stop()
+    try:
+        senders.wait_acked(len(batches) // 5)
+        assert server.proc is not None
+        stopping = time.monotonic()
+        server.proc.terminate()  # SIGTERM, mid-stream
+        # uvicorn ends a graceful stop by raising the signal it caught again (exit 143).
+        assert server.proc.wait(60) == -signal.SIGTERM
+        stopped_in = time.monotonic() - stopping
+    finally:
+        senders.stop()
+        server.stop()  # nothing left running if the stop failed
     acked_first = set(senders.acked)
     assert 0 < len(acked_first) < len(batches), "the stop came after the stream"
     log = server.log_path.read_text()
@@ -57,10 +60,9 @@ def test_sigterm_mid_stream_loses_no_accepted_event(tmp_path: Path) -> None:
     # Restart; resend what was not acknowledged, and one acknowledged batch (a client
     # that missed its answer): event ids keep both from counting twice.
     server = Server(data).start()
-    todo = [i for i in range(len(batches)) if i not in acked_first]
-    resenders = Senders(server.base, batches, [min(acked_first), *todo], CLIENTS).start()
-    resenders.drain()
     try:
+        todo = [i for i in range(len(batches)) if i not in acked_first]
+        Senders(server.base, batches, [min(acked_first), *todo], CLIENTS).start().drain()
         server.wait_processed(timeout=120)
         report = server.report(**EVERYTHING)
         assert [s["visitors"] for s in report["steps"]] == traffic.reached
