@@ -37,6 +37,7 @@ from funnelstream.cluster_schema import statements_of
 from funnelstream.config import (
     CommonSettings,
     IngestSettings,
+    LogSettings,
     ProcessorSettings,
     QueryApiSettings,
     load_config,
@@ -54,6 +55,7 @@ from funnelstream.key_store import (
 )
 from funnelstream.log import Log, LogUnavailable
 from funnelstream.log.embedded import EmbeddedLog
+from funnelstream.logs import RequestIds
 from funnelstream.processor_members import ProcessorMembers
 from funnelstream.ratelimit import Limiter
 from funnelstream.request_limits import RequestLimits, build_policies
@@ -122,6 +124,7 @@ def processor_config(settings: ProcessorSettings) -> ProcessorConfig:
         ),
         batch_max_messages=settings.batch_max_messages,
         batch_max_seconds=settings.batch_max_seconds,
+        batch_idle_seconds=settings.batch_idle_seconds,
         retry_initial_seconds=settings.retry_initial_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         backfill_chunk_visitors=settings.backfill_chunk_visitors,
@@ -275,8 +278,10 @@ def build_app(
         trusted_proxies=settings.trusted_proxies,
     )
     app.add_middleware(CorsByRoute, query_origins=settings.query_cors_origins)
-    # Outermost: counts every answer, the refusals above included.
+    # Around the limits: counts every answer, the refusals above included.
     app.add_middleware(ResponseCounter, policies=policies)
+    # Around everything: every log line of a request names it (funnelstream/logs.py).
+    app.add_middleware(RequestIds, access_log=LogSettings().access_log)
 
     install_error_envelope(app)
 

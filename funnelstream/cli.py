@@ -14,14 +14,19 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from funnelstream import logs
 from funnelstream.config import (
     ConfigError,
     IngestSettings,
+    LogSettings,
     ProcessorSettings,
     load_config,
 )
+from funnelstream.logs import LogFormat
 
 IMPORT_BATCH = 500
+# Commands that run a server: JSON log lines unless told otherwise; the rest print text.
+SERVICES = frozenset({"serve", "serve-ingest", "ingest", "process", "query-api"})
 
 
 def _settings_env(args: argparse.Namespace) -> None:
@@ -95,6 +100,8 @@ def _run_server(args: argparse.Namespace, roles: frozenset[str]) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            # Our handler (funnelstream/logs.py) formats uvicorn's lines too.
+            log_config=None,
             access_log=False,
             # Whose X-Forwarded-For is believed is the `trusted_proxies` setting's alone
             # (funnelstream/client_address.py); uvicorn's own would trust 127.0.0.1.
@@ -124,6 +131,7 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
     from funnelstream.config import QueryApiSettings
     from funnelstream.front import PublicFront, forward_body_caps
     from funnelstream.ingest_process import TOKEN_ENV, exit_with_parent
+    from funnelstream.logs import RequestIds
     from funnelstream.sdk_paths import SDK_PATHS
     from ingest.routes import router as ingest_router
 
@@ -151,7 +159,13 @@ def _run_serve_ingest(args: argparse.Namespace) -> int:
         body_caps,
     )
     server = uvicorn.Server(
-        uvicorn.Config(front, log_level=args.log_level, access_log=False, proxy_headers=False)
+        uvicorn.Config(
+            RequestIds(front, access_log=LogSettings().access_log),
+            log_level=args.log_level,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
     )
     server.run(sockets=[socket.socket(fileno=args.fd)])
     return 0
@@ -340,11 +354,36 @@ def _server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     p.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
     p.add_argument("--log-level", dest="log_level", default="warning")
+    _log_format_arg(p)
+
+
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=["json", "text"],
+        help="log lines as JSON objects (services' default) or text (FUNNELSTREAM_LOG_FORMAT)",
+    )
+
+
+def _setup_logging(args: argparse.Namespace, service: bool) -> None:
+    """One log setup for every command (funnelstream/logs.py): the flag, else
+    FUNNELSTREAM_LOG_FORMAT, else JSON for services and text for the command-line tools.
+    A service's choice is put in the environment, so `serve`'s ingest process logs alike."""
+    chosen = getattr(args, "log_format", None)
+    try:
+        fmt: LogFormat = chosen or LogSettings().log_format or ("json" if service else "text")
+    except ValueError as exc:
+        fmt = "text"
+        logs.configure(fmt)
+        logging.getLogger(__name__).error("configuration error: %s", exc)
+        raise SystemExit(2) from exc
+    if service:
+        os.environ["FUNNELSTREAM_LOG_FORMAT"] = fmt
+    logs.configure(fmt)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="funnelstream")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -369,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_ingest.add_argument("--owner", required=True)
     serve_ingest.add_argument("--parent", type=int, required=True)
     serve_ingest.add_argument("--log-level", dest="log_level", default="warning")
+    _log_format_arg(serve_ingest)
     imp = sub.add_parser(
         "import",
         help="send a CSV or NDJSON history file (optionally .gz) through ingest",
@@ -455,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         k.add_argument("--config", help="TOML file with [[projects]]")
         k.add_argument("--clickhouse-dsn", dest="clickhouse_dsn")
     args = parser.parse_args(argv)
+    _setup_logging(args, service=args.command in SERVICES)
     roles = {
         "serve": frozenset({"ingest", "processor", "query"}),
         "ingest": frozenset({"ingest"}),

@@ -142,6 +142,8 @@ class ProcessorSettings(CommonSettings):
     # Large batches, few inserts: processor/pipeline.py's ProcessorConfig says why.
     batch_max_messages: int = 20000
     batch_max_seconds: float = 1.0
+    # How old a batch is written once the log is drained (at most batch_max_seconds).
+    batch_idle_seconds: float = Field(default=0.25, gt=0)
     # The shared backoff (funnelstream/backoff.py): ClickHouse and log retries, and the
     # restarts of crashed background tasks. Doubles from the first to the second.
     retry_initial_seconds: float = 0.2
@@ -192,6 +194,20 @@ class QueryApiSettings(CommonSettings):
                 f"({MAX_DEFINITION_BYTES} bytes) in an ad hoc report's body"
             )
         return self
+
+
+class LogSettings(BaseSettings):
+    """How every process writes its log lines (funnelstream/logs.py); read before any other
+    setting, so a configuration error is logged in the format asked for."""
+
+    model_config = SettingsConfigDict(env_prefix="FUNNELSTREAM_", extra="ignore")
+
+    # "json": one object per line (services' default); "text": for people (the command-line
+    # tools' default). None: the command's default. `--log-format` overrides it.
+    log_format: Literal["json", "text"] | None = None
+    # One line per HTTP request (method, path, status, duration, request id): off by
+    # default, as ingest answers thousands of requests a second.
+    access_log: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ sink writes it and the committer commits its `next_offsets` afterwards.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class Batch:
     drained: bool = False
     # The batch's accepted events, for dedupe until they are written (processor/dedupe.py).
     accepted: dict[Key, Position] = field(default_factory=dict)
+    # Names the batch in the log lines made while it is applied and written
+    # (funnelstream/logs.py): its dead letters, write retries and re-folds.
+    id: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def empty(self) -> bool:
         return self.messages == 0

@@ -45,13 +45,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from funnelstream import metrics
 from funnelstream.backoff import Backoff, BackoffPolicy
 from funnelstream.clickhouse import ClickHouse, ClickHouseUnavailable
 from funnelstream.log import Log, LogConsumer, LogMessage, LogUnavailable, RebalanceListener
+from funnelstream.logs import batch_context
 from processor.apply import Applier
 from processor.backfills import Backfiller
 from processor.batch import Batch, BatchPolicy
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 
 # Events folded between two turns of the event loop (about 20 ms of fold).
 APPLY_SLICE = 500
+# The longest a poll waits: how long a stop may wait for the loop to see it.
+STOP_LATENCY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,10 @@ class Processor:
         # While a backfill has chunks left, a poll takes what is there without waiting.
         backfilling = steps.backfiller.busy()
         timeout = 0.0 if backfilling else steps.policy.poll_timeout(self._batch, time.monotonic())
+        # The loop sees a stop between polls: a poll waiting out a long batch period
+        # (`batch_max_seconds`) would hold the stop past the supervisor's grace period,
+        # which then cancels the processor with its batch unwritten.
+        timeout = min(timeout, STOP_LATENCY_SECONDS)
         limit = steps.policy.poll_limit(self._batch)
         try:
             with self._collector.io():
@@ -309,7 +316,7 @@ class Processor:
         # Under the flush lock, so no flush (a rebalance's) runs between the lookup and
         # the apply: it would swap the batch whose pending ids the lookup checked
         # against, and drop the states of revoked partitions.
-        async with self._flush_lock:
+        async with self._flush_lock, _logged(self._batch):
             batch = self._batch
             deliveries = steps.decoder.decode(messages, batch)
             with self._collector.io():
@@ -351,7 +358,7 @@ class Processor:
         lists them as held, but this is the last chance to commit for them.
         """
         steps = self._steps
-        async with self._flush_lock:
+        async with self._flush_lock, _logged(self._batch):
             batch = self._batch
             consumer = self._consumer
             if not batch.empty() and (
@@ -372,6 +379,7 @@ class Processor:
                         (ClickHouseUnavailable, LogUnavailable),
                         metrics.PROCESSOR_WRITE_RETRIES.inc,
                     )
+                _log_written(batch, writes)
                 metrics.PROCESSOR_WRITE_SECONDS.observe(time.monotonic() - started)
                 metrics.PROCESSOR_BATCH_MESSAGES.observe(batch.messages)
                 steps.funnel_metrics.count_written(writes.outputs, writes.refolds)
@@ -498,3 +506,37 @@ class Processor:
     def assignment(self) -> frozenset[int]:
         """The partitions this processor holds now."""
         return self._consumer.assignment() if self._consumer is not None else frozenset()
+
+
+@contextlib.asynccontextmanager
+async def _logged(batch: Batch) -> AsyncIterator[None]:
+    """Log lines made inside carry the batch's id (funnelstream/logs.py); the lines about
+    a written batch also name the offsets it ends at (`_log_written`)."""
+    with batch_context(batch.id):
+        yield
+
+
+def _log_written(batch: Batch, writes: Writes) -> None:
+    """What an operator wants to hear of a written batch: its dead letters and re-folds
+    (the rest is in the metrics); the offsets it ends at, to find its messages."""
+    ends = ", ".join(f"p{p}<{o}" for p, o in sorted(batch.next_offsets.items()))
+    if batch.dead_letters:
+        reasons: dict[str, int] = {}
+        for row in batch.dead_letters:
+            reasons[str(row[2])] = reasons.get(str(row[2]), 0) + 1
+        log.warning(
+            "batch of %d messages (%s) sent %d to the dead letters: %s",
+            batch.messages,
+            ends,
+            len(batch.dead_letters),
+            ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())),
+        )
+    refolded = len(writes.refolds.replaced) if writes.refolds is not None else 0
+    if refolded:
+        log.info(
+            "batch of %d messages (%s) re-folded %d visitors for late events",
+            batch.messages,
+            ends,
+            refolded,
+        )
+    log.debug("batch of %d messages written (%s)", batch.messages, ends)
