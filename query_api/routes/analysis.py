@@ -17,6 +17,7 @@ from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.analysis import (
     SESSION_FIELDS,
     Breakdown,
@@ -88,6 +89,7 @@ async def funnel_breakdown(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: From = None,
     to: To = None,
+    segment: SegmentQuery = None,
 ) -> BreakdownOut:
     """The report's step counts per value of an event property (or a session property:
     entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os, country) of one
@@ -110,7 +112,9 @@ async def funnel_breakdown(
         _step(funnel, step, "step")
     start, end = parse_range(from_, to)
     by = Breakdown(property, source, attribution, step, limit)
-    rows = await _rows(ch, breakdown_sql(compiler(funnel), funnel.project, start, end, by))
+    filters = parse_segment(segment, project.id)
+    query = breakdown_sql(compiler(funnel), funnel.project, start, end, by, filters)
+    rows = await _rows(ch, query)
     groups = compute.breakdown_groups(rows, len(funnel.steps))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("breakdown").observe(elapsed)
@@ -155,6 +159,7 @@ async def funnel_dropped(
     after: Annotated[str, Query(description="cursor: `next_after` of the previous page")] = "",
     from_: From = None,
     to: To = None,
+    segment: SegmentQuery = None,
 ) -> DroppedOut:
     """Entities (visitors, or users) whose deepest step is `step` and whose attempt can no
     longer take the next one (dropped; those still in their window are in progress and not
@@ -164,7 +169,10 @@ async def funnel_dropped(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    query = dropped_sql(compiler(funnel), funnel.project, start, end, now, step, limit, after)
+    filters = parse_segment(segment, project.id)
+    query = dropped_sql(
+        compiler(funnel), funnel.project, start, end, now, step, limit, after, filters
+    )
     rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("dropped").observe(elapsed)
@@ -207,6 +215,7 @@ async def funnel_next_events(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: From = None,
     to: To = None,
+    segment: SegmentQuery = None,
 ) -> NextEventsOut:
     """For the entities that dropped at `step`: the first event each sent after reaching
     it (any event name, strictly later, within [from, to)), counted per event name, most
@@ -215,9 +224,9 @@ async def funnel_next_events(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    rows = await _rows(
-        ch, next_events_sql(compiler(funnel), funnel.project, start, end, now, step, limit)
-    )
+    filters = parse_segment(segment, project.id)
+    query = next_events_sql(compiler(funnel), funnel.project, start, end, now, step, limit, filters)
+    rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("next_events").observe(elapsed)
     return NextEventsOut(
@@ -256,6 +265,7 @@ async def funnel_time_to_convert(
     bins: Annotated[int, Query(ge=1, le=200)] = 20,
     from_: From = None,
     to: To = None,
+    segment: SegmentQuery = None,
 ) -> HistogramOut:
     """Times from step 1 to `step` of the attempts holding `step` (the same attempts as
     the report's `time_to_convert`), in `bins` equal bins from 0 s to just past the
@@ -272,7 +282,9 @@ async def funnel_time_to_convert(
             },
         )
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, histogram_sql(compiler(funnel), funnel.project, start, end, k, bins))
+    filters = parse_segment(segment, project.id)
+    query = histogram_sql(compiler(funnel), funnel.project, start, end, k, bins, filters)
+    rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("histogram").observe(elapsed)
     return HistogramOut(

@@ -18,7 +18,8 @@ from query_api import compute
 from query_api.deps import ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.funnels import parse_definition
-from schemas.funnels import FunnelDefinition
+from query_api.routes.segments import SegmentQuery, parse_segment
+from schemas.funnels import FunnelDefinition, PropertyFilter
 
 router = APIRouter(
     prefix="/v1/funnels", tags=["funnel reports"], responses=keyed_route_errors(404, 409, 503)
@@ -116,10 +117,11 @@ async def run_report(
     funnel: FunnelDefinition,
     start: datetime,
     end: datetime,
+    segment: tuple[PropertyFilter, ...] = (),
 ) -> ReportOut:
     started = time.monotonic()
     now = datetime.now(UTC)
-    sql, params = report_sql(compiler(funnel), funnel.project, start, end, min(now, end))
+    sql, params = report_sql(compiler(funnel), funnel.project, start, end, min(now, end), segment)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     got = compute.steps_from_rows(rows, len(funnel.steps))
@@ -153,27 +155,35 @@ async def funnel_report(
     compiler: CompilerDep,
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
+    segment: SegmentQuery = None,
 ) -> ReportOut:
     """Entities whose funnel events fall in [from, to), counted once each (deepest step).
 
     Default range: the last 30 days. Conversion is relative to step 1 and to the
     previous step; `dropped` reached the step but not the next; times to convert (seconds)
     are measured on the attempt holding each step, from its step 1 and its previous step.
+    With `segment`, only entities in it (docs/segments.md).
     """
     start, end = parse_range(from_, to)
-    return await run_report(ch, compiler, funnel, start, end)
+    filters = parse_segment(segment, project.id)
+    return await run_report(ch, compiler, funnel, start, end, filters)
 
 
 @router.post("/report", response_model=ReportOut, summary="Ad-hoc funnel report (not saved)")
 async def adhoc_report(
-    body: AdHocReportIn, project: ReadProject, ch: ClickHouseDep, compiler: CompilerDep
+    body: AdHocReportIn,
+    project: ReadProject,
+    ch: ClickHouseDep,
+    compiler: CompilerDep,
+    segment: SegmentQuery = None,
 ) -> ReportOut:
     """The same report for a definition sent in the body, over stored events (retroactive).
     The definition is validated exactly as when saving; `id` may be omitted."""
     funnel = parse_definition({"id": "adhoc", **body.funnel}, project.id)
     start, end = parse_range(body.from_, body.to)
+    filters = parse_segment(segment, project.id)
     # Used once: compiled without keeping it in the cache saved funnels share.
-    return await run_report(ch, partial(compiler, cache=False), funnel, start, end)
+    return await run_report(ch, partial(compiler, cache=False), funnel, start, end, filters)
 
 
 class TrendPointOut(BaseModel):
@@ -201,6 +211,7 @@ async def funnel_trend(
     interval: Literal["hour", "day", "week"] = "day",
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
+    segment: SegmentQuery = None,
 ) -> TrendOut:
     """Entities entered and converted (reached the last step) per UTC hour, day or week
     (weeks start on Monday), by entry time: the start of the attempt holding each
@@ -208,7 +219,8 @@ async def funnel_trend(
     `incomplete`; buckets nobody entered are omitted."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
-    sql, params = trend_sql(compiler(funnel), funnel.project, start, end, interval)
+    filters = parse_segment(segment, project.id)
+    sql, params = trend_sql(compiler(funnel), funnel.project, start, end, interval, filters)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     rows = await ch.query_rows(sql, params)
     points = compute.trend_points(rows, interval, end, datetime.now(UTC))

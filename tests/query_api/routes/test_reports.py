@@ -171,3 +171,42 @@ def test_saved_funnel_report_trend_and_live_flag(client: TestClient, ch: ClickHo
     held_sessions = {**CHECKOUT, "id": "held", "count_by": "session", "hold_property": "sku"}
     assert client.post("/v1/funnels", json=held_sessions, headers=ADMIN).json()["live"] is True
     assert client.get("/v1/funnels/held/live", headers=READ).status_code == 200
+
+
+def test_segment_on_report_and_trend(client: TestClient, ch: ClickHouse) -> None:
+    """Only entities with an event matching every segment filter are counted; a bad filter
+    is refused naming `segment[i]...`."""
+    rows: list[tuple[Any, ...]] = []
+    for i, (visitor, name, seconds, source) in enumerate(
+        [
+            ("v1", "view", 0, "google"), ("v1", "cart", 5, ""), ("v1", "buy", 9, ""),
+            ("v2", "view", 0, "bing"), ("v2", "cart", 5, ""),
+            ("v3", "view", 90000, ""), ("v3", "cart", 90001, "google"),
+        ]
+    ):  # fmt: skip
+        ts = ms_to_datetime(T0 + seconds * 1000)
+        props = {"utm_source": source} if source else {}
+        rows.append(("shop", uuid.uuid4(), name, visitor, "", "", ts, ts, props, {}, 0, i))
+    ch.insert_sync("events", rows, EVENT_COLUMNS)
+    assert client.post("/v1/funnels", json=CHECKOUT, headers=ADMIN).status_code == 201
+    google = {**RANGE, "segment": '[{"property": "utm_source", "op": "eq", "value": "google"}]'}
+    report = client.get("/v1/funnels/checkout/report", params=google, headers=READ).json()
+    assert [s["visitors"] for s in report["steps"]] == [2, 2, 1]
+    everyone = client.get("/v1/funnels/checkout/report", params=RANGE, headers=READ).json()
+    assert [s["visitors"] for s in everyone["steps"]] == [3, 3, 1]
+    trend = client.get(
+        "/v1/funnels/checkout/trend", params={**google, "interval": "day"}, headers=READ
+    ).json()
+    assert [(p["entered"], p["converted"]) for p in trend["points"]] == [(1, 1), (1, 0)]
+    adhoc = client.post(
+        "/v1/funnels/report",
+        params={"segment": google["segment"]},
+        json={"funnel": CHECKOUT, **RANGE},
+        headers=READ,
+    ).json()
+    assert [s["visitors"] for s in adhoc["steps"]] == [2, 2, 1]
+
+    bad = {**RANGE, "segment": '[{"property": "utm_source", "op": "bogus"}]'}
+    r = client.get("/v1/funnels/checkout/report", params=bad, headers=READ)
+    assert r.status_code == 400
+    assert r.json()["field"] == "segment[0].op"

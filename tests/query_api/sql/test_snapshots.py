@@ -54,6 +54,13 @@ def funnel(**extra: Any) -> CompiledFunnel:
 
 CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "report_basic": lambda: report_sql(funnel(), "shop", START, END),
+    "report_segment_by_user": lambda: report_sql(
+        funnel(count_by="user", exclusions=[{"event": "refund", "from_step": 0, "to_step": 2}]),
+        "shop",
+        START,
+        END,
+        segment=(PropertyFilter(property="utm_source", op="eq", value="google"),),
+    ),
     "levels_windowfunnel": lambda: levels_sql(funnel(), "shop", START, END),
     "report_any_of_step_windows": lambda: report_sql(
         funnel(
