@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from funnel.sql.report import report_sql, trend_sql
@@ -15,6 +15,7 @@ from funnelstream import metrics
 from funnelstream.clickhouse import ClickHouse
 from funnelstream.http_errors import keyed_route_errors
 from query_api import compute
+from query_api.csv_answer import CSV_RESPONSE, records_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, FunnelCompiler, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.funnels import parse_definition
@@ -146,9 +147,38 @@ async def run_report(
     )
 
 
-@router.get("/{funnel_id}/report", response_model=ReportOut, summary="Funnel report")
+# The CSV columns of a report: one row per step, times to convert flattened.
+REPORT_COLUMNS = (
+    "index",
+    "event",
+    "name",
+    "visitors",
+    "conversion_from_start",
+    "conversion_from_previous",
+    "dropped",
+    "in_progress",
+    "median_seconds_from_start",
+    *(f"time_to_convert.{f}" for f in TimeToConvertOut.model_fields),
+)
+
+
+def report_answer(request: Request, report: ReportOut) -> ReportOut | Response:
+    """The report as JSON, or with `Accept: text/csv` one row per step."""
+    if not wants_csv(request):
+        return report
+    steps = [s.model_dump() for s in report.steps]
+    return records_response(steps, REPORT_COLUMNS, f"{report.funnel_id}-report")
+
+
+@router.get(
+    "/{funnel_id}/report",
+    response_model=ReportOut,
+    summary="Funnel report",
+    responses=CSV_RESPONSE,
+)
 async def funnel_report(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -156,34 +186,41 @@ async def funnel_report(
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     segment: SegmentQuery = None,
-) -> ReportOut:
+) -> ReportOut | Response:
     """Entities whose funnel events fall in [from, to), counted once each (deepest step).
 
     Default range: the last 30 days. Conversion is relative to step 1 and to the
     previous step; `dropped` reached the step but not the next; times to convert (seconds)
     are measured on the attempt holding each step, from its step 1 and its previous step.
-    With `segment`, only entities in it (docs/segments.md).
+    With `segment`, only entities in it. With `Accept: text/csv`: one row per step.
     """
     start, end = parse_range(from_, to)
     filters = parse_segment(segment, project.id)
-    return await run_report(ch, compiler, funnel, start, end, filters)
+    return report_answer(request, await run_report(ch, compiler, funnel, start, end, filters))
 
 
-@router.post("/report", response_model=ReportOut, summary="Ad-hoc funnel report (not saved)")
+@router.post(
+    "/report",
+    response_model=ReportOut,
+    summary="Ad-hoc funnel report (not saved)",
+    responses=CSV_RESPONSE,
+)
 async def adhoc_report(
     body: AdHocReportIn,
+    request: Request,
     project: ReadProject,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     segment: SegmentQuery = None,
-) -> ReportOut:
+) -> ReportOut | Response:
     """The same report for a definition sent in the body, over stored events (retroactive).
     The definition is validated exactly as when saving; `id` may be omitted."""
     funnel = parse_definition({"id": "adhoc", **body.funnel}, project.id)
     start, end = parse_range(body.from_, body.to)
     filters = parse_segment(segment, project.id)
     # Used once: compiled without keeping it in the cache saved funnels share.
-    return await run_report(ch, partial(compiler, cache=False), funnel, start, end, filters)
+    report = await run_report(ch, partial(compiler, cache=False), funnel, start, end, filters)
+    return report_answer(request, report)
 
 
 class TrendPointOut(BaseModel):
@@ -194,6 +231,9 @@ class TrendPointOut(BaseModel):
     incomplete: bool
 
 
+TREND_COLUMNS = tuple(TrendPointOut.model_fields)
+
+
 class TrendOut(BaseModel):
     funnel_id: str
     interval: str
@@ -201,9 +241,15 @@ class TrendOut(BaseModel):
     query_ms: float
 
 
-@router.get("/{funnel_id}/trend", response_model=TrendOut, summary="Conversion over time")
+@router.get(
+    "/{funnel_id}/trend",
+    response_model=TrendOut,
+    summary="Conversion over time",
+    responses=CSV_RESPONSE,
+)
 async def funnel_trend(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -212,11 +258,12 @@ async def funnel_trend(
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     segment: SegmentQuery = None,
-) -> TrendOut:
+) -> TrendOut | Response:
     """Entities entered and converted (reached the last step) per UTC hour, day or week
     (weeks start on Monday), by entry time: the start of the attempt holding each
     entity's deepest step. The current period, and one reaching past `to`, is marked
-    `incomplete`; buckets nobody entered are omitted."""
+    `incomplete`; buckets nobody entered are omitted. With `Accept: text/csv`: one row per
+    bucket."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
     filters = parse_segment(segment, project.id)
@@ -226,6 +273,9 @@ async def funnel_trend(
     points = compute.trend_points(rows, interval, end, datetime.now(UTC))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("trend").observe(elapsed)
+    if wants_csv(request):
+        records = [p.as_dict() for p in points]
+        return records_response(records, TREND_COLUMNS, f"{funnel.id}-trend")
     return TrendOut(
         funnel_id=funnel.id,
         interval=interval,

@@ -3,6 +3,8 @@ and funnels the live stage machine cannot hold."""
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -210,3 +212,28 @@ def test_segment_on_report_and_trend(client: TestClient, ch: ClickHouse) -> None
     r = client.get("/v1/funnels/checkout/report", params=bad, headers=READ)
     assert r.status_code == 400
     assert r.json()["field"] == "segment[0].op"
+
+
+def test_report_and_trend_csv(client: TestClient, ch: ClickHouse) -> None:
+    events(ch, [("v1", "view", 0), ("v1", "cart", 5), ("v1", "buy", 9), ("v2", "view", 90000)])
+    assert client.post("/v1/funnels", json=CHECKOUT, headers=ADMIN).status_code == 201
+    as_csv = {**READ, "Accept": "text/csv"}
+    r = client.get("/v1/funnels/checkout/report", params=RANGE, headers=as_csv)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows[0][:4] == ["index", "event", "name", "visitors"]
+    assert rows[0][-1] == "time_to_convert.avg_from_previous"
+    assert [r[3] for r in rows[1:]] == ["2", "1", "1"]
+    assert rows[3][rows[0].index("time_to_convert.median_from_start")] == "9.0"
+    adhoc = client.post(
+        "/v1/funnels/report", json={"funnel": CHECKOUT, **RANGE}, headers=as_csv
+    ).text
+    assert adhoc == r.text
+    trend = client.get(
+        "/v1/funnels/checkout/trend", params={**RANGE, "interval": "day"}, headers=as_csv
+    )
+    assert list(csv.reader(io.StringIO(trend.text))) == [
+        ["bucket", "entered", "converted", "conversion", "incomplete"],
+        ["2025-01-01T00:00:00+00:00", "1", "1", "1.0", "False"],
+        ["2025-01-02T00:00:00+00:00", "1", "0", "0.0", "False"],
+    ]
