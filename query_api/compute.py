@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,20 +159,27 @@ class TrendPoint:
 
 
 def trend_points(
-    rows: list[tuple[Any, ...]], interval: str, end: datetime, now: datetime
+    rows: list[tuple[Any, ...]], interval: str, end: datetime, now: datetime, tz: str = "UTC"
 ) -> list[TrendPoint]:
-    length = timedelta(seconds=TREND_SECONDS[interval])
+    """Rows (bucket start in Unix seconds, entered, converted) → points whose bucket is the
+    local start in `tz` (with its UTC offset). A bucket ends at the next local midnight
+    (wall-clock arithmetic, so a DST day is 23 or 25 hours long); an hour is 3600 s."""
+    zone = ZoneInfo(tz)
     cutoff = min(end, now)
     out = []
-    for bucket, entered, converted in rows:
-        start = bucket if bucket.tzinfo else bucket.replace(tzinfo=UTC)
+    for seconds, entered, converted in rows:
+        start = datetime.fromtimestamp(int(seconds), zone)
+        if interval == "hour":
+            until = start.astimezone(UTC) + timedelta(hours=1)
+        else:
+            until = start + timedelta(days=TREND_SECONDS[interval] // 86400)
         out.append(
             TrendPoint(
                 bucket=start,
                 entered=int(entered),
                 converted=int(converted),
                 conversion=_ratio(int(converted), int(entered)),
-                incomplete=start + length > cutoff,
+                incomplete=until > cutoff,
             )
         )
     return out

@@ -965,7 +965,8 @@ GROUP BY visitor_id""".strip()
     return sql, params.values
 
 
-TREND_BUCKETS = {"hour": "toStartOfHour", "day": "toStartOfDay", "week": "toMonday"}
+# Day and week: the local midnight (of the Monday), as a Date turned back into a moment.
+TREND_BUCKETS = {"day": "toStartOfDay", "week": "toMonday"}
 
 
 def trend_sql(
@@ -975,14 +976,24 @@ def trend_sql(
     end: datetime,
     interval: str,
     segment: Sequence[PropertyFilter] = (),
+    tz: str = "UTC",
 ) -> tuple[str, dict[str, Any]]:
-    """Rows (bucket start, entities entered, entities converted) by entry time: the start
-    of the attempt holding the entity's deepest step, in UTC hour/day/week (Monday)."""
+    """Rows (bucket start as Unix seconds, entities entered, entities converted) by entry
+    time: the start of the attempt holding the entity's deepest step, in the hour, day or
+    week (from Monday) of the local calendar of IANA zone `tz`. A day starts at its local
+    midnight, so across a DST change it lasts 23 or 25 hours. An hour starts at the moment
+    minus its local minutes and seconds (toStartOfHour puts the hours of a zone with a
+    30-minute offset change, Lord Howe, on whole UTC hours after the change)."""
     params = Params()
     held = held_sql(funnel, project, start, end, params, segment=segment)
-    bucket = TREND_BUCKETS[interval]
+    zone = params.bind(tz, "String")
+    local = f"fromUnixTimestamp64Milli(st[level], {zone})"
+    if interval == "hour":
+        bucket = f"toUnixTimestamp({local}) - toMinute({local}) * 60 - toSecond({local})"
+    else:
+        bucket = f"toUnixTimestamp(toDateTime({TREND_BUCKETS[interval]}({local}), {zone}))"
     sql = f"""
-SELECT toDateTime({bucket}(fromUnixTimestamp64Milli(st[level], 'UTC')), 'UTC') AS bucket,
+SELECT {bucket} AS bucket,
        count() AS entered,
        countIf(level = {len(funnel.definition.steps)}) AS converted
 FROM ({held}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+import zoneinfo
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -99,6 +100,26 @@ def parse_time(value: str | None, default: datetime, name: str) -> datetime:
             },
         )
     return parsed
+
+
+@cache
+def _zones() -> frozenset[str]:
+    # "localtime" names the machine's zone, not an IANA one (and ClickHouse lacks it).
+    return frozenset(zoneinfo.available_timezones() - {"localtime"})
+
+
+def parse_time_zone(name: str, field: str = "tz") -> str:
+    """An IANA time zone name, or a 400 naming `field`."""
+    if name not in _zones():
+        raise HTTPException(
+            400,
+            {
+                "error": "invalid_time_zone",
+                "field": field,
+                "message": "an IANA time zone name, e.g. Europe/Berlin",
+            },
+        )
+    return name
 
 
 def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:
@@ -237,6 +258,7 @@ TREND_COLUMNS = tuple(TrendPointOut.model_fields)
 class TrendOut(BaseModel):
     funnel_id: str
     interval: str
+    tz: str
     points: list[TrendPointOut]
     query_ms: float
 
@@ -255,22 +277,27 @@ async def funnel_trend(
     ch: ClickHouseDep,
     compiler: CompilerDep,
     interval: Literal["hour", "day", "week"] = "day",
+    tz: Annotated[
+        str, Query(max_length=64, description="IANA time zone of the buckets' calendar")
+    ] = "UTC",
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     segment: SegmentQuery = None,
 ) -> TrendOut | Response:
-    """Entities entered and converted (reached the last step) per UTC hour, day or week
-    (weeks start on Monday), by entry time: the start of the attempt holding each
-    entity's deepest step. The current period, and one reaching past `to`, is marked
-    `incomplete`; buckets nobody entered are omitted. With `Accept: text/csv`: one row per
-    bucket."""
+    """Entities entered and converted (reached the last step) per hour, day or week
+    (weeks start on Monday) of the local calendar in `tz` (default UTC), by entry time: the
+    start of the attempt holding each entity's deepest step. A bucket is named by its local
+    start with its UTC offset; across a DST change a day lasts 23 or 25 hours. The current
+    period, and one reaching past `to`, is marked `incomplete`; buckets nobody entered are
+    omitted. With `Accept: text/csv`: one row per bucket."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
     filters = parse_segment(segment, project.id)
-    sql, params = trend_sql(compiler(funnel), funnel.project, start, end, interval, filters)
+    zone = parse_time_zone(tz)
+    query = trend_sql(compiler(funnel), funnel.project, start, end, interval, filters, zone)
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
-    rows = await ch.query_rows(sql, params)
-    points = compute.trend_points(rows, interval, end, datetime.now(UTC))
+    rows = await ch.query_rows(*query)
+    points = compute.trend_points(rows, interval, end, datetime.now(UTC), zone)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("trend").observe(elapsed)
     if wants_csv(request):
@@ -279,6 +306,7 @@ async def funnel_trend(
     return TrendOut(
         funnel_id=funnel.id,
         interval=interval,
+        tz=zone,
         points=[TrendPointOut.model_validate(p.as_dict()) for p in points],
         query_ms=round(elapsed * 1000, 2),
     )

@@ -237,3 +237,21 @@ def test_report_and_trend_csv(client: TestClient, ch: ClickHouse) -> None:
         ["2025-01-01T00:00:00+00:00", "1", "1", "1.0", "False"],
         ["2025-01-02T00:00:00+00:00", "1", "0", "0.0", "False"],
     ]
+
+
+def test_trend_in_a_time_zone(client: TestClient, ch: ClickHouse) -> None:
+    """23:30 UTC on Jan 1 is Jan 2 in Berlin; an unknown zone is refused by name."""
+    events(ch, [("v1", "view", 23 * 3600 + 1800), ("v2", "view", 3600)])
+    assert client.post("/v1/funnels", json=CHECKOUT, headers=ADMIN).status_code == 201
+    url = "/v1/funnels/checkout/trend"
+    berlin = client.get(url, params={**RANGE, "tz": "Europe/Berlin"}, headers=READ).json()
+    assert berlin["tz"] == "Europe/Berlin"
+    assert [(p["bucket"], p["entered"]) for p in berlin["points"]] == [
+        ("2025-01-01T00:00:00+01:00", 1),
+        ("2025-01-02T00:00:00+01:00", 1),
+    ]
+    utc = client.get(url, params=RANGE, headers=READ).json()
+    assert [p["entered"] for p in utc["points"]] == [2]
+    r = client.get(url, params={**RANGE, "tz": "Mars/Olympus"}, headers=READ)
+    assert r.status_code == 400
+    assert (r.json()["error"], r.json()["field"]) == ("invalid_time_zone", "tz")
