@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -248,3 +248,48 @@ def histogram_bins(rows: list[tuple[Any, ...]], bins: int) -> list[HistogramBin]
         HistogramBin(b * width / 1000, (b + 1) * width / 1000, counts.get(b, 0))
         for b in range(bins)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class StepChange:
+    """One step of a report against the same step in a comparison period: the change in
+    entities and in conversion from step 1, absolute (this minus the other) and relative
+    (over the other; None where the other is 0)."""
+
+    index: int
+    visitors: int
+    compare_visitors: int
+    visitors_change: int
+    visitors_change_relative: float | None
+    conversion_from_start: float
+    compare_conversion_from_start: float
+    conversion_change: float
+    conversion_change_relative: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _relative(change: float, base: float) -> float | None:
+    return round(change / base, 6) if base else None
+
+
+def step_changes(current: list[int], other: list[int]) -> list[StepChange]:
+    """Per step, entities reaching it in this period and in the other (same steps)."""
+    out = []
+    for k, (now, then) in enumerate(zip(current, other, strict=True)):
+        rate, rate_then = _ratio(now, current[0]), _ratio(then, other[0])
+        out.append(
+            StepChange(
+                index=k,
+                visitors=now,
+                compare_visitors=then,
+                visitors_change=now - then,
+                visitors_change_relative=_relative(now - then, then),
+                conversion_from_start=rate,
+                compare_conversion_from_start=rate_then,
+                conversion_change=round(rate - rate_then, 6),
+                conversion_change_relative=_relative(rate - rate_then, rate_then),
+            )
+        )
+    return out

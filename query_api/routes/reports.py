@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 import zoneinfo
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from funnel.sql.report import report_sql, trend_sql
@@ -53,6 +54,29 @@ class StepOut(BaseModel):
     time_to_convert: TimeToConvertOut | None
 
 
+class StepChangeOut(BaseModel):
+    index: int
+    visitors: int
+    compare_visitors: int = Field(description="Entities reaching the step in the other period")
+    visitors_change: int = Field(description="visitors - compare_visitors")
+    visitors_change_relative: float | None = Field(
+        description="visitors_change / compare_visitors; null where that is 0"
+    )
+    conversion_from_start: float
+    compare_conversion_from_start: float
+    conversion_change: float = Field(description="Difference of conversion_from_start")
+    conversion_change_relative: float | None = Field(
+        description="conversion_change / compare_conversion_from_start; null where that is 0"
+    )
+
+
+class ComparisonOut(BaseModel):
+    from_: datetime
+    to: datetime
+    steps: list[StepOut] = Field(description="The report of the other period")
+    changes: list[StepChangeOut] = Field(description="Per step, this period against the other")
+
+
 class ReportOut(BaseModel):
     funnel_id: str
     from_: datetime
@@ -60,6 +84,9 @@ class ReportOut(BaseModel):
     window_seconds: int
     count_by: str
     steps: list[StepOut]
+    comparison: ComparisonOut | None = Field(
+        default=None, description="With compare=previous or compare_start/compare_end"
+    )
     query_ms: float
 
 
@@ -133,6 +160,101 @@ def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:
     return start, end
 
 
+@dataclass(frozen=True, slots=True)
+class CompareParams:
+    compare: str | None
+    compare_start: str | None
+    compare_end: str | None
+
+
+def compare_params(
+    compare: Annotated[
+        Literal["previous"] | None,
+        Query(description="previous: also the period of the same length just before"),
+    ] = None,
+    compare_start: Annotated[
+        str | None, Query(description="Start of a period to compare with (ISO-8601 or epoch ms)")
+    ] = None,
+    compare_end: Annotated[str | None, Query(description="End of that period (exclusive)")] = None,
+) -> CompareParams:
+    return CompareParams(compare, compare_start, compare_end)
+
+
+Comparison = Annotated[CompareParams, Depends(compare_params)]
+
+
+def comparison_period(
+    asked: CompareParams, start: datetime, end: datetime
+) -> tuple[datetime, datetime] | None:
+    """The other period: the one of the same length ending at `start` (previous), or
+    [compare_start, compare_end); None without a comparison; a 400 naming the field."""
+    given = (asked.compare_start, asked.compare_end)
+    if asked.compare == "previous":
+        if given != (None, None):
+            raise HTTPException(
+                400,
+                {
+                    "error": "invalid_comparison",
+                    "field": "compare",
+                    "message": "compare=previous or compare_start/compare_end, not both",
+                },
+            )
+        return start - (end - start), start
+    if given == (None, None):
+        return None
+    for value, name in ((asked.compare_start, "compare_start"), (asked.compare_end, "compare_end")):
+        if value is None:
+            raise HTTPException(
+                400,
+                {
+                    "error": "invalid_comparison",
+                    "field": name,
+                    "message": "compare_start and compare_end go together",
+                },
+            )
+    other_start = parse_time(asked.compare_start, start, "compare_start")
+    other_end = parse_time(asked.compare_end, end, "compare_end")
+    if other_start >= other_end:
+        raise HTTPException(
+            400,
+            {
+                "error": "invalid_range",
+                "field": "compare_start",
+                "message": "compare_start must be before compare_end",
+            },
+        )
+    return other_start, other_end
+
+
+async def run_compared(
+    ch: ClickHouse,
+    compiler: FunnelCompiler,
+    funnel: FunnelDefinition,
+    start: datetime,
+    end: datetime,
+    segment: tuple[PropertyFilter, ...],
+    asked: CompareParams,
+) -> ReportOut:
+    """The report, and with a comparison asked, the other period's with the change per
+    step (the same funnel and segment)."""
+    period = comparison_period(asked, start, end)
+    report = await run_report(ch, compiler, funnel, start, end, segment)
+    if period is None:
+        return report
+    other = await run_report(ch, compiler, funnel, *period, segment)
+    changes = compute.step_changes(
+        [s.visitors for s in report.steps], [s.visitors for s in other.steps]
+    )
+    comparison = ComparisonOut(
+        from_=period[0],
+        to=period[1],
+        steps=other.steps,
+        changes=[StepChangeOut.model_validate(c.as_dict()) for c in changes],
+    )
+    query_ms = round(report.query_ms + other.query_ms, 2)
+    return report.model_copy(update={"comparison": comparison, "query_ms": query_ms})
+
+
 async def run_report(
     ch: ClickHouse,
     compiler: FunnelCompiler,
@@ -183,12 +305,21 @@ REPORT_COLUMNS = (
 )
 
 
+# With a comparison, each step's row also holds the change (the step's own columns first).
+CHANGE_COLUMNS = tuple(f for f in StepChangeOut.model_fields if f not in REPORT_COLUMNS)
+
+
 def report_answer(request: Request, report: ReportOut) -> ReportOut | Response:
     """The report as JSON, or with `Accept: text/csv` one row per step."""
     if not wants_csv(request):
         return report
     steps = [s.model_dump() for s in report.steps]
-    return records_response(steps, REPORT_COLUMNS, f"{report.funnel_id}-report")
+    columns = REPORT_COLUMNS
+    if report.comparison is not None:
+        for step, change in zip(steps, report.comparison.changes, strict=True):
+            step.update(change.model_dump())
+        columns += CHANGE_COLUMNS
+    return records_response(steps, columns, f"{report.funnel_id}-report")
 
 
 @router.get(
@@ -207,17 +338,21 @@ async def funnel_report(
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
     segment: SegmentQuery = None,
+    compare: Comparison = CompareParams(None, None, None),
 ) -> ReportOut | Response:
     """Entities whose funnel events fall in [from, to), counted once each (deepest step).
 
     Default range: the last 30 days. Conversion is relative to step 1 and to the
     previous step; `dropped` reached the step but not the next; times to convert (seconds)
     are measured on the attempt holding each step, from its step 1 and its previous step.
-    With `segment`, only entities in it. With `Accept: text/csv`: one row per step.
+    With `segment`, only entities in it. With `compare=previous` (the period of the same
+    length just before) or `compare_start`/`compare_end`: that period's report too and the
+    change per step (`comparison`). With `Accept: text/csv`: one row per step.
     """
     start, end = parse_range(from_, to)
     filters = parse_segment(segment, project.id)
-    return report_answer(request, await run_report(ch, compiler, funnel, start, end, filters))
+    report = await run_compared(ch, compiler, funnel, start, end, filters, compare)
+    return report_answer(request, report)
 
 
 @router.post(
@@ -233,6 +368,7 @@ async def adhoc_report(
     ch: ClickHouseDep,
     compiler: CompilerDep,
     segment: SegmentQuery = None,
+    compare: Comparison = CompareParams(None, None, None),
 ) -> ReportOut | Response:
     """The same report for a definition sent in the body, over stored events (retroactive).
     The definition is validated exactly as when saving; `id` may be omitted."""
@@ -240,7 +376,8 @@ async def adhoc_report(
     start, end = parse_range(body.from_, body.to)
     filters = parse_segment(segment, project.id)
     # Used once: compiled without keeping it in the cache saved funnels share.
-    report = await run_report(ch, partial(compiler, cache=False), funnel, start, end, filters)
+    once = partial(compiler, cache=False)
+    report = await run_compared(ch, once, funnel, start, end, filters, compare)
     return report_answer(request, report)
 
 

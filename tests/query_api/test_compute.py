@@ -12,6 +12,7 @@ from query_api.compute import (
     TrendPoint,
     build_steps,
     reached_per_step,
+    step_changes,
     steps_from_rows,
     trend_points,
 )
@@ -185,3 +186,13 @@ def test_trend_day_across_dst_lasts_23_hours() -> None:
     cut = ends - timedelta(seconds=1)
     (point,) = trend_points([(berlin_day, 1, 0)], "day", end=cut, now=far, tz="Europe/Berlin")
     assert point.incomplete is True
+
+
+def test_step_changes_absolute_and_relative() -> None:
+    changes = step_changes([200, 50, 10], [100, 50, 0])
+    assert [c.visitors_change for c in changes] == [100, 0, 10]
+    assert [c.visitors_change_relative for c in changes] == [1.0, 0.0, None]
+    # Conversion from step 1: 0.25 against 0.5 at step 2, 0.05 against 0 at step 3.
+    assert [c.conversion_change for c in changes] == [0.0, -0.25, 0.05]
+    assert [c.conversion_change_relative for c in changes] == [0.0, -0.5, None]
+    assert changes[1].as_dict()["compare_conversion_from_start"] == 0.5

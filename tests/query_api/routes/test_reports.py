@@ -255,3 +255,47 @@ def test_trend_in_a_time_zone(client: TestClient, ch: ClickHouse) -> None:
     r = client.get(url, params={**RANGE, "tz": "Mars/Olympus"}, headers=READ)
     assert r.status_code == 400
     assert (r.json()["error"], r.json()["field"]) == ("invalid_time_zone", "tz")
+
+
+def test_report_compared_with_another_period(client: TestClient, ch: ClickHouse) -> None:
+    """Jan 2 against Jan 1 (previous) and against a given range: the other period's steps
+    and the change per step, absolute and relative; bad combinations are refused by name."""
+    day = 86400
+    events(
+        ch,
+        [
+            ("v1", "view", 0), ("v1", "cart", 5), ("v1", "buy", 9),
+            ("v2", "view", day), ("v2", "cart", day + 5),
+            ("v3", "view", day + 10), ("v4", "view", day + 20), ("v4", "cart", day + 21),
+        ],
+    )  # fmt: skip
+    assert client.post("/v1/funnels", json=CHECKOUT, headers=ADMIN).status_code == 201
+    url = "/v1/funnels/checkout/report"
+    jan2 = {"from": "2025-01-02T00:00:00Z", "to": "2025-01-03T00:00:00Z"}
+    body = client.get(url, params={**jan2, "compare": "previous"}, headers=READ).json()
+    assert [s["visitors"] for s in body["steps"]] == [3, 2, 0]
+    comparison = body["comparison"]
+    assert comparison["from_"].startswith("2025-01-01T00:00:00")
+    assert [s["visitors"] for s in comparison["steps"]] == [1, 1, 1]
+    changes = comparison["changes"]
+    assert [c["visitors_change"] for c in changes] == [2, 1, -1]
+    assert [c["visitors_change_relative"] for c in changes] == [2.0, 1.0, -1.0]
+    assert changes[1]["conversion_change"] == round(2 / 3 - 1, 6)
+    given = {**jan2, "compare_start": "2025-01-02T00:00:00Z", "compare_end": "2025-01-02T12:00:00Z"}
+    same = client.get(url, params=given, headers=READ).json()["comparison"]["changes"]
+    assert [c["visitors_change"] for c in same] == [0, 0, 0]
+    assert client.get(url, params=jan2, headers=READ).json()["comparison"] is None
+    as_csv = client.get(
+        url, params={**jan2, "compare": "previous"}, headers={**READ, "Accept": "text/csv"}
+    )
+    rows = list(csv.reader(io.StringIO(as_csv.text)))
+    assert [r[rows[0].index("visitors_change")] for r in rows[1:]] == ["2", "1", "-1"]
+
+    for params, field in [
+        ({**jan2, "compare": "previous", "compare_start": "2025-01-01"}, "compare"),
+        ({**jan2, "compare_start": "2025-01-01"}, "compare_end"),
+        ({**jan2, "compare_start": "2025-01-02", "compare_end": "2025-01-01"}, "compare_start"),
+        ({**jan2, "compare_start": "yesterday", "compare_end": "2025-01-01"}, "compare_start"),
+    ]:
+        r = client.get(url, params=params, headers=READ)
+        assert (r.status_code, r.json()["field"]) == (400, field), params
