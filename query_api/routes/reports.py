@@ -170,12 +170,25 @@ class CompareParams:
 def compare_params(
     compare: Annotated[
         Literal["previous"] | None,
-        Query(description="previous: also the period of the same length just before"),
+        Query(
+            description="previous: also the period of the same length just before",
+            openapi_examples={"example": {"value": "previous"}},
+        ),
     ] = None,
     compare_start: Annotated[
-        str | None, Query(description="Start of a period to compare with (ISO-8601 or epoch ms)")
+        str | None,
+        Query(
+            description="Start of a period to compare with (ISO-8601 or epoch ms)",
+            openapi_examples={"example": {"value": "2025-01-01T00:00:00Z"}},
+        ),
     ] = None,
-    compare_end: Annotated[str | None, Query(description="End of that period (exclusive)")] = None,
+    compare_end: Annotated[
+        str | None,
+        Query(
+            description="End of that period (exclusive)",
+            openapi_examples={"example": {"value": "2025-01-08T00:00:00Z"}},
+        ),
+    ] = None,
 ) -> CompareParams:
     return CompareParams(compare, compare_start, compare_end)
 
@@ -415,7 +428,12 @@ async def funnel_trend(
     compiler: CompilerDep,
     interval: Literal["hour", "day", "week"] = "day",
     tz: Annotated[
-        str, Query(max_length=64, description="IANA time zone of the buckets' calendar")
+        str,
+        Query(
+            max_length=64,
+            description="IANA time zone of the buckets' calendar",
+            openapi_examples={"example": {"value": "Europe/Berlin"}},
+        ),
     ] = "UTC",
     from_: Annotated[str | None, Query(alias="from")] = None,
     to: str | None = None,
