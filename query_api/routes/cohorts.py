@@ -17,7 +17,7 @@ from query_api.cohorts import Cohort, Period, cohorts_from_rows, totals
 from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, ReadProject
 from query_api.routes.reports import parse_range, parse_time_zone
-from query_api.routes.segments import parse_segment
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.cohorts import RetentionQuery, retention_sql
 
 router = APIRouter(prefix="/v1/retention", tags=["retention"], responses=keyed_route_errors(503))
@@ -186,14 +186,7 @@ async def project_retention(
         str | None,
         Query(min_length=1, max_length=200, description="A property of the cohort event"),
     ] = None,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=4000,
-            description="JSON array of property filters, as a funnel step's `filters`: only"
-            " entities with an event in the range on which all hold",
-        ),
-    ] = None,
+    segment: SegmentQuery = None,
     from_: From = None,
     to: To = None,
 ) -> RetentionOut | Response:
