@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,20 +159,27 @@ class TrendPoint:
 
 
 def trend_points(
-    rows: list[tuple[Any, ...]], interval: str, end: datetime, now: datetime
+    rows: list[tuple[Any, ...]], interval: str, end: datetime, now: datetime, tz: str = "UTC"
 ) -> list[TrendPoint]:
-    length = timedelta(seconds=TREND_SECONDS[interval])
+    """Rows (bucket start in Unix seconds, entered, converted) → points whose bucket is the
+    local start in `tz` (with its UTC offset). A bucket ends at the next local midnight
+    (wall-clock arithmetic, so a DST day is 23 or 25 hours long); an hour is 3600 s."""
+    zone = ZoneInfo(tz)
     cutoff = min(end, now)
     out = []
-    for bucket, entered, converted in rows:
-        start = bucket if bucket.tzinfo else bucket.replace(tzinfo=UTC)
+    for seconds, entered, converted in rows:
+        start = datetime.fromtimestamp(int(seconds), zone)
+        if interval == "hour":
+            until = start.astimezone(UTC) + timedelta(hours=1)
+        else:
+            until = start + timedelta(days=TREND_SECONDS[interval] // 86400)
         out.append(
             TrendPoint(
                 bucket=start,
                 entered=int(entered),
                 converted=int(converted),
                 conversion=_ratio(int(converted), int(entered)),
-                incomplete=start + length > cutoff,
+                incomplete=until > cutoff,
             )
         )
     return out
@@ -240,3 +248,48 @@ def histogram_bins(rows: list[tuple[Any, ...]], bins: int) -> list[HistogramBin]
         HistogramBin(b * width / 1000, (b + 1) * width / 1000, counts.get(b, 0))
         for b in range(bins)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class StepChange:
+    """One step of a report against the same step in a comparison period: the change in
+    entities and in conversion from step 1, absolute (this minus the other) and relative
+    (over the other; None where the other is 0)."""
+
+    index: int
+    visitors: int
+    compare_visitors: int
+    visitors_change: int
+    visitors_change_relative: float | None
+    conversion_from_start: float
+    compare_conversion_from_start: float
+    conversion_change: float
+    conversion_change_relative: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _relative(change: float, base: float) -> float | None:
+    return round(change / base, 6) if base else None
+
+
+def step_changes(current: list[int], other: list[int]) -> list[StepChange]:
+    """Per step, entities reaching it in this period and in the other (same steps)."""
+    out = []
+    for k, (now, then) in enumerate(zip(current, other, strict=True)):
+        rate, rate_then = _ratio(now, current[0]), _ratio(then, other[0])
+        out.append(
+            StepChange(
+                index=k,
+                visitors=now,
+                compare_visitors=then,
+                visitors_change=now - then,
+                visitors_change_relative=_relative(now - then, then),
+                conversion_from_start=rate,
+                compare_conversion_from_start=rate_then,
+                conversion_change=round(rate - rate_then, 6),
+                conversion_change_relative=_relative(rate - rate_then, rate_then),
+            )
+        )
+    return out

@@ -4,14 +4,15 @@ table (a header row, then one row per line of the report) instead of JSON.
 Cells are written by Python's csv module (RFC 4180 quoting). A text cell starting with
 `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`, so a spreadsheet opening
 the file never runs a property value sent by a visitor as a formula; numbers are written
-as they are. A missing value (null) is an empty cell.
+as they are, times in ISO 8601. A missing value (null) is an empty cell.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request, Response
@@ -35,6 +36,8 @@ def wants_csv(request: Request) -> bool:
 def _cell(value: object) -> object:
     if value is None:
         return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
@@ -52,3 +55,24 @@ def csv_response(
         media_type=f"{MEDIA_TYPE}; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
     )
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects become dotted columns (`time_to_convert.median_from_start`)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def records_response(
+    records: Sequence[Mapping[str, Any]], header: Sequence[str], filename: str
+) -> Response:
+    """One row per record (a report's lines as dumped JSON), columns `header` in order;
+    nested objects are read by dotted name and a missing one is an empty cell (a step
+    nobody reached has no times)."""
+    flat = [_flat(r) for r in records]
+    return csv_response(header, ([r.get(h) for h in header] for r in flat), filename)

@@ -30,7 +30,9 @@ per entity (`_hold_sql`). With `count_by: "session"`, sessions are computed from
 visitor's events in the range (`entity_sql`).
 
 Only the project's events in the time range with the funnel's event names (all names,
-for strict order) are read, before any per-entity work.
+for strict order) are read, before any per-entity work. With a segment, only the events of
+entities in it (funnel/sql/segments.py): one condition in `_scan`, so every report built on
+these rows (report, trend, breakdown, drop-off, time to convert, forecast) takes it.
 
 Every query is built from the compiled definition (funnel/compiled.py): step conditions
 from its compiled matchers, sessions split at its session gap. Each function below returns
@@ -42,14 +44,15 @@ steps no event matches twice).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params, step_sql
-from schemas.funnels import FunnelDefinition
+from funnel.sql.segments import segment_entities_sql
+from schemas.funnels import FunnelDefinition, PropertyFilter
 
 # A per-step window that never binds.
 _NO_LIMIT = 1 << 62
@@ -72,6 +75,8 @@ class Scope:
     start: datetime
     end: datetime
     params: Params
+    # Segment filters: only entities with an event in [start, end) on which all hold.
+    segment: tuple[PropertyFilter, ...] = ()
 
     @property
     def funnel(self) -> FunnelDefinition:
@@ -186,10 +191,17 @@ def _scan(scope: Scope, columns: str) -> str:
     funnel, params = scope.funnel, scope.params
     project_param = scope.bind(scope.project, "String")
     entity, join = entity_sql(scope.compiled, project_param, params, scope.start, scope.end)
+    where = [f"project_id = {project_param}", *_in_range(params, scope.start, scope.end)]
+    if scope.segment:
+        members = segment_entities_sql(
+            scope.segment, entity, join, project_param, params, scope.start, scope.end
+        )
+        # Qualified: the SELECT below names its entity column visitor_id too.
+        counted = "events.visitor_id" if entity == "visitor_id" else entity
+        where.append(f"{counted} IN ({members}\n    )")
     if funnel.hold_property is not None:
         # (entity, held value): each value's attempts are evaluated apart (_hold_sql).
         entity = f"({entity}, events.properties[{scope.bind(funnel.hold_property, 'String')}])"
-    where = [f"project_id = {project_param}", *_in_range(params, scope.start, scope.end)]
     if funnel.order != "strict":
         where.append(f"event IN {scope.bind(funnel.event_names(), 'Array(String)')}")
     return f"""
@@ -689,6 +701,7 @@ def per_entity_sql(
     end: datetime,
     params: Params,
     value: str | None = None,
+    segment: Sequence[PropertyFilter] = (),
 ) -> str:
     """Rows (visitor_id, st, re, pr) per counted entity with at least one step or
     exclusion event (any event, for `order: "strict"`; then also `tail`, see _fold_sql):
@@ -699,7 +712,7 @@ def per_entity_sql(
     attempt's step-1 event and on the event holding the step ('' where none).
 
     The one place that chooses the evaluation (module docstring)."""
-    scope = Scope(funnel, project, start, end, params)
+    scope = Scope(funnel, project, start, end, params, tuple(segment))
     definition = funnel.definition
     if definition.hold_property is not None:
         return _hold_sql(definition, _passes_sql(scope, value), value)
@@ -711,11 +724,16 @@ def per_entity_sql(
 
 
 def per_visitor_sql(
-    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, params: Params
+    funnel: CompiledFunnel,
+    project: str,
+    start: datetime,
+    end: datetime,
+    params: Params,
+    segment: Sequence[PropertyFilter] = (),
 ) -> str:
     """Rows (entity, slots): slots = Array((started, reached, reached previous)), ms,
     (-1, -1, -1) where no attempt holds the step."""
-    inner = per_entity_sql(funnel, project, start, end, params)
+    inner = per_entity_sql(funnel, project, start, end, params, segment=segment)
     return f"""
 SELECT visitor_id, arrayMap((s, r, p) -> (s, r, p), st, re, pr) AS slots
 FROM ({inner})""".strip()
@@ -729,10 +747,11 @@ def held_sql(
     params: Params,
     extra: str = "",
     value: str | None = None,
+    segment: Sequence[PropertyFilter] = (),
 ) -> str:
     """Entities that reached step 1: visitor_id (the entity), st, re, pr, level (1-based
     deepest held step), plus `extra` columns (and firsts, vals with `value`)."""
-    inner = per_entity_sql(funnel, project, start, end, params, value)
+    inner = per_entity_sql(funnel, project, start, end, params, value, segment)
     definition = funnel.definition
     carried = ", firsts, vals" if value is not None else ""
     if definition.counting == "total":
@@ -790,6 +809,7 @@ def _held_rows(scope: Scope, window: str) -> _HeldRows:
         scope.end,
         scope.params,
         f", {until} AS open_until",
+        segment=scope.segment,
     )
     return _HeldRows(
         held,
@@ -850,6 +870,7 @@ def report_sql(
     start: datetime,
     end: datetime,
     now: datetime | None = None,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows per step (1-based): entities reaching it, then times to convert in ms from the
     attempt's step 1 (median, p90, average) and from its previous step (median, p90,
@@ -861,7 +882,7 @@ def report_sql(
     column per step over one row per entity (cheaper than an ARRAY JOIN per step); step 1
     times are 0 by definition (an attempt starts at its step 1), so they are not sorted.
     """
-    scope = Scope(funnel, project, start, end, Params())
+    scope = Scope(funnel, project, start, end, Params(), tuple(segment))
     window = scope.window()
     held = _held_rows(scope, window)
     now_ms = scope.bind(_ms(now or end), "Int64")
@@ -944,19 +965,35 @@ GROUP BY visitor_id""".strip()
     return sql, params.values
 
 
-TREND_BUCKETS = {"hour": "toStartOfHour", "day": "toStartOfDay", "week": "toMonday"}
+# Day and week: the local midnight (of the Monday), as a Date turned back into a moment.
+TREND_BUCKETS = {"day": "toStartOfDay", "week": "toMonday"}
 
 
 def trend_sql(
-    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, interval: str
+    funnel: CompiledFunnel,
+    project: str,
+    start: datetime,
+    end: datetime,
+    interval: str,
+    segment: Sequence[PropertyFilter] = (),
+    tz: str = "UTC",
 ) -> tuple[str, dict[str, Any]]:
-    """Rows (bucket start, entities entered, entities converted) by entry time: the start
-    of the attempt holding the entity's deepest step, in UTC hour/day/week (Monday)."""
+    """Rows (bucket start as Unix seconds, entities entered, entities converted) by entry
+    time: the start of the attempt holding the entity's deepest step, in the hour, day or
+    week (from Monday) of the local calendar of IANA zone `tz`. A day starts at its local
+    midnight, so across a DST change it lasts 23 or 25 hours. An hour starts at the moment
+    minus its local minutes and seconds (toStartOfHour puts the hours of a zone with a
+    30-minute offset change, Lord Howe, on whole UTC hours after the change)."""
     params = Params()
-    held = held_sql(funnel, project, start, end, params)
-    bucket = TREND_BUCKETS[interval]
+    held = held_sql(funnel, project, start, end, params, segment=segment)
+    zone = params.bind(tz, "String")
+    local = f"fromUnixTimestamp64Milli(st[level], {zone})"
+    if interval == "hour":
+        bucket = f"toUnixTimestamp({local}) - toMinute({local}) * 60 - toSecond({local})"
+    else:
+        bucket = f"toUnixTimestamp(toDateTime({TREND_BUCKETS[interval]}({local}), {zone}))"
     sql = f"""
-SELECT toDateTime({bucket}(fromUnixTimestamp64Milli(st[level], 'UTC')), 'UTC') AS bucket,
+SELECT {bucket} AS bucket,
        count() AS entered,
        countIf(level = {len(funnel.definition.steps)}) AS converted
 FROM ({held}

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from funnelstream import metrics
 from funnelstream.http_errors import keyed_route_errors
 from query_api import compute
+from query_api.csv_answer import CSV_RESPONSE, records_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.analysis import (
     SESSION_FIELDS,
     Breakdown,
@@ -39,6 +41,22 @@ To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")
 async def _rows(ch: ClickHouseDep, query: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
     # ClickHouse errors become HTTP answers in one place: query_api/errors.py.
     return await ch.query_rows(*query)
+
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+def _answer(
+    request: Request,
+    out: Out,
+    records: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    name: str,
+) -> Out | Response:
+    """`out` as JSON, or with `Accept: text/csv` one row per record."""
+    if not wants_csv(request):
+        return out
+    return records_response(records, columns, f"{getattr(out, 'funnel_id', 'funnel')}-{name}")
 
 
 def _step(funnel: FunnelDefinition, step: int, field: str, last_ok: bool = True) -> int:
@@ -74,9 +92,15 @@ class BreakdownOut(BaseModel):
     query_ms: float
 
 
-@router.get("/{funnel_id}/breakdown", response_model=BreakdownOut, summary="Breakdown")
+@router.get(
+    "/{funnel_id}/breakdown",
+    response_model=BreakdownOut,
+    summary="Breakdown",
+    responses=CSV_RESPONSE,
+)
 async def funnel_breakdown(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -88,7 +112,8 @@ async def funnel_breakdown(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: From = None,
     to: To = None,
-) -> BreakdownOut:
+    segment: SegmentQuery = None,
+) -> BreakdownOut | Response:
     """The report's step counts per value of an event property (or a session property:
     entry_url, referrer, utm_source, utm_medium, utm_campaign, device, browser, os, country) of one
     event per entity, chosen by `attribution`: `first_touch` (step 1 of the attempt that
@@ -110,11 +135,13 @@ async def funnel_breakdown(
         _step(funnel, step, "step")
     start, end = parse_range(from_, to)
     by = Breakdown(property, source, attribution, step, limit)
-    rows = await _rows(ch, breakdown_sql(compiler(funnel), funnel.project, start, end, by))
+    filters = parse_segment(segment, project.id)
+    query = breakdown_sql(compiler(funnel), funnel.project, start, end, by, filters)
+    rows = await _rows(ch, query)
     groups = compute.breakdown_groups(rows, len(funnel.steps))
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("breakdown").observe(elapsed)
-    return BreakdownOut(
+    out = BreakdownOut(
         funnel_id=funnel.id,
         property=property,
         source=source,
@@ -122,6 +149,17 @@ async def funnel_breakdown(
         step=step if attribution == "step" else None,
         groups=[BreakdownGroupOut.model_validate(g.as_dict()) for g in groups],
         query_ms=round(elapsed * 1000, 2),
+    )
+    return _answer(
+        request,
+        out,
+        [
+            {"value": g.value, "other": g.other, **step.model_dump()}
+            for g in out.groups
+            for step in g.steps
+        ],
+        ("value", "other", *BreakdownStepOut.model_fields),
+        "breakdown",
     )
 
 
@@ -143,9 +181,15 @@ def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-@router.get("/{funnel_id}/dropped", response_model=DroppedOut, summary="Who dropped at a step")
+@router.get(
+    "/{funnel_id}/dropped",
+    response_model=DroppedOut,
+    summary="Who dropped at a step",
+    responses=CSV_RESPONSE,
+)
 async def funnel_dropped(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -155,7 +199,8 @@ async def funnel_dropped(
     after: Annotated[str, Query(description="cursor: `next_after` of the previous page")] = "",
     from_: From = None,
     to: To = None,
-) -> DroppedOut:
+    segment: SegmentQuery = None,
+) -> DroppedOut | Response:
     """Entities (visitors, or users) whose deepest step is `step` and whose attempt can no
     longer take the next one (dropped; those still in their window are in progress and not
     listed), ordered by id, `limit` per page. Pass `next_after` as `after` for the next
@@ -164,11 +209,14 @@ async def funnel_dropped(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    query = dropped_sql(compiler(funnel), funnel.project, start, end, now, step, limit, after)
+    filters = parse_segment(segment, project.id)
+    query = dropped_sql(
+        compiler(funnel), funnel.project, start, end, now, step, limit, after, filters
+    )
     rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("dropped").observe(elapsed)
-    return DroppedOut(
+    out = DroppedOut(
         funnel_id=funnel.id,
         step=step,
         visitors=[
@@ -177,6 +225,13 @@ async def funnel_dropped(
         ],
         next_after=str(rows[-1][0]) if len(rows) == limit else None,
         query_ms=round(elapsed * 1000, 2),
+    )
+    return _answer(
+        request,
+        out,
+        [v.model_dump() for v in out.visitors],
+        tuple(DroppedVisitorOut.model_fields),
+        "dropped",
     )
 
 
@@ -196,9 +251,11 @@ class NextEventsOut(BaseModel):
     "/{funnel_id}/dropped/next-events",
     response_model=NextEventsOut,
     summary="What dropped visitors did next",
+    responses=CSV_RESPONSE,
 )
 async def funnel_next_events(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -207,7 +264,8 @@ async def funnel_next_events(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: From = None,
     to: To = None,
-) -> NextEventsOut:
+    segment: SegmentQuery = None,
+) -> NextEventsOut | Response:
     """For the entities that dropped at `step`: the first event each sent after reaching
     it (any event name, strictly later, within [from, to)), counted per event name, most
     frequent first. Entities with no later event are not counted."""
@@ -215,16 +273,23 @@ async def funnel_next_events(
     _step(funnel, step, "step", last_ok=False)
     start, end = parse_range(from_, to)
     now = min(datetime.now(UTC), end)
-    rows = await _rows(
-        ch, next_events_sql(compiler(funnel), funnel.project, start, end, now, step, limit)
-    )
+    filters = parse_segment(segment, project.id)
+    query = next_events_sql(compiler(funnel), funnel.project, start, end, now, step, limit, filters)
+    rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("next_events").observe(elapsed)
-    return NextEventsOut(
+    out = NextEventsOut(
         funnel_id=funnel.id,
         step=step,
         next_events=[NextEventOut(event=e, visitors=int(n)) for e, n in rows],
         query_ms=round(elapsed * 1000, 2),
+    )
+    return _answer(
+        request,
+        out,
+        [e.model_dump() for e in out.next_events],
+        tuple(NextEventOut.model_fields),
+        "next-events",
     )
 
 
@@ -245,9 +310,11 @@ class HistogramOut(BaseModel):
     "/{funnel_id}/time-to-convert",
     response_model=HistogramOut,
     summary="Time-to-convert histogram",
+    responses=CSV_RESPONSE,
 )
 async def funnel_time_to_convert(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
@@ -256,7 +323,8 @@ async def funnel_time_to_convert(
     bins: Annotated[int, Query(ge=1, le=200)] = 20,
     from_: From = None,
     to: To = None,
-) -> HistogramOut:
+    segment: SegmentQuery = None,
+) -> HistogramOut | Response:
     """Times from step 1 to `step` of the attempts holding `step` (the same attempts as
     the report's `time_to_convert`), in `bins` equal bins from 0 s to just past the
     longest; each bin is [from_seconds, to_seconds)."""
@@ -272,16 +340,25 @@ async def funnel_time_to_convert(
             },
         )
     start, end = parse_range(from_, to)
-    rows = await _rows(ch, histogram_sql(compiler(funnel), funnel.project, start, end, k, bins))
+    filters = parse_segment(segment, project.id)
+    query = histogram_sql(compiler(funnel), funnel.project, start, end, k, bins, filters)
+    rows = await _rows(ch, query)
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("histogram").observe(elapsed)
-    return HistogramOut(
+    out = HistogramOut(
         funnel_id=funnel.id,
         step=k,
         bins=[
             HistogramBinOut.model_validate(b.as_dict()) for b in compute.histogram_bins(rows, bins)
         ],
         query_ms=round(elapsed * 1000, 2),
+    )
+    return _answer(
+        request,
+        out,
+        [b.model_dump() for b in out.bins],
+        tuple(HistogramBinOut.model_fields),
+        "time-to-convert",
     )
 
 
@@ -299,16 +376,22 @@ class OpenFunnelOut(BaseModel):
     query_ms: float
 
 
-@router.get("/{funnel_id}/open", response_model=OpenFunnelOut, summary="Open funnel")
+@router.get(
+    "/{funnel_id}/open",
+    response_model=OpenFunnelOut,
+    summary="Open funnel",
+    responses=CSV_RESPONSE,
+)
 async def open_funnel(
     funnel_id: str,
+    request: Request,
     project: ReadProject,
     funnel: ReportFunnel,
     ch: ClickHouseDep,
     compiler: CompilerDep,
     from_: From = None,
     to: To = None,
-) -> OpenFunnelOut:
+) -> OpenFunnelOut | Response:
     """Entry at any step (GA4's open funnel): per step, entities that sent a matching
     event (`entered`), and of those, entities that followed one of those events with an
     event matching the next step, strictly later and within the window (and the next
@@ -331,4 +414,6 @@ async def open_funnel(
         )
     elapsed = time.monotonic() - started
     metrics.QUERY_SECONDS.labels("open").observe(elapsed)
-    return OpenFunnelOut(funnel_id=funnel.id, steps=steps, query_ms=round(elapsed * 1000, 2))
+    out = OpenFunnelOut(funnel_id=funnel.id, steps=steps, query_ms=round(elapsed * 1000, 2))
+    records = [step.model_dump() for step in out.steps]
+    return _answer(request, out, records, tuple(OpenStepOut.model_fields), "open")

@@ -5,9 +5,7 @@ query_api/sql/cohorts.py; arithmetic: query_api/cohorts.py; docs/cohort-retentio
 from __future__ import annotations
 
 import time
-import zoneinfo
 from datetime import UTC, date, datetime
-from functools import cache
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -18,8 +16,8 @@ from funnelstream.http_errors import keyed_route_errors
 from query_api.cohorts import Cohort, Period, cohorts_from_rows, totals
 from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, ReadProject
-from query_api.routes.reports import parse_range
-from query_api.routes.segments import parse_segment
+from query_api.routes.reports import parse_range, parse_time_zone
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.cohorts import RetentionQuery, retention_sql
 
 router = APIRouter(prefix="/v1/retention", tags=["retention"], responses=keyed_route_errors(503))
@@ -32,26 +30,6 @@ MAX_VALUES = 50
 MAX_COHORTS = 400
 _SHORTEST_DAYS = {"day": 1, "week": 7, "month": 28}
 Name = Annotated[str, Query(min_length=1, max_length=200)]
-
-
-@cache
-def _zones() -> frozenset[str]:
-    # "localtime" names the machine's zone, not an IANA one (and ClickHouse lacks it).
-    return frozenset(zoneinfo.available_timezones() - {"localtime"})
-
-
-def parse_time_zone(name: str, field: str = "tz") -> str:
-    """An IANA time zone name, or a 400 naming `field`."""
-    if name not in _zones():
-        raise HTTPException(
-            400,
-            {
-                "error": "invalid_time_zone",
-                "field": field,
-                "message": "an IANA time zone name, e.g. Europe/Berlin",
-            },
-        )
-    return name
 
 
 class PeriodOut(BaseModel):
@@ -208,14 +186,7 @@ async def project_retention(
         str | None,
         Query(min_length=1, max_length=200, description="A property of the cohort event"),
     ] = None,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=4000,
-            description="JSON array of property filters, as a funnel step's `filters`: only"
-            " entities with an event in the range on which all hold",
-        ),
-    ] = None,
+    segment: SegmentQuery = None,
     from_: From = None,
     to: To = None,
 ) -> RetentionOut | Response:

@@ -20,7 +20,7 @@ from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.analysis import _step
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
-from query_api.routes.segments import parse_segment
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.drivers import drivers_sql
 
 router = APIRouter(
@@ -147,14 +147,7 @@ async def funnel_drivers(
     ] = 5,
     top: Annotated[int, Query(ge=1, le=100, description="Features listed each way")] = 10,
     alpha: Annotated[float, Query(gt=0, lt=0.5, description="Level of the intervals")] = 0.05,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=4000,
-            description="JSON array of property filters, as a funnel step's `filters`: only"
-            " entities with an event in the range on which all hold",
-        ),
-    ] = None,
+    segment: SegmentQuery = None,
     from_: From = None,
     to: To = None,
 ) -> DriversOut | Response:

@@ -19,7 +19,7 @@ from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range
-from query_api.routes.segments import parse_segment
+from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.experiment import experiment_sql
 
 router = APIRouter(
@@ -260,15 +260,7 @@ async def funnel_experiment(
         float,
         Query(gt=0, lt=1, description="Minimum detectable effect: an absolute rate difference"),
     ] = 0.02,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=4000,
-            description="JSON array of property filters, as a funnel step's `filters`: only"
-            " entities with an event in the range on which all hold, e.g."
-            ' [{"property": "utm_source", "op": "eq", "value": "google"}]',
-        ),
-    ] = None,
+    segment: SegmentQuery = None,
     from_: From = None,
     to: To = None,
 ) -> ExperimentOut | Response:

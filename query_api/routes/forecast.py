@@ -20,6 +20,7 @@ from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
 from query_api.routes.reports import parse_range, run_report
+from query_api.routes.segments import SegmentQuery, parse_segment
 
 router = APIRouter(
     prefix="/v1/funnels", tags=["funnel decisions"], responses=keyed_route_errors(404, 409, 503)
@@ -172,6 +173,7 @@ async def funnel_forecast(
     level: Annotated[float, Query(ge=0.5, le=0.99, description="Interval level")] = 0.9,
     from_: From = None,
     to: To = None,
+    segment: SegmentQuery = None,
 ) -> ForecastOut | Response:
     """Step conversions observed in [from, to) (default: the last 30 days; counted as the
     report counts them, in progress as not converted yet) give: the conversions expected at
@@ -181,7 +183,8 @@ async def funnel_forecast(
     docs/forecasts.md). With `Accept: text/csv`: one row per step."""
     started = time.monotonic()
     start, end = parse_range(from_, to)
-    report = await run_report(ch, compiler, funnel, start, end)
+    filters = parse_segment(segment, project.id)
+    report = await run_report(ch, compiler, funnel, start, end, filters)
     days = (end - start).total_seconds() / 86400
     result = await run_in_threadpool(
         lambda: forecast.forecast(

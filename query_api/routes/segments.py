@@ -11,15 +11,26 @@ would be, with the field renamed to `segment[i]...`.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import HTTPException
+from fastapi import HTTPException, Query
 
 from query_api.routes.funnels import parse_definition
 from schemas.funnels import PropertyFilter
 
 MAX_FILTERS = 10
+
+# The `segment` query parameter of the funnel reports, declared once.
+SegmentQuery = Annotated[
+    str | None,
+    Query(
+        max_length=4000,
+        description="JSON array of property filters, as a funnel step's `filters`: only"
+        " entities with an event in the range on which all hold, e.g."
+        ' [{"property": "utm_source", "op": "eq", "value": "google"}]',
+    ),
+]
 # The throwaway definition's path to its filters: `steps[0].filters` or `steps.0.filters`.
 _STEP_FILTERS = re.compile(r"^steps(?:\[0\]|\.0)\.filters(?:\.(\d+)|\[(\d+)\])?")
 

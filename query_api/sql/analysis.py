@@ -9,6 +9,7 @@ to the report's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params, step_sql
 from funnel.sql.report import USER_ENTITY, entity_sql, held_sql, open_until_sql, user_join_sql
+from schemas.funnels import PropertyFilter
 
 # Session properties a breakdown can use (columns of the sessions table).
 SESSION_FIELDS = (
@@ -53,7 +55,12 @@ def _ms(moment: datetime) -> int:
 
 
 def breakdown_sql(
-    funnel: CompiledFunnel, project: str, start: datetime, end: datetime, by: Breakdown
+    funnel: CompiledFunnel,
+    project: str,
+    start: datetime,
+    end: datetime,
+    by: Breakdown,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows (top, value, level, entities): entities per attributed value and deepest step
     (level, 1-based). The `limit` values with the most entities (ties: by value) have
@@ -77,6 +84,7 @@ def breakdown_sql(
         params,
         extra=f", {pick} AS picked, {at} AS attributed_at",
         value=value,
+        segment=segment,
     )
     if by.source == "session":
         if by.property not in SESSION_FIELDS:
@@ -121,13 +129,16 @@ def dropped_sql(
     step: int,
     limit: int,
     after: str,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows (entity, reached step at ms, attempt started ms): entities whose deepest step is
     `step` (0-based, not the last) and whose attempt can no longer take the next one
     (dropped, not in progress), ordered by entity, after the cursor `after`."""
     params = Params()
     open_until = open_until_sql(funnel.definition, params)
-    held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
+    held = held_sql(
+        funnel, project, start, end, params, f", {open_until} AS open_until", segment=segment
+    )
     sql = f"""
 SELECT visitor_id, re[level] AS reached_ms, st[level] AS started_ms
 FROM ({held}
@@ -148,13 +159,16 @@ def next_events_sql(
     now: datetime,
     step: int,
     limit: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows (event name, entities): for entities that dropped at `step`, the first event
     each sent after reaching it (any event name, in [from, to)), most frequent first. The
     entity's event at the same millisecond as its step event does not count as next."""
     params = Params()
     open_until = open_until_sql(funnel.definition, params)
-    held = held_sql(funnel, project, start, end, params, f", {open_until} AS open_until")
+    held = held_sql(
+        funnel, project, start, end, params, f", {open_until} AS open_until", segment=segment
+    )
     project_param = params.bind(project, "String")
     entity, join = _entity(funnel, project_param, params, start, end)
     sql = f"""
@@ -191,12 +205,13 @@ def histogram_sql(
     end: datetime,
     step: int,
     bins: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Rows (bin, attempts, bin start ms, bin width ms): times from step 1 to `step`
     (0-based, > 0) of the attempts holding it, in `bins` equal bins from 0 to the longest
     time (the longest falls in the last bin)."""
     params = Params()
-    held = held_sql(funnel, project, start, end, params)
+    held = held_sql(funnel, project, start, end, params, segment=segment)
     k = step + 1
     nbins = params.bind(bins, "UInt32")
     sql = f"""

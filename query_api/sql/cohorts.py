@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from funnel.sql.filters import Params
 from funnel.sql.report import USER_ENTITY, user_join_sql
-from query_api.sql.segments import segment_entities_sql
+from funnel.sql.segments import segment_entities_sql
 from schemas.funnels import PropertyFilter
 
 Interval = Literal["day", "week", "month"]

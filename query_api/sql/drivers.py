@@ -22,8 +22,8 @@ from typing import Any
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import held_sql, open_until_sql
+from funnel.sql.segments import segment_entities_sql
 from query_api.sql.analysis import SESSION_FIELDS, _entity
-from query_api.sql.segments import segment_entities_sql
 from schemas.funnels import PropertyFilter
 
 _DATETIME = "DateTime64(3, 'UTC')"

@@ -18,7 +18,7 @@ from typing import Any
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import entity_sql, held_sql
-from query_api.sql.segments import segment_entities_sql
+from funnel.sql.segments import segment_entities_sql
 from schemas.funnels import PropertyFilter
 
 # status of a row of experiment_sql

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from schemas.funnels import EventMatch, Exclusion, FunnelDefinition, PropertyFilter
@@ -164,11 +164,16 @@ def _entity_of(funnel: FunnelDefinition, events: list[RefEvent]) -> dict[str, st
 
 
 def held_steps(
-    funnel: FunnelDefinition, events: Iterable[RefEvent], start_ms: int, end_ms: int
+    funnel: FunnelDefinition,
+    events: Iterable[RefEvent],
+    start_ms: int,
+    end_ms: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> dict[str, list[Held | None]]:
-    """Per entity with at least one funnel event: the slots after all its events."""
+    """Per entity with at least one funnel event (and, with a segment, an event in range
+    on which every filter holds): the slots after all its events."""
     fold = _any_order if funnel.order == "any" else _fold
-    per_entity = _entity_events(funnel, events, start_ms, end_ms)
+    per_entity = _entity_events(funnel, events, start_ms, end_ms, segment)
     if funnel.hold_property is None:
         return {entity: fold(funnel, evs) for entity, evs in per_entity.items()}
     return {entity: _hold(funnel, evs) for entity, evs in per_entity.items()}
@@ -193,13 +198,17 @@ def _hold(funnel: FunnelDefinition, events: list[RefEvent]) -> list[Held | None]
 
 
 def attempt_counts(
-    funnel: FunnelDefinition, events: Iterable[RefEvent], start_ms: int, end_ms: int
+    funnel: FunnelDefinition,
+    events: Iterable[RefEvent],
+    start_ms: int,
+    end_ms: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> dict[str, list[int]]:
     """`counting: "total"` (order "ordered", no exclusions): per entity and step, the
     attempts that reached the step. An attempt is identified by its start millisecond
     (step-0 events at the same millisecond start one attempt)."""
     out = {}
-    for entity, evs in _entity_events(funnel, events, start_ms, end_ms).items():
+    for entity, evs in _entity_events(funnel, events, start_ms, end_ms, segment).items():
         seen: list[set[int]] = [set() for _ in funnel.steps]
         _fold(funnel, evs, seen)
         out[entity] = [len(s) for s in seen]
@@ -207,12 +216,22 @@ def attempt_counts(
 
 
 def _entity_events(
-    funnel: FunnelDefinition, events: Iterable[RefEvent], start_ms: int, end_ms: int
+    funnel: FunnelDefinition,
+    events: Iterable[RefEvent],
+    start_ms: int,
+    end_ms: int,
+    segment: Sequence[PropertyFilter] = (),
 ) -> dict[str, list[RefEvent]]:
-    """Per entity, the events the fold reads, in fold order (rule 1)."""
+    """Per entity, the events the fold reads, in fold order (rule 1); with a segment, only
+    entities with an event in range on which every filter holds."""
     everything = list(events)
     identified = _entity_of(funnel, everything)
     sessions = _sessions(everything, start_ms, end_ms) if funnel.count_by == "session" else {}
+    members = {
+        sessions.get(e.event_id) or identified.get(e.visitor_id, e.visitor_id)
+        for e in everything
+        if start_ms <= e.timestamp_ms < end_ms and all(_holds(f, e.properties) for f in segment)
+    }
     names = set(funnel.event_names())
     strict = funnel.order == "strict"
     per_entity: dict[str, list[tuple[tuple[int, int, tuple[int, int]], RefEvent]]] = defaultdict(
@@ -228,6 +247,8 @@ def _entity_events(
         # Exclusion events (and, in strict order, events matching nothing) sort first.
         rank = -1 if excluded or not steps else steps[0]
         entity = sessions.get(e.event_id) or identified.get(e.visitor_id, e.visitor_id)
+        if segment and entity not in members:
+            continue
         per_entity[entity].append(((e.timestamp_ms, rank, _uuid_order(e.event_id)), e))
     return {
         entity: [e for _, e in sorted(keyed, key=lambda p: p[0])]
@@ -350,12 +371,13 @@ def report(
     start_ms: int,
     end_ms: int,
     now_ms: int | None = None,
+    segment: Sequence[PropertyFilter] = (),
 ) -> list[RefStep]:
     """Per step: entities reaching it, times to convert (ms) and entities in progress
     (with `counting: "total"`: attempts reaching it and attempts in progress)."""
     now = end_ms if now_ms is None else now_ms
     everything = list(events)
-    held = held_steps(funnel, everything, start_ms, end_ms)
+    held = held_steps(funnel, everything, start_ms, end_ms, segment)
     open_at: dict[int, int] = defaultdict(int)
     counts: list[int] = []
     if funnel.counting == "total":
@@ -367,7 +389,7 @@ def report(
                     continue
                 if _still_open(funnel, h, k + 1, now):
                     open_at[k] += 1
-        per_entity = attempt_counts(funnel, everything, start_ms, end_ms).values()
+        per_entity = attempt_counts(funnel, everything, start_ms, end_ms, segment).values()
         counts = [sum(c[k] for c in per_entity) for k in range(len(funnel.steps))]
     else:
         for slots in held.values():
@@ -412,6 +434,7 @@ def breakdown(
     attribution: str = "first_touch",
     step: int = 0,
     limit: int = 10,
+    segment: Sequence[PropertyFilter] = (),
 ) -> dict[tuple[bool, str], list[int]]:
     """Entities reaching each step per attributed value of event property `prop`:
     {(is other, value): reached per step}. Attribution: the held attempt's step-1 event
@@ -421,7 +444,7 @@ def breakdown(
     everything = list(events)
     by_id = {e.event_id: e for e in everything}
     levels: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for slots in held_steps(funnel, everything, start_ms, end_ms).values():
+    for slots in held_steps(funnel, everything, start_ms, end_ms, segment).values():
         level = max((k + 1 for k, s in enumerate(slots) if s is not None), default=0)
         if not level:
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from query_api.compute import (
     ReportRows,
@@ -12,6 +12,7 @@ from query_api.compute import (
     TrendPoint,
     build_steps,
     reached_per_step,
+    step_changes,
     steps_from_rows,
     trend_points,
 )
@@ -135,9 +136,13 @@ def test_steps_from_rows_accepts_strings_from_the_driver() -> None:
     assert got.in_progress == [0, 2]
 
 
+def _unix(*fields: int) -> int:
+    """A bucket as the query answers it: its start in Unix seconds."""
+    return int(datetime(*fields, tzinfo=UTC).timestamp())  # type: ignore[misc]
+
+
 def test_trend_points_mark_periods_not_over() -> None:
-    day = datetime(2025, 10, 1)  # naive from the driver: read as UTC
-    rows = [(day, 10, 4), (datetime(2025, 10, 2, tzinfo=UTC), 0, 0), (datetime(2025, 10, 3), 5, 5)]
+    rows = [(_unix(2025, 10, 1), 10, 4), (_unix(2025, 10, 2), 0, 0), (_unix(2025, 10, 3), 5, 5)]
     now = datetime(2025, 10, 3, 12, tzinfo=UTC)
     points = trend_points(rows, "day", end=datetime(2025, 10, 9, tzinfo=UTC), now=now)
     assert points == [
@@ -155,7 +160,7 @@ def test_trend_points_mark_periods_not_over() -> None:
 
 
 def test_trend_point_reaching_past_the_report_end_is_incomplete() -> None:
-    rows = [(datetime(2025, 10, 1, 10, tzinfo=UTC), 1, 1)]
+    rows = [(_unix(2025, 10, 1, 10), 1, 1)]
     far = datetime(2030, 1, 1, tzinfo=UTC)
     assert (
         trend_points(rows, "hour", end=datetime(2025, 10, 1, 11, tzinfo=UTC), now=far)[0].incomplete
@@ -167,3 +172,27 @@ def test_trend_point_reaching_past_the_report_end_is_incomplete() -> None:
         ].incomplete
         is True
     )
+
+
+def test_trend_day_across_dst_lasts_23_hours() -> None:
+    """Europe/Berlin springs forward on 2025-03-30: that day starts at 23:00 UTC the day
+    before and ends 23 hours later, at 22:00 UTC."""
+    berlin_day = _unix(2025, 3, 29, 23)
+    ends = datetime(2025, 3, 30, 22, tzinfo=UTC)
+    far = datetime(2030, 1, 1, tzinfo=UTC)
+    (point,) = trend_points([(berlin_day, 1, 0)], "day", end=ends, now=far, tz="Europe/Berlin")
+    assert point.bucket.isoformat() == "2025-03-30T00:00:00+01:00"
+    assert point.incomplete is False
+    cut = ends - timedelta(seconds=1)
+    (point,) = trend_points([(berlin_day, 1, 0)], "day", end=cut, now=far, tz="Europe/Berlin")
+    assert point.incomplete is True
+
+
+def test_step_changes_absolute_and_relative() -> None:
+    changes = step_changes([200, 50, 10], [100, 50, 0])
+    assert [c.visitors_change for c in changes] == [100, 0, 10]
+    assert [c.visitors_change_relative for c in changes] == [1.0, 0.0, None]
+    # Conversion from step 1: 0.25 against 0.5 at step 2, 0.05 against 0 at step 3.
+    assert [c.conversion_change for c in changes] == [0.0, -0.25, 0.05]
+    assert [c.conversion_change_relative for c in changes] == [0.0, -0.5, None]
+    assert changes[1].as_dict()["compare_conversion_from_start"] == 0.5

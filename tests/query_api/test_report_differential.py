@@ -2,9 +2,10 @@
 
 Hypothesis draws funnels (filters, any_of alternatives, per-step windows, exclusions,
 counting by visitor, user or session, ordered, strict or any order, unique or total, a
-held property, optional steps) and event streams with few names, few visitors and a
-narrow time range, so ties, repeated steps and window edges are common. Each example writes
-its events under its own project id, so examples never see each other's rows.
+held property, optional steps), segments (the same property filters) and event streams
+with few names, few visitors and a narrow time range, so ties, repeated steps and window
+edges are common. Each example writes its events under its own project id, so examples
+never see each other's rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from funnelstream.clickhouse import ClickHouse
 from processor.rows import EVENT_COLUMNS, as_uuid, ms_to_datetime
 from query_api import compute
 from query_api.sql.analysis import Breakdown, breakdown_sql
-from schemas.funnels import FunnelDefinition, validate_funnel
+from schemas.funnels import FunnelDefinition, PropertyFilter, validate_funnel
 from tests.oracle import funnel_reference as reference
 
 pytestmark = pytest.mark.clickhouse
@@ -175,10 +176,14 @@ def _close(a: float | None, b: float | None) -> bool:
 
 
 def assert_report_equals_reference(
-    ch: ClickHouse, funnel: FunnelDefinition, events: list[reference.RefEvent], now_ms: int
+    ch: ClickHouse,
+    funnel: FunnelDefinition,
+    events: list[reference.RefEvent],
+    now_ms: int,
+    segment: tuple[PropertyFilter, ...] = (),
 ) -> str:
-    """Held attempts per entity and the report equal the reference; returns the project
-    the events were written under."""
+    """Held attempts per entity and the report (in `segment`, if any) equal the
+    reference; returns the project the events were written under."""
     project = f"h{next(_projects)}"
     funnel = funnel.model_copy(update={"project": project})
     insert(ch, project, events)
@@ -187,21 +192,23 @@ def assert_report_equals_reference(
     # Per entity, the held attempts (start, reached, previous) are the same.
     params = Params()
     rows = ch.query_rows_sync(
-        per_visitor_sql(compile_funnel(funnel), project, start, end, params), params.values
+        per_visitor_sql(compile_funnel(funnel), project, start, end, params, segment),
+        params.values,
     )
     sql_held = {
         entity: [None if s[0] < 0 else (s[0], s[1], s[2]) for s in slots] for entity, slots in rows
     }
     expected_held = {
         entity: [None if h is None else (h.started_ms, h.reached_ms, h.previous_ms) for h in slots]
-        for entity, slots in reference.held_steps(funnel, events, START, END).items()
+        for entity, slots in reference.held_steps(funnel, events, START, END, segment).items()
     }
     assert sql_held == expected_held
 
     # The report: counts exact, times exact (averages to float precision).
-    sql, params_ = report_sql(compile_funnel(funnel), project, start, end, ms_to_datetime(now_ms))
+    now = ms_to_datetime(now_ms)
+    sql, params_ = report_sql(compile_funnel(funnel), project, start, end, now, segment)
     by_step = {int(r[0]): r for r in ch.query_rows_sync(sql, params_)}
-    for k, want in enumerate(reference.report(funnel, events, START, END, now_ms)):
+    for k, want in enumerate(reference.report(funnel, events, START, END, now_ms, segment)):
         row = by_step.get(k + 1)
         got_entities = int(row[1]) if row else 0
         assert got_entities == want.entities, k
@@ -227,6 +234,15 @@ breakdowns = st.builds(
     limit=st.integers(1, 3),
 )
 
+# Half the examples without a segment, half with one or two filters (on event properties
+# the streams carry, so a segment keeps some entities and drops others).
+segments = st.one_of(
+    st.just(()),
+    st.lists(filters, min_size=1, max_size=2).map(
+        lambda fs: tuple(PropertyFilter.model_validate(f) for f in fs)
+    ),
+)
+
 
 @settings(
     max_examples=int(os.environ.get("FUNNEL_DIFF_EXAMPLES", "150")),
@@ -238,6 +254,7 @@ breakdowns = st.builds(
     events=streams(),
     now_ms=st.integers(BASE_MS, BASE_MS + 30_000),
     by=breakdowns,
+    segment=segments,
 )
 def test_sql_report_equals_reference(
     ch: ClickHouse,
@@ -245,16 +262,18 @@ def test_sql_report_equals_reference(
     events: list[reference.RefEvent],
     now_ms: int,
     by: Breakdown,
+    segment: tuple[PropertyFilter, ...],
 ) -> None:
-    project = assert_report_equals_reference(ch, funnel, events, now_ms)
+    project = assert_report_equals_reference(ch, funnel, events, now_ms, segment)
     start, end = ms_to_datetime(START), ms_to_datetime(END)
 
     # Breakdown by an event property, with each attribution, top N + other.
     by = Breakdown(by.property, "event", by.attribution, by.step % len(funnel.steps), by.limit)
-    rows = ch.query_rows_sync(*breakdown_sql(compile_funnel(funnel), project, start, end, by))
+    query = breakdown_sql(compile_funnel(funnel), project, start, end, by, segment)
+    rows = ch.query_rows_sync(*query)
     got = {(g.other, g.value): g.reached for g in compute.breakdown_groups(rows, len(funnel.steps))}
     want_groups = reference.breakdown(
-        funnel, events, START, END, by.property, by.attribution, by.step, by.limit
+        funnel, events, START, END, by.property, by.attribution, by.step, by.limit, segment
     )
     assert got == want_groups
 

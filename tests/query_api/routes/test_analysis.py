@@ -5,6 +5,8 @@ pure-Python reference in tests/query_api/test_report_differential.py.)"""
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -197,3 +199,41 @@ def test_open_funnel_counts_entry_at_any_step(client: TestClient, ch: ClickHouse
     )  # fmt: skip
     body = client.get("/v1/funnels/checkout/open", params=RANGE, headers=READ).json()
     assert [(s["entered"], s["continued"]) for s in body["steps"]] == [(1, 0), (2, 1), (2, 0)]
+
+
+def csv_rows(client: TestClient, url: str, params: dict[str, Any]) -> list[list[str]]:
+    r = client.get(url, params=params, headers={**READ, "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    return list(csv.reader(io.StringIO(r.text)))
+
+
+@pytest.mark.usefixtures("shop")
+def test_csv_and_segment_on_every_analysis(client: TestClient) -> None:
+    """Each analysis answers `Accept: text/csv` with the JSON's lines as rows, and takes a
+    segment (here: entities with an event of plan free: v1, v2)."""
+    base = "/v1/funnels/checkout"
+    free = {**RANGE, "segment": '[{"property": "plan", "op": "eq", "value": "free"}]'}
+    by_plan = {**free, "property": "plan"}
+    rows = csv_rows(client, f"{base}/breakdown", by_plan)
+    assert rows[0] == ["value", "other", "index", "visitors"] + [
+        "conversion_from_start",
+        "conversion_from_previous",
+    ]
+    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [("free", "0", "2"), ("free", "1", "2")] + [
+        ("free", "2", "1")
+    ]
+    assert groups(client.get(f"{base}/breakdown", params=by_plan, headers=READ).json()) == [
+        ("free", False, [2, 2, 1])
+    ]
+    dropped = csv_rows(client, f"{base}/dropped", {**free, "step": 1})
+    assert dropped[0] == ["visitor_id", "reached_at", "attempt_started_at"]
+    assert [r[0] for r in dropped[1:]] == ["v2"]
+    assert dropped[1][1] == "2025-01-01T00:00:30+00:00"
+    nxt = csv_rows(client, f"{base}/dropped/next-events", {**free, "step": 1})
+    assert nxt == [["event", "visitors"], ["search", "1"]]
+    bins = csv_rows(client, f"{base}/time-to-convert", {**free, "step": 1, "bins": 1})
+    assert bins[0] == ["from_seconds", "to_seconds", "attempts"] and bins[1][2] == "2"
+    opened = csv_rows(client, f"{base}/open", RANGE)
+    assert opened[0] == ["index", "event", "entered", "continued", "continuation"]
+    assert [r[2] for r in opened[1:]] == ["4", "3", "1"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from funnel.compiled import CompiledFunnel, compile_funnel
-from funnel.sql.report import levels_sql, report_sql
+from funnel.sql.report import levels_sql, report_sql, trend_sql
 from query_api.sql.analysis import (
     Breakdown,
     breakdown_sql,
@@ -54,6 +54,19 @@ def funnel(**extra: Any) -> CompiledFunnel:
 
 CASES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "report_basic": lambda: report_sql(funnel(), "shop", START, END),
+    "report_segment_by_user": lambda: report_sql(
+        funnel(count_by="user", exclusions=[{"event": "refund", "from_step": 0, "to_step": 2}]),
+        "shop",
+        START,
+        END,
+        segment=(PropertyFilter(property="utm_source", op="eq", value="google"),),
+    ),
+    "trend_hour_lord_howe": lambda: trend_sql(
+        funnel(), "shop", START, END, "hour", tz="Australia/Lord_Howe"
+    ),
+    "trend_week_berlin": lambda: trend_sql(
+        funnel(), "shop", START, END, "week", tz="Europe/Berlin"
+    ),
     "levels_windowfunnel": lambda: levels_sql(funnel(), "shop", START, END),
     "report_any_of_step_windows": lambda: report_sql(
         funnel(

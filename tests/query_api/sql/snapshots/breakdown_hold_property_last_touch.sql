@@ -42,11 +42,11 @@ FROM (
                     arraySort(groupArray(bitOr(bitOr(bitShiftLeft(toUInt256(rel * 64 + matched[1]), 192), bitShiftLeft(toUInt256(reinterpretAsUInt128(eid)), 64)), toUInt256(63 - idx)) AS key))) AS e,
            arraySort((v, k) -> k, groupArray(value), groupArray(key)) AS v
     FROM (
-    SELECT (visitor_id, events.properties[{p8:String}]) AS visitor_id, (toUnixTimestamp64Milli(timestamp) - {p6:Int64}) AS rel, event_id AS eid, arrayFilter(i -> [(event = {p1:String}), (event = {p2:String} AND ifNull(toFloat64OrNull(properties[{p3:String}]) > {p4:Float64}, 0)), (event = {p5:String})][i + 1], range(3)) AS matched, arrayJoin(matched) AS idx, events.properties[{p0:String}] AS value
+    SELECT (visitor_id, events.properties[{p10:String}]) AS visitor_id, (toUnixTimestamp64Milli(timestamp) - {p6:Int64}) AS rel, event_id AS eid, arrayFilter(i -> [(event = {p1:String}), (event = {p2:String} AND ifNull(toFloat64OrNull(properties[{p3:String}]) > {p4:Float64}, 0)), (event = {p5:String})][i + 1], range(3)) AS matched, arrayJoin(matched) AS idx, events.properties[{p0:String}] AS value
     FROM events
     WHERE project_id = {p7:String}
-      AND timestamp >= {p9:DateTime64(3, 'UTC')}
-      AND timestamp < {p10:DateTime64(3, 'UTC')}
+      AND timestamp >= {p8:DateTime64(3, 'UTC')}
+      AND timestamp < {p9:DateTime64(3, 'UTC')}
       AND event IN {p11:Array(String)}
     )
     GROUP BY visitor_id
@@ -70,8 +70,8 @@ ORDER BY top DESC, bucket, level
 -- p5 = 'purchase'
 -- p6 = 1735689600000
 -- p7 = 'shop'
--- p8 = 'product_id'
--- p9 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p10 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p8 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p9 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p10 = 'product_id'
 -- p11 = ['add_to_cart', 'page_view', 'purchase']
 -- p12 = 10

@@ -51,11 +51,11 @@ FROM (
 FROM (
     SELECT visitor_id, arraySort(groupArray(packed)) AS e
     FROM (
-    SELECT (visitor_id, events.properties[{p8:String}]) AS visitor_id, multiIf((event = {p1:String}), 0, (event = {p2:String} AND ifNull(toFloat64OrNull(properties[{p3:String}]) > {p4:Float64}, 0)), 1, (event = {p5:String}), 2, -1) AS step, (toUnixTimestamp64Milli(timestamp) - {p6:Int64}) * 64 + step AS packed
+    SELECT (visitor_id, events.properties[{p10:String}]) AS visitor_id, multiIf((event = {p1:String}), 0, (event = {p2:String} AND ifNull(toFloat64OrNull(properties[{p3:String}]) > {p4:Float64}, 0)), 1, (event = {p5:String}), 2, -1) AS step, (toUnixTimestamp64Milli(timestamp) - {p6:Int64}) * 64 + step AS packed
     FROM events
     WHERE project_id = {p7:String}
-      AND timestamp >= {p9:DateTime64(3, 'UTC')}
-      AND timestamp < {p10:DateTime64(3, 'UTC')}
+      AND timestamp >= {p8:DateTime64(3, 'UTC')}
+      AND timestamp < {p9:DateTime64(3, 'UTC')}
       AND event IN {p11:Array(String)}
     )
     WHERE step >= 0
@@ -77,8 +77,8 @@ ORDER BY step
 -- p5 = 'purchase'
 -- p6 = 1735689600000
 -- p7 = 'shop'
--- p8 = 'product_id'
--- p9 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p10 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p8 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p9 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p10 = 'product_id'
 -- p11 = ['add_to_cart', 'page_view', 'purchase']
 -- p12 = 1738368000000

@@ -1,6 +1,7 @@
-"""The entities of a segment (query_api/segments.py) as a subquery: those that sent at
-least one event in [start, end) on which every filter holds, each filter the same SQL
-test a funnel step's filter is (funnel/sql/filters.py)."""
+"""The entities of a segment (parsed by query_api/routes/segments.py) as a subquery: those
+that sent at least one event in [start, end) on which every filter holds, each filter the
+same SQL test a funnel step's filter is (funnel/sql/filters.py). Here, below query_api,
+so the funnel report itself (funnel/sql/report.py) restricts every report to a segment."""
 
 from __future__ import annotations
 
