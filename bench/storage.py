@@ -49,7 +49,11 @@ GROUP BY table ORDER BY sum(data_compressed_bytes) DESC
 
 
 def measure(visitors: int) -> tuple[int, list[tuple[str, int, int, int]]]:
-    data = Path(tempfile.mkdtemp(prefix="fs-storage-"))
+    with tempfile.TemporaryDirectory(prefix="fs-storage-") as tmp:
+        return _measure(Path(tmp), visitors)
+
+
+def _measure(data: Path, visitors: int) -> tuple[int, list[tuple[str, int, int, int]]]:
     (data / "c.toml").write_text(CONFIG)
     common: dict[str, object] = {"data_dir": data, "config_file": data / "c.toml"}
     app = build_app(IngestSettings(**common), ProcessorSettings(**common))  # type: ignore[arg-type]

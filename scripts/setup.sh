@@ -19,17 +19,22 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
+# npm ci in a directory only when its lockfile changed since the last install there.
+npm_ci() {
+  npm_stamp="$1/node_modules/.installed-$(sha256sum "$1/package-lock.json" | cut -c1-16)"
+  if [ ! -f "$npm_stamp" ]; then
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$npm_stamp"
+  fi
+}
 # The vendors' JS SDKs the SDK tests send with (Node and browser builds, tests/sdk/node),
 # from its lockfile.
 if command -v npm >/dev/null; then
-  npm_stamp="tests/sdk/node/node_modules/.installed-$(sha256sum tests/sdk/node/package-lock.json | cut -c1-16)"
-  if [ ! -f "$npm_stamp" ]; then
-    (cd tests/sdk/node && npm ci --no-audit --no-fund --silent)
-    touch "$npm_stamp"
-  fi
+  npm_ci tests/sdk/node
 fi
 # The analyst page's chart library (npm, pinned by its lockfile), copied where the query
 # API serves it: query_api/static/vendor/ (not committed).
+npm_ci query_api/static
 sh query_api/static/build.sh
 
 if [ "${1:-}" = "--all" ]; then

@@ -47,6 +47,7 @@ from query_api.sql.live import (
     transitions_after_sql,
 )
 from schemas.funnels import FunnelDefinition
+from tests.query_api.sql.test_snapshots import CASES as SNAPSHOT_CASES
 
 Statement = tuple[str, dict[str, Any]]
 
@@ -155,6 +156,9 @@ def builder_statements() -> list[Statement]:
         recent_transitions_sql("shop", "f", START),
         transitions_after_sql("shop", "f", START, 100),
     ]
+    # The snapshot cases besides: the builders above do not cover the segment, time
+    # zone, retention, drivers, experiment and board ones.
+    out += [case() for case in SNAPSHOT_CASES.values()]
     return out
 
 
