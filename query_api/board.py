@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -64,15 +62,3 @@ def parse_properties(
     if len(looked_up) > MAX_PROPERTIES:
         raise BadBoardRequest("property", f"at most {MAX_PROPERTIES} properties")
     return tuple(looked_up), tuple(pairs)
-
-
-def _cell(value: str) -> str:
-    """A spreadsheet would run a cell starting with these as a formula: quote it."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
-def csv_lines(rows: Iterable[Sequence[str]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerows([_cell(v) for v in row] for row in rows)
-    return out.getvalue()

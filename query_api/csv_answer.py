@@ -43,15 +43,19 @@ def _cell(value: object) -> object:
     return value
 
 
+def csv_lines(rows: Iterable[Sequence[object]]) -> str:
+    """Rows as CSV text, each cell as above (the board's export streams pages of these)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerows([_cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
 def csv_response(
     header: Sequence[str], rows: Iterable[Sequence[object]], filename: str
 ) -> Response:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    writer.writerows([_cell(v) for v in row] for row in rows)
     return Response(
-        out.getvalue(),
+        csv_lines([header]) + csv_lines(rows),
         media_type=f"{MEDIA_TYPE}; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
     )

@@ -32,7 +32,8 @@ visitor's events in the range (`entity_sql`).
 Only the project's events in the time range with the funnel's event names (all names,
 for strict order) are read, before any per-entity work. With a segment, only the events of
 entities in it (funnel/sql/segments.py): one condition in `_scan`, so every report built on
-these rows (report, trend, breakdown, drop-off, time to convert, forecast) takes it.
+these rows (report, trend, breakdown, drop-off, time to convert, forecast, experiment,
+drivers) takes it.
 
 Every query is built from the compiled definition (funnel/compiled.py): step conditions
 from its compiled matchers, sessions split at its session gap. Each function below returns

@@ -17,7 +17,7 @@ from query_api import compute
 from query_api.csv_answer import CSV_RESPONSE, records_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
-from query_api.routes.reports import parse_range
+from query_api.routes.reports import From, To, parse_range
 from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.analysis import (
     SESSION_FIELDS,
@@ -33,9 +33,6 @@ from schemas.funnels import FunnelDefinition
 router = APIRouter(
     prefix="/v1/funnels", tags=["funnel analysis"], responses=keyed_route_errors(404, 409, 503)
 )
-
-From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
-To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]
 
 
 async def _rows(ch: ClickHouseDep, query: tuple[str, dict[str, Any]]) -> list[tuple[Any, ...]]:

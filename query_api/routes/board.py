@@ -24,11 +24,11 @@ from funnelstream.clickhouse import ClickHouse
 from funnelstream.http_errors import keyed_route_errors
 from query_api.board import (
     BadBoardRequest,
-    csv_lines,
     decode_cursor,
     encode_cursor,
     parse_properties,
 )
+from query_api.csv_answer import csv_lines
 from query_api.deps import ClickHouseDep, ReadProject
 from query_api.routes.funnel_lookup import LiveFunnel
 from query_api.sql.board import BoardCursor, BoardQuery, board_page_sql, board_totals_sql

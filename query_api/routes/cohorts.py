@@ -16,14 +16,12 @@ from funnelstream.http_errors import keyed_route_errors
 from query_api.cohorts import Cohort, Period, cohorts_from_rows, totals
 from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, ReadProject
-from query_api.routes.reports import parse_range, parse_time_zone
+from query_api.routes.reports import From, To, parse_range, parse_time_zone
 from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.cohorts import RetentionQuery, retention_sql
 
 router = APIRouter(prefix="/v1/retention", tags=["retention"], responses=keyed_route_errors(503))
 
-From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
-To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]
 # More breakdown values than this is an id, not a segment.
 MAX_VALUES = 50
 # Cohorts a range may hold (about 13 months of days): bounds the answer's size.

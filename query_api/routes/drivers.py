@@ -19,7 +19,7 @@ from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.analysis import _step
 from query_api.routes.funnel_lookup import ReportFunnel
-from query_api.routes.reports import parse_range
+from query_api.routes.reports import From, To, parse_range
 from query_api.routes.segments import SegmentQuery, parse_segment
 from query_api.sql.drivers import drivers_sql
 
@@ -27,8 +27,6 @@ router = APIRouter(
     prefix="/v1/funnels", tags=["funnel decisions"], responses=keyed_route_errors(404, 409, 503)
 )
 
-From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
-To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]
 # Features read from the engine, the most frequent first: bounds the tests per request.
 MAX_FEATURES = 500
 

@@ -19,15 +19,13 @@ from query_api import forecast
 from query_api.csv_answer import CSV_RESPONSE, csv_response, wants_csv
 from query_api.deps import ClickHouseDep, CompilerDep, ReadProject
 from query_api.routes.funnel_lookup import ReportFunnel
-from query_api.routes.reports import parse_range, run_report
+from query_api.routes.reports import From, To, parse_range, run_report
 from query_api.routes.segments import SegmentQuery, parse_segment
 
 router = APIRouter(
     prefix="/v1/funnels", tags=["funnel decisions"], responses=keyed_route_errors(404, 409, 503)
 )
 
-From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
-To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]
 # Beyond these a forecast says nothing a smaller one does not, and the draws get costly.
 MAX_VOLUME = 1_000_000_000
 

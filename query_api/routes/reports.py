@@ -149,6 +149,11 @@ def parse_time_zone(name: str, field: str = "tz") -> str:
     return name
 
 
+# The range every report takes, declared once; parse_range reads it.
+From = Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch ms")]
+To = Annotated[str | None, Query(description="ISO-8601 or epoch ms (exclusive)")]
+
+
 def parse_range(from_: str | None, to: str | None) -> tuple[datetime, datetime]:
     """[from, to); default: the last 30 days."""
     end = parse_time(to, datetime.now(UTC) + timedelta(seconds=1), "to")

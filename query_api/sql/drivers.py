@@ -22,7 +22,6 @@ from typing import Any
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import held_sql, open_until_sql
-from funnel.sql.segments import segment_entities_sql
 from query_api.sql.analysis import SESSION_FIELDS, _entity
 from schemas.funnels import PropertyFilter
 
@@ -58,6 +57,7 @@ def drivers_sql(
         params,
         f", {open_until} AS open_until",
         value="toString(events.event_id)",
+        segment=segment,
     )
     window = params.bind(funnel.definition.window_seconds * 1000, "Int64")
     end_ms = params.bind(_ms(end), "Int64")
@@ -67,10 +67,6 @@ def drivers_sql(
         f"events.timestamp >= {params.bind(start, _DATETIME)} "
         f"AND events.timestamp < {params.bind(end, _DATETIME)}"
     )
-    members = ""
-    if segment:
-        inside = segment_entities_sql(segment, entity, join, project_param, params, start, end)
-        members = f"\n      AND visitor_id IN ({inside}\n    )"
     fields = ", ".join(f"('session', '{f}', s.{f})" for f in SESSION_FIELDS)
     plain = in_range.replace("events.", "")
     # One pass over the population (a CTE read twice is computed twice): each entity's
@@ -84,7 +80,7 @@ WITH population AS (
            toUUID(vals[{k}]) AS step_event
     FROM ({held}
     )
-    WHERE (level > {k} OR (level = {k} AND open_until < {params.bind(_ms(now), "Int64")})){members}
+    WHERE (level > {k} OR (level = {k} AND open_until < {params.bind(_ms(now), "Int64")}))
 )
 SELECT feature.1 AS kind, feature.2 AS name, feature.3 AS value,
        countIf(converted) AS converted_with, countIf(NOT converted) AS dropped_with

@@ -18,7 +18,6 @@ from typing import Any
 from funnel.compiled import CompiledFunnel
 from funnel.sql.filters import Params
 from funnel.sql.report import entity_sql, held_sql
-from funnel.sql.segments import segment_entities_sql
 from schemas.funnels import PropertyFilter
 
 # status of a row of experiment_sql
@@ -62,14 +61,8 @@ def experiment_sql(
     or UNASSIGNED with variant ''; level is the deepest step held (1-based), as in the
     report."""
     params = Params()
-    held = held_sql(funnel, project, start, end, params)
+    held = held_sql(funnel, project, start, end, params, segment=segment)
     assigned = assignment_sql(funnel, project, start, end, prop, params)
-    where = ""
-    if segment:
-        project_param = params.bind(project, "String")
-        entity, join = entity_sql(funnel, project_param, params, start, end)
-        members = segment_entities_sql(segment, entity, join, project_param, params, start, end)
-        where = f"\nWHERE h.visitor_id IN ({members}\n)"
     sql = f"""
 SELECT multiIf(a.seen = 0, {UNASSIGNED}, a.seen = 1, {ASSIGNED}, {SEVERAL_VALUES}) AS status,
        if(status = {ASSIGNED}, a.variant, '') AS variant,
@@ -78,7 +71,7 @@ SELECT multiIf(a.seen = 0, {UNASSIGNED}, a.seen = 1, {ASSIGNED}, {SEVERAL_VALUES
 FROM ({held}
 ) AS h
 LEFT JOIN ({assigned}
-) AS a ON a.visitor_id = h.visitor_id{where}
+) AS a ON a.visitor_id = h.visitor_id
 GROUP BY status, variant, level
 ORDER BY status, variant, level
 SETTINGS join_use_nulls = 0""".strip()

@@ -123,6 +123,21 @@ def test_power_agrees_with_statsmodels(baseline: float, effect: float, alpha: fl
     assert got == pytest.approx(want_difference, rel=1e-4)
 
 
+def test_power_downwards_agrees_with_statsmodels() -> None:
+    # A baseline without room above: the effect is looked for below it, in both directions
+    # of the calculation (the branches the cases above never reach).
+    baseline, effect, alpha = 0.97, 0.05, 0.05
+    h = proportion_effectsize(baseline, baseline - effect)
+    want = NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=0.8, ratio=1.0)
+    assert sample_needed(baseline, effect, alpha) == math.ceil(want)
+    h_at = NormalIndPower().solve_power(nobs1=100, alpha=alpha, power=0.8, ratio=1.0)
+    assert math.asin(math.sqrt(baseline)) + h_at / 2 > math.pi / 2  # no room above
+    want_difference = baseline - math.sin(math.asin(math.sqrt(baseline)) - h_at / 2) ** 2
+    control = wilson(round(baseline * 100), 100, alpha)
+    got = experiment.detectable_difference(control, wilson(0, 100, alpha), alpha)
+    assert got == pytest.approx(want_difference, rel=1e-4)
+
+
 def test_family_is_every_step_plus_end_to_end_per_variant() -> None:
     reached = {"A": [1000, 500, 100], "B": [1000, 520, 130], "C": [900, 400, 90]}
     result = compare(reached, "A", 0.05, 0.02)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -39,8 +39,8 @@ CHECKOUT = FunnelDefinition.model_validate(
 )
 
 
-@pytest.fixture
-def client(ch: ClickHouse) -> Iterator[TestClient]:
+def route_client(ch: ClickHouse, router: APIRouter) -> Iterator[TestClient]:
+    """One route module over the engine: project `shop` (read key `rk`) with CHECKOUT."""
     app = FastAPI()
     install_error_envelope(app)
     app.state.clickhouse = ch
@@ -48,9 +48,14 @@ def client(ch: ClickHouse) -> Iterator[TestClient]:
     app.state.project_config = ProjectConfig(
         projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
     )
-    app.include_router(analysis_router)
+    app.include_router(router)
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+def client(ch: ClickHouse) -> Iterator[TestClient]:
+    yield from route_client(ch, analysis_router)
 
 
 def events(ch: ClickHouse, rows: list[tuple[str, str, int, dict[str, str]]]) -> None:

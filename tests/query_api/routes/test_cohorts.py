@@ -8,15 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.config import Project, ProjectConfig
-from funnelstream.http_errors import install_error_envelope
 from query_api.routes.cohorts import router
-from tests.query_api.routes.test_analysis import READ, events
+from tests.query_api.routes.test_analysis import READ, events, route_client
 
 pytestmark = pytest.mark.clickhouse
 
@@ -27,15 +23,7 @@ RANGE = {"from": "2024-12-30T00:00:00Z", "to": "2025-01-27T00:00:00Z"}
 
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
-    app = FastAPI()
-    install_error_envelope(app)
-    app.state.clickhouse = ch
-    app.state.project_config = ProjectConfig(
-        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
-    )
-    app.include_router(router)
-    with TestClient(app) as c:
-        yield c
+    yield from route_client(ch, router)
 
 
 @pytest.fixture

@@ -10,16 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from funnelstream.clickhouse import ClickHouse
-from funnelstream.config import Project, ProjectConfig
-from funnelstream.http_errors import install_error_envelope
-from processor.catalog import FunnelCatalog
 from query_api.routes.experiment import router
-from tests.query_api.routes.test_analysis import CHECKOUT, RANGE, READ, events
+from tests.query_api.routes.test_analysis import RANGE, READ, events, route_client
 
 pytestmark = pytest.mark.clickhouse
 
@@ -28,16 +23,7 @@ URL = "/v1/funnels/checkout/experiment"
 
 @pytest.fixture
 def client(ch: ClickHouse) -> Iterator[TestClient]:
-    app = FastAPI()
-    install_error_envelope(app)
-    app.state.clickhouse = ch
-    app.state.catalog = FunnelCatalog([CHECKOUT])
-    app.state.project_config = ProjectConfig(
-        projects=(Project("shop", SecretStr("wk"), SecretStr("rk")),), funnels=()
-    )
-    app.include_router(router)
-    with TestClient(app) as c:
-        yield c
+    yield from route_client(ch, router)
 
 
 @pytest.fixture

@@ -24,7 +24,15 @@ FROM (
     WHERE project_id = {p6:String}
       AND timestamp >= {p7:DateTime64(3, 'UTC')}
       AND timestamp < {p8:DateTime64(3, 'UTC')}
-      AND event IN {p9:Array(String)}
+      AND events.visitor_id IN (
+        SELECT DISTINCT visitor_id
+        FROM events
+        WHERE events.project_id = {p6:String}
+          AND events.timestamp >= {p11:DateTime64(3, 'UTC')}
+          AND events.timestamp < {p12:DateTime64(3, 'UTC')}
+          AND (has({p10:Array(String)}, properties[{p9:String}]))
+    )
+      AND event IN {p13:Array(String)}
     )
     WHERE step >= 0
     GROUP BY visitor_id
@@ -35,24 +43,16 @@ LEFT JOIN (
     SELECT entity AS visitor_id, uniqExact(value) AS seen,
            argMin(value, (timestamp, event_id)) AS variant
     FROM (
-        SELECT visitor_id AS entity, events.properties[{p11:String}] AS value, events.timestamp AS timestamp,
+        SELECT visitor_id AS entity, events.properties[{p15:String}] AS value, events.timestamp AS timestamp,
                events.event_id AS event_id
         FROM events
-        WHERE events.project_id = {p10:String}
-          AND events.timestamp >= {p12:DateTime64(3, 'UTC')}
-          AND events.timestamp < {p13:DateTime64(3, 'UTC')}
+        WHERE events.project_id = {p14:String}
+          AND events.timestamp >= {p16:DateTime64(3, 'UTC')}
+          AND events.timestamp < {p17:DateTime64(3, 'UTC')}
           AND value != ''
     )
     GROUP BY entity
 ) AS a ON a.visitor_id = h.visitor_id
-WHERE h.visitor_id IN (
-        SELECT DISTINCT visitor_id
-        FROM events
-        WHERE events.project_id = {p14:String}
-          AND events.timestamp >= {p17:DateTime64(3, 'UTC')}
-          AND events.timestamp < {p18:DateTime64(3, 'UTC')}
-          AND (has({p16:Array(String)}, properties[{p15:String}]))
-)
 GROUP BY status, variant, level
 ORDER BY status, variant, level
 SETTINGS join_use_nulls = 0
@@ -66,13 +66,12 @@ SETTINGS join_use_nulls = 0
 -- p6 = 'shop'
 -- p7 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
 -- p8 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p9 = ['add_to_cart', 'page_view', 'purchase']
--- p10 = 'shop'
--- p11 = 'variant'
--- p12 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p13 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p9 = 'utm_source'
+-- p10 = ['google', 'bing']
+-- p11 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p12 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p13 = ['add_to_cart', 'page_view', 'purchase']
 -- p14 = 'shop'
--- p15 = 'utm_source'
--- p16 = ['google', 'bing']
--- p17 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
--- p18 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p15 = 'variant'
+-- p16 = datetime.datetime(2025, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+-- p17 = datetime.datetime(2025, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
