@@ -112,19 +112,28 @@ class Writes:
         )
 
 
+_PAYLOAD = DEAD_LETTER_COLUMNS.index("payload")
+
+
 def batch_token(group: str, batch: Batch) -> str:
     """What names a batch's writes, rebuilt alike after a restart: the consumer group, the
     log span per partition, and the batch's first and last event ids (random UUIDs, so a
     log started over from offset 0 against the same ClickHouse never reuses an old
-    batch's token; two ids instead of a digest of all: a digest of 20,000 ids cost ~35 ms)."""
+    batch's token; two ids instead of a digest of all: a digest of 20,000 ids cost ~35 ms).
+    A batch of dead letters only has no event ids: their first and last payloads name it
+    instead (not `recorded_at`, which a replay after a restart would not rebuild)."""
     span = ",".join(
         f"{p}:{batch.first_offsets.get(p, end - 1)}-{end}"
         for p, end in sorted(batch.next_offsets.items())
     )
     events = batch.outputs.events
     ends = f"{events[0][1]}..{events[-1][1]}" if events else ""
+    dead = batch.dead_letters
+    dead_ends = f"{dead[0][_PAYLOAD]}..{dead[-1][_PAYLOAD]}" if dead else ""
     # Hashed to a fixed length: the span grows with the partitions a batch reads.
-    named = hashlib.blake2b(f"{span}/{len(events)}:{ends}".encode(), digest_size=16)
+    named = hashlib.blake2b(
+        f"{span}/{len(events)}:{ends}/{len(dead)}:{dead_ends}".encode(), digest_size=16
+    )
     return f"{group}/{named.hexdigest()}"
 
 

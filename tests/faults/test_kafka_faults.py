@@ -148,9 +148,9 @@ class Offsets:
 
 # Passes on its own (run the file, or with FUNNELSTREAM_FAULT_SOAK=1), but twice in two
 # runs of the whole suite it timed out before both members had a batch written ("both
-# members working"), after the fault harness merged with the processor members and the
-# shutdown changes. Until the cause is found it is not part of the CI profile: a flaky
-# test would hold every other change back (docs/reliability.md, scenario 8).
+# members working"). The likely cause, a race of the two joins against the first half of
+# the traffic, is fixed below (the half is appended once both hold partitions); it stays
+# out of the CI profile until whole-suite runs confirm it (docs/reliability.md, scenario 8).
 @pytest.mark.skipif(
     not SOAK and os.environ.get("FUNNELSTREAM_FAULT_STALL") != "1",
     reason="scenario 8 runs with FUNNELSTREAM_FAULT_SOAK=1 or FUNNELSTREAM_FAULT_STALL=1",
@@ -171,7 +171,6 @@ async def test_a_member_stalled_mid_batch_past_its_session_never_wins(
     await producer_log.ensure_topic(topic, PARTITIONS)
     producer = producer_log.producer(topic)
     await producer.start()
-    await producer.append(records(events[:half]))
 
     stalled = Stallable(kafka_bootstrap, ch, topic, group)
     other_log = kafka(kafka_bootstrap, "other")
@@ -184,10 +183,13 @@ async def test_a_member_stalled_mid_batch_past_its_session_never_wins(
     other_task = asyncio.create_task(other.run(stop_other))
     try:
         a = stalled.processor
-        await wait_for(
-            lambda: a.assignment() and other.assignment() and a.processed_messages > 0,
-            "both members working",
-        )
+        # The first half only once both hold partitions: the broker gives the first member
+        # to join every partition at once (group.initial.rebalance.delay.ms=0), and one
+        # that joined well ahead could drain a half already there before the other's join,
+        # leaving the other nothing to write ("both members working" never came true).
+        await wait_for(lambda: a.assignment() and other.assignment(), "both members in")
+        await producer.append(records(events[:half]))
+        await wait_for(lambda: a.processed_messages > 0, "both members working")
         # Mid-batch: applied, not written.
         await wait_for(lambda: a.applied_messages > a.processed_messages, "a batch in hand")
         stalled.stall()

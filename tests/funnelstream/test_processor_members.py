@@ -21,25 +21,20 @@ from funnelstream.supervise import Components, Supervisor
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from schemas.events import encode
+from tests.fixtures.clickhouse import InterceptedClickHouse
 from tests.processor.test_pipeline import FUNNEL, append, levels, stream
 
 
-class GatedClickHouse(ClickHouse):
+class GatedClickHouse(InterceptedClickHouse):
     """The real engine; inserts wait until `open` is set (a write in flight)."""
 
     def __init__(self, real: ClickHouse) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.open = asyncio.Event()
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
         await self.open.wait()
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 async def until(condition: Any, what: str) -> None:

@@ -22,6 +22,7 @@ from funnelstream.log.kafka import KafkaLog
 from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import InterceptedClickHouse
 from tests.kafka.helpers import (
     FUNNEL,
     PARTITIONS,
@@ -172,22 +173,20 @@ async def test_members_join_and_leave_mid_stream_exact_numbers(
     assert_tables_exact(ch, t)
 
 
-class GatedClickHouse(ClickHouse):
+class GatedClickHouse(InterceptedClickHouse):
     """The real engine; while `gate` is closed, every write waits for it to open."""
 
     def __init__(self, real: ClickHouse) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.gate = asyncio.Event()
         self.gate.set()
         self.blocked = asyncio.Event()
 
-    async def insert(
-        self, table: str, rows: Any, columns: Any, dedup_token: str | None = None
-    ) -> None:
+    async def intercept(self, table: str, rows: Any) -> str:
         if rows and not self.gate.is_set():
             self.blocked.set()
             await self.gate.wait()
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 async def test_commit_refused_after_the_group_moved_on(

@@ -31,7 +31,7 @@ from processor.state import VisitorState
 from processor.transform import Outputs, Timing, apply_event
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
-from tests.fixtures.clickhouse import truncate_all
+from tests.fixtures.clickhouse import InterceptedClickHouse, truncate_all
 from tests.processor.test_pipeline import append, run_until_idle
 from tests.processor.test_user_funnels import (
     BY_USER,
@@ -160,22 +160,16 @@ async def test_a_backfill_in_chunks_equals_one_in_a_single_shot(
     assert by_visitor[0] == by_visitor[1]
 
 
-class Counting(ClickHouse):
+class Counting(InterceptedClickHouse):
     """The real engine, counting the rows written per table."""
 
     def __init__(self, real: ClickHouse) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.rows: dict[str, list[Sequence[Any]]] = {}
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
         self.rows.setdefault(table, []).extend(rows)
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 async def test_a_stopped_backfill_stops_at_once_and_resumes_where_it_was(

@@ -18,6 +18,7 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import InterceptedClickHouse
 
 pytestmark = pytest.mark.clickhouse
 
@@ -51,24 +52,18 @@ def stream() -> list[Event]:
     return out  # 10 visitors reach 1, 10 reach 2, 10 reach 3
 
 
-class FlakyClickHouse(ClickHouse):
+class FlakyClickHouse(InterceptedClickHouse):
     """The real engine, with injected write failures (a ClickHouse outage)."""
 
     def __init__(self, real: ClickHouse, fail_tables: dict[str, int]) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.fail_tables = fail_tables
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
         if rows and self.fail_tables.get(table, 0) > 0:
             self.fail_tables[table] -= 1
             raise ClickHouseUnavailable(f"injected failure writing {table}")
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 async def append(log: EmbeddedLog, payloads: list[tuple[bytes, bytes]]) -> None:

@@ -32,7 +32,7 @@ from processor.sessionize import reference_sessions
 from processor.transform import Timing
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
-from tests.fixtures.clickhouse import truncate_all
+from tests.fixtures.clickhouse import InterceptedClickHouse, truncate_all
 from tests.oracle import funnel_reference as reference
 from tests.processor.test_live_differential import as_event, expected, live_funnels
 from tests.processor.test_refold import GAP_MS, deliver, late_orders
@@ -263,18 +263,16 @@ async def test_a_crash_at_the_retraction_and_its_correction_replays_exactly(
     tables end as if nothing had happened."""
     from funnelstream.clickhouse import ClickHouseUnavailable
 
-    class DiesAtTheCorrection(ClickHouse):
+    class DiesAtTheCorrection(InterceptedClickHouse):
         def __init__(self, real: ClickHouse) -> None:
-            self.__dict__.update(real.__dict__)
+            super().__init__(real)
             self.blocked = 0
 
-        async def insert(
-            self, table: str, rows: Any, columns: Any, dedup_token: str | None = None
-        ) -> None:
+        async def intercept(self, table: str, rows: Any) -> str:
             if table == "funnel_transitions" and any(r[-1] == "corrected" for r in rows):
                 self.blocked += 1
                 raise ClickHouseUnavailable("injected: gone before the correction")
-            await super().insert(table, rows, columns, dedup_token)
+            return table
 
     funnel = VIEW_CART
 

@@ -18,6 +18,7 @@ from processor.catalog import FunnelCatalog
 from processor.pipeline import Processor, ProcessorConfig
 from schemas.events import Event, encode
 from schemas.funnels import FunnelDefinition
+from tests.fixtures.clickhouse import InterceptedClickHouse
 
 pytestmark = pytest.mark.clickhouse
 
@@ -28,42 +29,25 @@ T0 = 1_760_000_000_000
 CONFIG = ProcessorConfig(batch_max_seconds=0.05, retry_initial_seconds=0.05, retry_max_seconds=0.1)
 
 
-class RenamedEvents(ClickHouse):
+class RenamedEvents(InterceptedClickHouse):
     """The real engine, writing events to a table that does not exist: a real SQL error."""
 
-    def __init__(self, real: ClickHouse) -> None:
-        self.__dict__.update(real.__dict__)
-
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
-        await super().insert(
-            "events_gone" if table == "events" else table, rows, columns, dedup_token
-        )
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
+        return "events_gone" if table == "events" else table
 
 
-class Outage(ClickHouse):
+class Outage(InterceptedClickHouse):
     """The real engine, refusing the first `failures` event writes as unavailable."""
 
     def __init__(self, real: ClickHouse, failures: int) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.failures = failures
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
         if table == "events" and self.failures > 0:
             self.failures -= 1
             raise ClickHouseUnavailable("injected outage")
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 async def log_with_events(tmp_path: Path, n: int = 6) -> EmbeddedLog:

@@ -53,6 +53,21 @@ def test_a_log_started_over_does_not_reuse_a_token() -> None:
     )
 
 
+def test_a_log_started_over_with_dead_letters_only_does_not_reuse_a_token() -> None:
+    """A batch of undecodable messages has no event ids: its payloads name it, so a new
+    log's dead letters at the old offsets are written, not dropped as the old ones."""
+
+    def dead_only(payloads: list[str]) -> Batch:
+        b = batch({0: (0, len(payloads))}, [])
+        b.dead_letters.extend(
+            (0, "processor", "invalid_json", "", 0, i, p, "") for i, p in enumerate(payloads)
+        )
+        return b
+
+    assert batch_token("g", dead_only(["{", "x"])) == batch_token("g", dead_only(["{", "x"]))
+    assert batch_token("g", dead_only(["{", "x"])) != batch_token("g", dead_only(["[", "y"]))
+
+
 @pytest.mark.clickhouse
 def test_the_engine_drops_a_block_under_a_token_it_has_taken(ch: ClickHouse) -> None:
     columns = ["consumer_group", "log_partition", "visitor_key", "state", "applied_offset"]

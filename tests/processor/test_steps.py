@@ -26,6 +26,7 @@ from processor.sink import BACKFILL_ORDER, BATCH_ORDER, Sink, Writes
 from processor.state import HeldStates, VisitorState
 from processor.transform import Timing, apply_event
 from schemas.events import Event, encode
+from tests.fixtures.clickhouse import InterceptedClickHouse
 
 T0 = 1_760_000_000_000
 
@@ -174,23 +175,17 @@ def test_each_order_names_every_write_once_with_why_and_state_near_the_end() -> 
     ]
 
 
-class Recording(ClickHouse):
+class Recording(InterceptedClickHouse):
     """The real engine, noting the table of every insert that carries rows."""
 
     def __init__(self, real: ClickHouse) -> None:
-        self.__dict__.update(real.__dict__)
+        super().__init__(real)
         self.tables: list[str] = []
 
-    async def insert(
-        self,
-        table: str,
-        rows: Sequence[Sequence[Any]],
-        columns: Sequence[str],
-        dedup_token: str | None = None,
-    ) -> None:
+    async def intercept(self, table: str, rows: Sequence[Sequence[Any]]) -> str:
         if rows:
             self.tables.append(table)
-        await super().insert(table, rows, columns, dedup_token)
+        return table
 
 
 @pytest.mark.clickhouse
