@@ -130,8 +130,7 @@ def records(
             continue
         # The browser's own user agent (a server SDK relays it in the message) before the
         # request's, which is the SDK's.
-        context = pipeline.context_for(message.user_agent or request.user_agent, request.country)
-        parsed.context.update(context)
+        pipeline.enrich([parsed], message.user_agent or request.user_agent, request.country)
         events.append(parsed)
     out = pipeline.records(events)
     out.extend(
