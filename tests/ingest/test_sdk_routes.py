@@ -174,3 +174,11 @@ def test_a_merge_carrying_an_integer_beyond_64_bits_is_kept_as_a_dead_letter(
         decode(value)  # the bytes the processor reads
     assert exc.value.reason == "unsupported_merge"
     assert b"123456789012345678901234567" in value  # the call kept exactly
+
+
+def test_a_header_key_is_checked_before_the_body_is_decoded(client: TestClient) -> None:
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"wk_nope:").decode()}
+    r = client.post("/v1/batch", content=b"not json", headers=wrong)
+    assert r.status_code == 401 and r.json()["field"] == "writeKey"
+    r = client.post("/v1/batch", content=b"not json", headers=BASIC)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"
