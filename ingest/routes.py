@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from funnelstream import metrics
+from funnelstream.config import IngestSettings
 from funnelstream.http_errors import error_responses
 from ingest import pipeline
 from ingest.pipeline import IngestError
@@ -52,25 +53,29 @@ def error_response(exc: IngestError) -> Response:
     return json_response(exc.body(), exc.status, headers)
 
 
-async def post_events(request: Request) -> Response:
-    ingest = get_ingest(request)
+async def pipeline_request(request: Request, settings: IngestSettings) -> pipeline.Request:
+    """The HTTP request as the pipeline reads it (this route's and the SDK routes'); 413
+    once the body passes the cap."""
     # Content-Length over the cap was refused before this (funnelstream/request_limits.py);
     # a body streamed without one is cut here, the moment it passes the cap.
-    body = await read_capped(request, ingest.settings.max_body_bytes)
+    body = await _read_capped(request, settings.max_body_bytes)
     if body is None:
-        limit = ingest.settings.max_body_bytes
         metrics.BODY_TOO_LARGE.labels("ingest").inc()
-        message = f"request body exceeds {limit} bytes (max_body_bytes)"
-        return error_response(IngestError(413, "body_too_large", message))
-    req = pipeline.Request(
+        message = f"request body exceeds {settings.max_body_bytes} bytes (max_body_bytes)"
+        raise IngestError(413, "body_too_large", message)
+    return pipeline.Request(
         body=body,
         content_encoding=request.headers.get("content-encoding", ""),
         authorization=request.headers.get("authorization", ""),
         user_agent=request.headers.get("user-agent", ""),
-        country=pipeline.country_from_headers(request.headers, ingest.settings.country_headers),
+        country=pipeline.country_from_headers(request.headers, settings.country_headers),
     )
+
+
+async def post_events(request: Request) -> Response:
+    ingest = get_ingest(request)
     try:
-        result = await ingest.handle(req)
+        result = await ingest.handle(await pipeline_request(request, ingest.settings))
     except IngestError as exc:
         return error_response(exc)
     return json_response(result.body(), result.status())
@@ -99,7 +104,7 @@ router.add_api_route(
 )
 
 
-async def read_capped(request: Request, limit: int) -> bytes | None:
+async def _read_capped(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it passes `limit` (never buffer a huge upload)."""
     chunks = []
     size = 0

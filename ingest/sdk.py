@@ -1,10 +1,11 @@
 """Ingest of vendor SDK requests (Segment, RudderStack, PostHog), in the order a request
 moves:
 
+    header_key    write key: HTTP basic-auth user (Segment, RudderStack) or bearer, checked
+                  before the body is read
     decode        size limit, gzip (header, or PostHog's `compression=gzip-js`), PostHog's
                   form and base64 bodies, JSON; or 400/413/415
-    key_of        write key: HTTP basic-auth user (Segment, RudderStack), bearer, or the
-                  body (`writeKey`; PostHog `api_key` / `token`)
+    body_key      else the body's write key (`writeKey`; PostHog `api_key` / `token`)
     translate     the protocol's messages → our events (ingest/protocols/, pure)
     records       validate each (schemas/events.py, the rule of `POST /v1/events`), enrich
                   it with its own user agent, name each fault in the SDK's field names;
@@ -76,8 +77,8 @@ def decode(call: SdkCall, request: Request, limit: int) -> Any:
     return pipeline.loads_exact(raw)
 
 
-def key_of(call: SdkCall, authorization: str, doc: Any) -> str:
-    """The write key: basic-auth user, bearer token, else the body's."""
+def header_key(authorization: str) -> str:
+    """The write key in the headers: basic-auth user, or bearer token; "" if none."""
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() == "basic" and credentials:
         try:
@@ -89,6 +90,11 @@ def key_of(call: SdkCall, authorization: str, doc: Any) -> str:
             return key
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
+    return ""
+
+
+def body_key(call: SdkCall, doc: Any) -> str:
+    """The write key where the protocol's SDKs put it in the body; "" if none."""
     found = segment.write_key(doc) if call.protocol == segment.NAME else posthog.write_key(doc)
     return found or ""
 
@@ -130,8 +136,7 @@ def records(
             continue
         # The browser's own user agent (a server SDK relays it in the message) before the
         # request's, which is the SDK's.
-        context = pipeline.context_for(message.user_agent or request.user_agent, request.country)
-        parsed.context.update(context)
+        pipeline.enrich([parsed], message.user_agent or request.user_agent, request.country)
         events.append(parsed)
     out = pipeline.records(events)
     out.extend(

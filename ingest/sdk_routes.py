@@ -16,12 +16,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from funnelstream import metrics
 from funnelstream.sdk_paths import POSTHOG_CAPTURE_PATHS, POSTHOG_FLAG_PATHS, SEGMENT_PATHS
-from ingest import pipeline
 from ingest.pipeline import IngestError
 from ingest.protocols import posthog, segment
-from ingest.routes import LeanRoute, get_ingest, json_response, read_capped
+from ingest.routes import LeanRoute, get_ingest, json_response, pipeline_request
 from ingest.sdk import SdkCall
 
 router = APIRouter()
@@ -50,21 +48,8 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 async def _handle(request: Request, call: SdkCall) -> Response:
     ingest = get_ingest(request)
-    limit = ingest.settings.max_body_bytes
-    body = await read_capped(request, limit)
     try:
-        if body is None:
-            metrics.BODY_TOO_LARGE.labels("ingest").inc()
-            message = f"request body exceeds {limit} bytes (max_body_bytes)"
-            raise IngestError(413, "body_too_large", message)
-        req = pipeline.Request(
-            body=body,
-            content_encoding=request.headers.get("content-encoding", ""),
-            authorization=request.headers.get("authorization", ""),
-            user_agent=request.headers.get("user-agent", ""),
-            country=pipeline.country_from_headers(request.headers, ingest.settings.country_headers),
-        )
-        result = await ingest.handle_sdk(req, call)
+        result = await ingest.handle_sdk(await pipeline_request(request, ingest.settings), call)
     except IngestError as exc:
         return _refusal(exc, exc.body())
     out: dict[str, Any] = {"accepted": result.accepted}

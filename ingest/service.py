@@ -82,10 +82,12 @@ class IngestService:
         validate and enrich → append, with the guarantees of `handle`."""
         s = self.settings
         try:
+            # A header key is checked before the body is decoded, as in `handle`.
+            key = sdk.header_key(request.authorization)
+            project = self._sdk_project(key) if key else None
             doc = sdk.decode(call, request, s.max_body_bytes)
-            key = sdk.key_of(call, request.authorization, doc)
-            project = pipeline.authenticate(self.keys, "", {"write_key": key} if key else {})
-            self._admit(project)
+            if project is None:
+                project = self._sdk_project(sdk.body_key(call, doc))
             translated = sdk.translate(call, doc, project.id, request, s.max_batch_events)
             records, errors = sdk.records(translated, project, request)
             if not records and errors:
@@ -111,6 +113,11 @@ class IngestService:
         if merges:
             metrics.INGEST_PROTOCOL_REJECTED.labels(call.protocol, "unsupported_merge").inc(merges)
         return sdk.SdkResult(stored, merges, dropped, errors)
+
+    def _sdk_project(self, key: str) -> Project:
+        project = pipeline.authenticate(self.keys, "", {"write_key": key} if key else {})
+        self._admit(project)
+        return project
 
     async def _append(self, records: list[LogRecord]) -> None:
         """Durably, within the in-flight bound; the log's state kept for /readyz."""

@@ -8,6 +8,7 @@ so a processor can recognise a message it does not understand and dead-letter it
 from __future__ import annotations
 
 import calendar
+import json
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -295,16 +296,20 @@ DEAD_LETTER_FIELD = "dead_letter"
 
 def encode_dead_letter(project_id: str, reason: str, detail: str, payload: object) -> bytes:
     """The log record of a call ingest accepted and keeps only as a dead letter (the call
-    as it came in `payload`), so it is as durable as an event before the client hears 2xx."""
-    return orjson.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            DEAD_LETTER_FIELD: reason,
-            "p": project_id,
-            "detail": detail,
-            "payload": payload,
-        }
-    )
+    as it came in `payload`), so it is as durable as an event before the client hears 2xx.
+    An integer beyond 64 bits (kept exactly by ingest's `loads_exact`, refused by orjson)
+    is written by the standard encoder, so no call ingest accepts fails to be stored."""
+    doc = {
+        "v": SCHEMA_VERSION,
+        DEAD_LETTER_FIELD: reason,
+        "p": project_id,
+        "detail": detail,
+        "payload": payload,
+    }
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode(payload: bytes) -> Event:

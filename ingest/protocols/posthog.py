@@ -20,6 +20,7 @@ from ingest.protocols.common import (
     id_string,
     text,
 )
+from schemas.events import parse_timestamp
 
 NAME = "posthog"
 # `compression` query values whose body is a gzip stream (posthog-js sends `gzip-js`).
@@ -96,20 +97,24 @@ def translate(
     `sent_at_hint`: posthog-js's send time (`_` in the query, epoch ms) when the body has
     no `sent_at`. Raises `BodyError` when the body as a whole is unusable."""
     sent_at: object = sent_at_hint or None
+    sent_at_field = "_"
     if isinstance(doc, dict) and "batch" in doc:
         events = doc["batch"]
         if not isinstance(events, list):
             raise BodyError("batch", "must be a list of events")
-        sent_at = doc.get("sent_at", sent_at)
         prefix = "batch"
     elif isinstance(doc, list):
         events, prefix = doc, ""
     elif isinstance(doc, dict):
-        if isinstance(doc.get("sent_at"), str | int):
-            sent_at = doc["sent_at"]
         events, prefix = [doc], None
     else:
         raise BodyError("", "body must be an event, a list of events or {batch: [...]}")
+    if isinstance(doc, dict) and doc.get("sent_at") is not None:
+        sent_at, sent_at_field = doc["sent_at"], "sent_at"
+    # The request's clock, which every event reads: refused once, by its own name, as our
+    # envelope's `sent_at` is (ingest/pipeline.py `validate`).
+    if sent_at is not None and parse_timestamp(sent_at) is None:
+        raise BodyError(sent_at_field, "must be ISO-8601 or epoch milliseconds")
     if not events:
         raise BodyError(prefix or "", "has no events")
     if len(events) > max_events:

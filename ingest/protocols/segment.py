@@ -17,6 +17,7 @@ from ingest.protocols.common import (
     id_string,
     text,
 )
+from schemas.events import parse_timestamp
 
 NAME = "segment"
 # Single-message routes name their type; `batch` (and `import`, its older name) carry it
@@ -74,6 +75,10 @@ def translate(doc: object, route: str, project_id: str, max_events: int) -> Tran
         raise BodyError("batch", "has no messages")
     if len(batch) > max_events:
         raise BodyError("batch", f"has more than {max_events} messages", status=413)
+    # The batch's clock, which each message without its own reads: refused once, by its
+    # own name, as our envelope's `sent_at` is (ingest/pipeline.py `validate`).
+    if doc.get("sentAt") is not None and parse_timestamp(doc["sentAt"]) is None:
+        raise BodyError("sentAt", "must be ISO-8601 or epoch milliseconds")
     for index, message in enumerate(batch):
         path = f"batch[{index}]"
         if not isinstance(message, dict):
@@ -159,8 +164,6 @@ def _message(
     sent_at = message.get("sentAt", envelope.get("sentAt"))
     if sent_at is not None:
         event["sent_at"] = sent_at
-        if "sentAt" not in message and message is not envelope:
-            names["sent_at"] = "sentAt"  # the batch's
     session = context.get("sessionId")
     if session is not None:
         event["session_id"] = session

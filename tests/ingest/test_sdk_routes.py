@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,28 @@ def test_log_down_answers_503_with_retry_after(client: TestClient, tmp_path: Pat
         assert r.status_code == 503 and "Retry-After" in r.headers, (path, r.text)
         assert r.json()["code"] == "log_unavailable"
     assert read_log(tmp_path) == []
+
+
+def test_a_merge_carrying_an_integer_beyond_64_bits_is_kept_as_a_dead_letter(
+    client: TestClient, tmp_path: Path
+) -> None:
+    body = b'{"previousId": "a1", "userId": "u1", "context": {"n": 123456789012345678901234567}}'
+    r = client.post(
+        "/v1/alias", content=body, headers={**BASIC, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 200 and r.json()["dead_lettered"] == 1
+    conn = sqlite3.connect(tmp_path / "log" / "log.sqlite3")
+    [(value,)] = conn.execute("SELECT value FROM records").fetchall()
+    conn.close()
+    with pytest.raises(InvalidMessage) as exc:
+        decode(value)  # the bytes the processor reads
+    assert exc.value.reason == "unsupported_merge"
+    assert b"123456789012345678901234567" in value  # the call kept exactly
+
+
+def test_a_header_key_is_checked_before_the_body_is_decoded(client: TestClient) -> None:
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"wk_nope:").decode()}
+    r = client.post("/v1/batch", content=b"not json", headers=wrong)
+    assert r.status_code == 401 and r.json()["field"] == "writeKey"
+    r = client.post("/v1/batch", content=b"not json", headers=BASIC)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"

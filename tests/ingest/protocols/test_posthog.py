@@ -54,6 +54,24 @@ def test_pageview_becomes_a_page_view_with_its_url() -> None:
     assert sdk_event.user_agent == "Mozilla/5.0 Firefox/120.0"
 
 
+def test_a_bad_request_clock_is_refused_once_by_its_own_name() -> None:
+    """The send time (the body's `sent_at`, else posthog-js's `_` in the query) is one
+    field of the request, not one of each event's."""
+    batch = [{"event": "buy", "distinct_id": "d", "timestamp": "2025-10-09T10:00:00Z"}] * 2
+    with pytest.raises(BodyError) as exc:
+        translate({"batch": batch, "sent_at": "yesterday"})
+    assert exc.value.status == 400 and exc.value.field == "sent_at"
+    with pytest.raises(BodyError) as exc:
+        translate(batch, hint="soon")
+    assert exc.value.field == "_"
+    with pytest.raises(BodyError) as exc:
+        translate({**batch[0], "sent_at": ["x"]})
+    assert exc.value.field == "sent_at"
+    # A null sent_at leaves the query's clock in force.
+    out = translate({"batch": batch, "sent_at": None}, hint=str(NOW - 10))
+    assert all(e.event["sent_at"] == str(NOW - 10) for e in out.events)
+
+
 def test_identity_identify_device_and_server_events() -> None:
     out = translate(
         {

@@ -121,6 +121,24 @@ def test_refusals_name_the_sdk_field() -> None:
         segment.translate([1], "track", "shop", 2)
 
 
+def test_a_bad_batch_clock_is_refused_once_by_its_own_name() -> None:
+    """The batch's `sentAt` is one field of the body, not one of each message's."""
+    batch = [{"type": "track", "anonymousId": "a", "event": "x"}] * 2
+    with pytest.raises(BodyError) as exc:
+        segment.translate({"sentAt": "yesterday", "batch": batch}, "batch", "shop", 100)
+    assert exc.value.status == 400 and exc.value.field == "sentAt"
+    # A message's own clock is still its own field.
+    out = segment.translate(
+        {"sentAt": 1760000000000, "batch": [{**batch[0], "sentAt": "no"}]}, "batch", "shop", 100
+    )
+    [message] = out.events
+    parsed = parse_event(message.event, project_id="shop", received_at_ms=NOW)
+    assert not isinstance(parsed, Event)
+    assert [field_name(message.path, message.field_names, e.field) for e in parsed] == [
+        "batch[0].sentAt"
+    ]
+
+
 def test_every_translated_event_is_one_our_validation_accepts() -> None:
     """What the translation makes is our own format: parse_event takes it as it is."""
     event = one({"event": "x", "anonymousId": "a", "timestamp": NOW - 5000}, route="track")
